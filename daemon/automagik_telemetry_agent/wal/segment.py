@@ -1,0 +1,176 @@
+"""Streaming scan of one segment file: records, corrupt regions and the end, never the whole file in memory.
+
+The writer's recovery, the consumer (shipper) and ``wal verify`` all read segments through
+:class:`SegmentScanner`, so they agree on what is a record, what is corruption and what is a torn tail.
+
+Rules (docs/wal.md, "Reading and repair"):
+
+* A record is valid when its header matches the segment salt and its header CRC, and its payload
+  matches the payload CRC.
+* At an invalid position the scanner searches forward for the next valid record (the salt is the
+  sync marker). If it finds one, the bytes in between are a corrupt region; the number of records
+  lost there is the jump in sequence numbers (they are contiguous within a segment).
+* If nothing valid follows, the rest of the file is a *tail*: torn by a crash in the newest
+  segment (the writer truncates it), corrupt in a sealed one.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+
+from .format import (
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    FormatError,
+    RecordHeader,
+    SegmentHeader,
+    decode_record_header,
+    decode_segment_header,
+    salt_marker,
+)
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    offset: int
+    header: RecordHeader
+    payload: bytes
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def end(self) -> int:
+        return self.offset + RECORD_HEADER_SIZE + self.header.length
+
+
+@dataclass(frozen=True, slots=True)
+class Corrupt:
+    """Bytes [offset, offset + length) hold no valid record; a valid record starts right after."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """Bytes [offset, file end) hold no valid record: a torn tail (or an append still in progress)."""
+
+    offset: int
+    length: int
+
+
+def read_segment_header(fd: int) -> SegmentHeader:
+    data = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+    return decode_segment_header(data)
+
+
+class _Window:
+    """A read-ahead window over a file descriptor, so small records cost no syscall each."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._start = 0
+        self._buf = b""
+
+    def get(self, offset: int, size: int, file_size: int) -> bytes | None:
+        """``size`` bytes at ``offset``, or None if the file is shorter."""
+        if offset + size > file_size:
+            return None
+        end = self._start + len(self._buf)
+        if not (self._start <= offset and offset + size <= end):
+            self._buf = os.pread(self._fd, max(size, _CHUNK), offset)
+            self._start = offset
+            if len(self._buf) < size:
+                return None
+        rel = offset - self._start
+        return self._buf[rel : rel + size]
+
+    def find(self, marker: bytes, offset: int, file_size: int) -> int:
+        """Offset of the next ``marker`` at or after ``offset``, or -1."""
+        pos = offset
+        while pos < file_size:
+            chunk = self.get(pos, min(_CHUNK, file_size - pos), file_size)
+            if chunk is None:
+                return -1
+            hit = chunk.find(marker)
+            if hit >= 0:
+                return pos + hit
+            pos += max(1, len(chunk) - len(marker) + 1)
+        return -1
+
+
+class SegmentScanner:
+    """Iterates one segment's records from ``offset``; ``file_size`` may grow (``refresh``) while tailing."""
+
+    def __init__(self, fd: int, header: SegmentHeader, offset: int = SEGMENT_HEADER_SIZE,
+                 file_size: int | None = None) -> None:
+        self.fd = fd
+        self.header = header
+        self.offset = offset
+        self.file_size = os.fstat(fd).st_size if file_size is None else file_size
+        self._window = _Window(fd)
+        self._marker = salt_marker(header.salt)
+
+    @classmethod
+    def open(cls, fd: int) -> SegmentScanner:
+        """Scanner positioned at the first record; raises FormatError for a bad segment header."""
+        return cls(fd, read_segment_header(fd))
+
+    def refresh(self) -> None:
+        self.file_size = os.fstat(self.fd).st_size
+        self._window = _Window(self.fd)
+
+    def _record_at(self, offset: int) -> Record | None:
+        head = self._window.get(offset, RECORD_HEADER_SIZE, self.file_size)
+        if head is None:
+            return None
+        header = decode_record_header(head, 0, self.header.salt)
+        if header is None:
+            return None
+        payload = self._window.get(offset + RECORD_HEADER_SIZE, header.length, self.file_size)
+        if payload is None:
+            return None
+        if zlib.crc32(payload) != header.payload_crc:
+            return None
+        return Record(offset, header, payload)
+
+    def next(self) -> Record | Corrupt | Tail | None:
+        """The next item; None at a clean end of the bytes currently in the file."""
+        if self.offset >= self.file_size:
+            return None
+        record = self._record_at(self.offset)
+        if record is not None:
+            self.offset = record.end
+            return record
+        resync = self._resync(self.offset + 1)
+        if resync < 0:
+            return Tail(self.offset, self.file_size - self.offset)
+        bad = Corrupt(self.offset, resync - self.offset)
+        self.offset = resync
+        return bad
+
+    def _resync(self, start: int) -> int:
+        pos = start
+        while True:
+            hit = self._window.find(self._marker, pos, self.file_size)
+            if hit < 0:
+                return -1
+            if self._record_at(hit) is not None:
+                return hit
+            pos = hit + 1
+
+
+def open_segment(path: str) -> tuple[int, SegmentHeader]:
+    """Open a segment read-only and decode its header; the caller closes the fd."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd, read_segment_header(fd)
+    except (OSError, FormatError):
+        os.close(fd)
+        raise
