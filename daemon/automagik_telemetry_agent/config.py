@@ -1,0 +1,262 @@
+"""Agent configuration: every key in one table, with its env var, flag, default, parser and meaning.
+
+Precedence, lowest to highest: built-in default < TOML file < ``AUTOMAGIK_TELEMETRY_*`` env var <
+command-line flag. Every value is validated; a bad one raises :class:`ConfigError` with one line
+saying what to fix (the CLI prints it and exits 2). ``docs/configuration.md`` mirrors this table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_CONFIG_PATH = "/etc/automagik-telemetry/agent.toml"
+ENV_PREFIX = "AUTOMAGIK_TELEMETRY_"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says what to fix."""
+
+
+# ---------------------------------------------------------------------------- value parsers
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
+                 "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+                 "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from 1048576, "64MiB", "1 GB" (decimal units are powers of 1000, binary of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 64MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size (examples: 1048576, 64MiB, 2GB)")
+    return int(match.group(1)) * _SIZE_FACTORS[(match.group(2) or "").lower()]
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 1.5, "50ms", "2s", "5m", "1h"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 50ms")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (examples: 50ms, 2s, 5m)")
+    return float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+def parse_int(minimum: int = 0) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a whole number") from None
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return number
+
+    return parse
+
+
+def parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def parse_mode(value: Any) -> int:
+    """A file mode from 0o660, 432, or "0660"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        try:
+            mode = int(str(value), 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal file mode like 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value!r} is not a file mode")
+    return mode
+
+
+# ---------------------------------------------------------------------------- the settings table
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted TOML key: "wal.fsync" is [wal] fsync = ...
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    env: str = ""  # full env var name; "" = derived from the key
+    flag: str = ""  # long option; "" = derived from the key
+    live: bool = False  # can change on SIGHUP without a restart
+
+    @property
+    def env_name(self) -> str:
+        return self.env or ENV_PREFIX + self.key.replace(".", "_").upper()
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.key.split(".", 1)[-1].replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("socket.path", "/run/automagik-telemetry/agent.sock", parse_str,
+            "Unix socket (SOCK_SEQPACKET) the clients send to.", env="AUTOMAGIK_TELEMETRY_SOCKET",
+            flag="--socket"),
+    Setting("socket.mode", 0o660, parse_mode, "File mode of the socket the agent creates.",
+            flag="--socket-mode"),
+    Setting("socket.max_connections", 1024, parse_int(1), "Concurrent client connections; more are refused "
+            "and counted.", flag="--max-connections"),
+    Setting("wal.dir", "/var/lib/automagik-telemetry/wal", parse_str, "Write-ahead log directory.",
+            env="AUTOMAGIK_TELEMETRY_WAL_DIR", flag="--wal-dir"),
+    Setting("wal.fsync", "interval", parse_choice("always", "interval", "off"),
+            "always: fsync before every acknowledgement; interval: group commit; off: never fsync "
+            "(a power loss loses what the OS had not written).", env="AUTOMAGIK_TELEMETRY_FSYNC",
+            flag="--fsync"),
+    Setting("wal.fsync_interval_ms", 50, parse_int(1), "Group commit: fsync at most this long after a write.",
+            env="AUTOMAGIK_TELEMETRY_FSYNC_INTERVAL_MS", flag="--fsync-interval-ms"),
+    Setting("wal.fsync_bytes", 1024 * 1024, parse_size, "Group commit: fsync once this many bytes are "
+            "unsynced.", env="AUTOMAGIK_TELEMETRY_FSYNC_BYTES", flag="--fsync-bytes"),
+    Setting("wal.segment_size", 64 * 1024 * 1024, parse_size, "Rotate to a new segment file at this size.",
+            env="AUTOMAGIK_TELEMETRY_WAL_SEGMENT_SIZE", flag="--segment-size"),
+    Setting("wal.max_size", 4 * 1024**3, parse_size, "Cap on the WAL's total size (0 = none); the disk "
+            "policy applies above it.", env="AUTOMAGIK_TELEMETRY_WAL_MAX_SIZE", flag="--wal-max-size"),
+    Setting("wal.min_free", 256 * 1024 * 1024, parse_size, "Keep at least this much disk free (0 = no "
+            "watermark); the disk policy applies below it.", env="AUTOMAGIK_TELEMETRY_WAL_MIN_FREE",
+            flag="--wal-min-free"),
+    Setting("wal.disk_policy", "drop_oldest", parse_choice("drop_oldest", "reject_new"),
+            "When over the cap or under the watermark: drop the oldest unshipped segment (counted), or "
+            "refuse new records (clients count the rejections).", env="AUTOMAGIK_TELEMETRY_WAL_DISK_POLICY",
+            flag="--disk-policy"),
+    Setting("log.level", "info", parse_choice("debug", "info", "warning", "error"), "Log level.",
+            env="AUTOMAGIK_TELEMETRY_LOG_LEVEL", flag="--log-level", live=True),
+)
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+class AgentConfig(Mapping[str, Any]):
+    """Validated settings, read as ``config["wal.fsync"]``; ``sources`` says where each came from."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str]) -> None:
+        self._values = values
+        self.sources = sources
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable by this user") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    flat = _flatten(data)
+    for key in flat:
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(f"config file {path}: unknown key {key!r}{_suggest(key)}")
+    return flat
+
+
+def _suggest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(SETTINGS_BY_KEY), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_config(config_path: str | None = None, flags: Mapping[str, Any] | None = None,
+                env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Merge default < file < env < flags and validate every value.
+
+    ``config_path`` None means the default path, used only if it exists; an explicit path must exist.
+    ``flags`` maps setting keys to values given on the command line (None = not given).
+    """
+    env = os.environ if env is None else env
+    layers: list[tuple[str, dict[str, Any]]] = []
+    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        layers.append((f"file {path}", read_toml(path)))
+    elif os.path.exists(DEFAULT_CONFIG_PATH):
+        layers.append((f"file {DEFAULT_CONFIG_PATH}", read_toml(DEFAULT_CONFIG_PATH)))
+    layers.append(("env", {s.key: env[s.env_name] for s in SETTINGS if s.env_name in env}))
+    layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        raw, source = setting.default, "default"
+        for name, layer in layers:
+            if setting.key in layer:
+                raw, source = layer[setting.key], name
+        try:
+            values[setting.key] = setting.parse(raw)
+        except ValueError as exc:
+            where = {"env": setting.env_name, "flag": setting.flag_name}.get(source, f"{setting.key} ({source})")
+            raise ConfigError(f"{where}: {exc}") from None
+        sources[setting.key] = source
+    _check_relations(values)
+    return AgentConfig(values, sources)
+
+
+def _check_relations(values: dict[str, Any]) -> None:
+    if values["wal.segment_size"] < 64 * 1024:
+        raise ConfigError("wal.segment_size must be at least 64KiB")
+    if values["wal.max_size"] and values["wal.max_size"] < 2 * values["wal.segment_size"]:
+        raise ConfigError("wal.max_size must be at least twice wal.segment_size (or 0 for no cap)")

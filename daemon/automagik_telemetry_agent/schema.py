@@ -1,0 +1,355 @@
+"""ClickHouse schema: pick a profile for a server, render and apply the versioned migrations.
+
+The migrations are SQL files under ``deploy/clickhouse/<profile>/NNNN_name.sql`` (see the README
+there). This module owns everything between those files and a server:
+
+* :func:`pick_profile` maps ``SELECT version()`` to :class:`~.transform.Profile`;
+* :func:`render_migrations` reads a profile's files, splits them into statements (a small lexer:
+  ``;`` inside quotes and comments does not split) and substitutes ``{database}``, ``{table}`` and
+  ``{ttl_days}`` (a line using ``{ttl_days}`` is dropped when it is 0: no TTL);
+* :func:`apply` runs the pending ones through an ``execute(sql) -> str`` callable and records them in
+  ``{database}.schema_migrations``, so the same code drives a server over HTTP and chDB in process;
+* :func:`detect_table_profile` tells which row shape an existing table takes.
+
+Checksums are over the statements *before* substitution, with comments and blank lines removed:
+changing the database, table or TTL setting, or a comment, is not a changed migration; changing
+SQL of an applied migration is, and :func:`apply` refuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .transform import Profile
+
+__all__ = [
+    "MIGRATIONS_ENV",
+    "Executor",
+    "Migration",
+    "SchemaError",
+    "apply",
+    "detect_table_profile",
+    "migrations_root",
+    "pick_profile",
+    "render_migrations",
+    "split_statements",
+    "table_columns",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``execute(sql) -> text``: runs one statement and returns its output (the SQL names the format).
+Executor = Callable[[str], str]
+#: Environment variable naming the directory holding ``modern/`` and ``legacy/`` (overrides lookup).
+MIGRATIONS_ENV = "AUTOMAGIK_TELEMETRY_MIGRATIONS"
+#: First version with ``insert_deduplication_token``, which the shipper's exactly-once inserts need.
+MODERN_MIN_VERSION = (22, 2)
+BOOKKEEPING_TABLE = "schema_migrations"
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FILE_NAME = re.compile(r"(\d{4})_([A-Za-z0-9_]+)\.sql")
+_SERVER_VERSION = re.compile(r"\s*v?(\d+)\.(\d+)")
+
+# Legacy-compatible (18.16) types and engine syntax.
+_BOOKKEEPING_DDL = """CREATE TABLE IF NOT EXISTS {database}.schema_migrations
+(
+    version    UInt32,
+    name       String,
+    profile    String,
+    applied_at DateTime,
+    checksum   String
+)
+ENGINE = MergeTree()
+ORDER BY version"""
+
+
+class SchemaError(RuntimeError):
+    """The schema cannot be brought up to date safely (changed migration, mixed profiles, bad files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file of one profile, rendered for a database/table."""
+
+    version: int
+    name: str  # the file stem, e.g. "0001_traces"
+    profile: Profile
+    statements: tuple[str, ...]
+    checksum: str  # sha256 hex of the unsubstituted, comment-free statements
+
+
+# ------------------------------------------------------------------------------------------- profiles
+
+
+def pick_profile(server_version: str) -> Profile:
+    """The profile for a server reporting ``server_version`` (``SELECT version()``): >= 22.2 modern."""
+    m = _SERVER_VERSION.match(server_version)
+    if m is None:
+        raise ValueError(f"not a ClickHouse version: {server_version!r}")
+    major, minor = int(m.group(1)), int(m.group(2))
+    return Profile.MODERN if (major, minor) >= MODERN_MIN_VERSION else Profile.LEGACY
+
+
+def detect_table_profile(columns: dict[str, str]) -> Profile | None:
+    """The row shape an existing table takes, from its ``{column: type}``; ``None`` if neither."""
+    attributes = columns.get("attributes")
+    if attributes is not None and attributes.startswith("Map("):
+        return Profile.MODERN
+    if "attribute_keys" in columns:
+        return Profile.LEGACY
+    return None
+
+
+def table_columns(execute: Executor, database: str, table: str) -> dict[str, str]:
+    """``{column: type}`` of ``database.table`` from ``system.columns``; empty if it does not exist."""
+    out = execute(
+        "SELECT name, type FROM system.columns "
+        f"WHERE database = {_quote(_identifier(database))} AND table = {_quote(_identifier(table))} "
+        "FORMAT TabSeparated"
+    )
+    columns: dict[str, str] = {}
+    for row in _tsv(out):
+        if len(row) == 2:
+            columns[row[0]] = row[1]
+    return columns
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split SQL text on top-level ``;``, dropping comments; quotes and comments may contain ``;``.
+
+    Understands ``'...'`` strings (``\\`` escapes and doubled quotes), ``"..."`` and backquoted
+    identifiers, ``--`` and ``#`` line comments and nestable ``/* */`` block comments. Returns the
+    non-empty statements without their ``;``, trailing whitespace and blank lines removed.
+    """
+    statements: list[str] = []
+    buf: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            j = i + 1
+            while j < n:
+                d = sql[j]
+                if d == "\\":
+                    j += 2
+                    continue
+                if d == c:
+                    if j + 1 < n and sql[j + 1] == c:  # doubled quote
+                        j += 2
+                        continue
+                    break
+                j += 1
+            if j >= n:
+                raise SchemaError(f"unterminated {c}-quoted text in SQL")
+            buf.append(sql[i : j + 1])
+            i = j + 1
+        elif (c == "-" and sql.startswith("--", i)) or c == "#":
+            j = sql.find("\n", i)
+            i = n if j < 0 else j  # keep the newline
+        elif c == "/" and sql.startswith("/*", i):
+            depth, j = 1, i + 2
+            while depth and j < n:
+                if sql.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif sql.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            if depth:
+                raise SchemaError("unterminated /* comment in SQL")
+            buf.append(" ")
+            i = j
+        elif c == ";":
+            statements.append("".join(buf))
+            buf = []
+            i += 1
+        else:
+            buf.append(c)
+            i += 1
+    statements.append("".join(buf))
+    out = []
+    for s in statements:
+        lines = [line.rstrip() for line in s.splitlines()]
+        text = "\n".join(line for line in lines if line.strip())
+        if text:
+            out.append(text)
+    return out
+
+
+def migrations_root() -> Path:
+    """The directory holding ``modern/`` and ``legacy/``: ``$AUTOMAGIK_TELEMETRY_MIGRATIONS``, else
+    ``deploy/clickhouse`` of the source tree, else ``<prefix>/share/automagik-telemetry/clickhouse``."""
+    env = os.environ.get(MIGRATIONS_ENV)
+    if env:
+        return Path(env)
+    candidates = [
+        Path(__file__).resolve().parents[2] / "deploy" / "clickhouse",
+        Path(sys.prefix) / "share" / "automagik-telemetry" / "clickhouse",
+        Path("/usr/share/automagik-telemetry/clickhouse"),
+    ]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise SchemaError(
+        f"ClickHouse migrations not found (looked in {', '.join(map(str, candidates))}); set {MIGRATIONS_ENV}"
+    )
+
+
+def render_migrations(
+    profile: Profile, database: str, table: str, ttl_days: int, root: Path | None = None
+) -> list[Migration]:
+    """The profile's migrations in version order, substituted for ``database.table`` and ``ttl_days``."""
+    _identifier(database)
+    _identifier(table)
+    if type(ttl_days) is not int or ttl_days < 0:
+        raise ValueError(f"ttl_days must be an integer >= 0, not {ttl_days!r}")
+    directory = (root or migrations_root()) / profile.value
+    if not directory.is_dir():
+        raise SchemaError(f"no migrations directory {directory}")
+    migrations: dict[int, Migration] = {}
+    for path in sorted(directory.iterdir()):
+        m = _FILE_NAME.fullmatch(path.name)
+        if m is None:
+            continue
+        version = int(m.group(1))
+        if version == 0 or version in migrations:
+            raise SchemaError(f"{path}: version {version} is zero or used twice")
+        templates = split_statements(path.read_text(encoding="utf-8"))
+        if not templates:
+            raise SchemaError(f"{path}: no statements")
+        checksum = hashlib.sha256(";\n".join(templates).encode()).hexdigest()
+        statements = []
+        for template in templates:
+            if ttl_days == 0:
+                template = "\n".join(line for line in template.splitlines() if "{ttl_days}" not in line)
+            statements.append(
+                template.replace("{database}", database)
+                .replace("{table}", table)
+                .replace("{ttl_days}", str(ttl_days))
+            )
+        migrations[version] = Migration(version, path.stem, profile, tuple(statements), checksum)
+    if not migrations:
+        raise SchemaError(f"no migrations in {directory}")
+    return [migrations[v] for v in sorted(migrations)]
+
+
+# ------------------------------------------------------------------------------------------- applying
+
+
+def apply(
+    execute: Executor,
+    profile: Profile,
+    database: str,
+    table: str,
+    ttl_days: int,
+    root: Path | None = None,
+) -> list[int]:
+    """Bring ``database.table`` up to date; returns the versions applied now (empty if none were due).
+
+    Idempotent: versions recorded in ``database.schema_migrations`` are skipped, and every statement
+    is itself ``IF NOT EXISTS``-safe, so a run interrupted between a statement and its record is
+    simply redone. A recorded migration whose checksum differs from its file raises
+    :class:`SchemaError`. The profile of an existing deployment is sticky: if the bookkeeping table
+    records migrations of the other profile (say the server was upgraded past 22.2 under a legacy
+    table), those are continued instead, and the shipper keeps writing the table's row shape
+    (:func:`detect_table_profile`).
+    """
+    _identifier(database)
+    _identifier(table)
+    execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+    execute(_BOOKKEEPING_DDL.format(database=database))
+    recorded = _recorded(execute, database)
+    profiles = {p for (_, _, p, _) in recorded}
+    if len(profiles) > 1:
+        raise SchemaError(
+            f"{database}.schema_migrations records migrations of several profiles: {sorted(profiles)}"
+        )
+    if profiles and profile.value not in profiles:
+        (recorded_profile,) = profiles
+        try:
+            sticky = Profile(recorded_profile)
+        except ValueError:
+            raise SchemaError(
+                f"{database}.schema_migrations records unknown profile {recorded_profile!r}"
+            ) from None
+        log.warning(
+            "%s.schema_migrations records the %s profile; keeping it instead of %s",
+            database,
+            sticky.value,
+            profile.value,
+        )
+        profile = sticky
+    done = {version: (name, checksum) for (version, name, _, checksum) in recorded}
+    applied: list[int] = []
+    for migration in render_migrations(profile, database, table, ttl_days, root):
+        if migration.version in done:
+            name, checksum = done[migration.version]
+            if checksum != migration.checksum:
+                raise SchemaError(
+                    f"migration {migration.version} ({name}, {profile.value}) was applied with checksum "
+                    f"{checksum} but {migration.name}.sql now has {migration.checksum}: an applied "
+                    "migration must never change; add a new one"
+                )
+            continue
+        for statement in migration.statements:
+            execute(statement)
+        execute(
+            f"INSERT INTO {database}.schema_migrations (version, name, profile, applied_at, checksum) "
+            f"VALUES ({migration.version}, {_quote(migration.name)}, {_quote(profile.value)}, now(), "
+            f"{_quote(migration.checksum)})"
+        )
+        applied.append(migration.version)
+    return applied
+
+
+def _recorded(execute: Executor, database: str) -> list[tuple[int, str, str, str]]:
+    out = execute(
+        f"SELECT version, name, profile, checksum FROM {database}.schema_migrations "
+        "ORDER BY version FORMAT TabSeparated"
+    )
+    rows = []
+    for row in _tsv(out):
+        if len(row) != 4 or not row[0].isdigit():
+            raise SchemaError(f"unexpected row in {database}.schema_migrations: {row!r}")
+        rows.append((int(row[0]), row[1], row[2], row[3]))
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def _identifier(name: str) -> str:
+    if type(name) is not str or not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a plain identifier ([A-Za-z_][A-Za-z0-9_]*): {name!r}")
+    return name
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_TSV_ESCAPES = {"t": "\t", "n": "\n", "\\": "\\", "'": "'", "0": "\0", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _tsv(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        rows.append(
+            [
+                re.sub(r"\\(.)", lambda m: _TSV_ESCAPES.get(m.group(1), m.group(1)), f)
+                for f in line.split("\t")
+            ]
+        )
+    return rows

@@ -1,0 +1,69 @@
+"""Group commit: one fsync covers every record written since the last one.
+
+Mode ``interval`` (the default): a background thread fsyncs when the oldest unsynced write is
+``interval`` old or ``max_bytes`` are unsynced, whichever comes first, then calls ``on_durable``.
+Mode ``always``: the caller syncs inline after each batch of appends (see ingest).
+Mode ``off``: never fsync; records count as durable once handed to the OS (lost on power loss).
+
+An fsync error is not retried: after a failed fsync the kernel may have dropped the dirty pages,
+and a later fsync can succeed without them ("fsyncgate"). The error is kept in :attr:`error` and
+the agent stops acknowledging and exits, so recovery re-reads what really is on disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .writer import WalWriter
+
+FSYNC_MODES = ("always", "interval", "off")
+
+
+class GroupCommitter:
+    def __init__(self, writer: WalWriter, interval_s: float, max_bytes: int,
+                 on_durable: Callable[[int], None]) -> None:
+        self._writer = writer
+        self._interval = interval_s
+        self._max_bytes = max_bytes
+        self._on_durable = on_durable
+        self._unsynced_bytes = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="wal-group-commit", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def unsynced_bytes(self) -> int:
+        return self._unsynced_bytes
+
+    def written(self, nbytes: int) -> None:
+        """Called by the appending thread after bytes reached the OS."""
+        self._unsynced_bytes += nbytes
+        if self._unsynced_bytes >= self._max_bytes:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._writer.written_seq <= self._writer.durable_seq:
+                continue
+            self._unsynced_bytes = 0
+            try:
+                seq = self._writer.sync()
+            except OSError as exc:
+                self.error = exc
+                self._on_durable(-1)
+                return
+            self._on_durable(seq)
+
+    def stop(self) -> None:
+        """Stop the thread; the caller does the final sync itself."""
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
