@@ -1,0 +1,13 @@
+"""automagik-telemetry client: record spans in-process, ship them to the host-local agent.
+
+Stdlib only. Recording never blocks and never raises; see ``AutomagikTelemetry``.
+"""
+
+from .client import AutomagikTelemetry
+from .config import TelemetryConfig
+from .resource import SDK_VERSION
+from .span import Span, SpanKind, StatusCode
+
+__version__ = SDK_VERSION
+
+__all__ = ["AutomagikTelemetry", "Span", "SpanKind", "StatusCode", "TelemetryConfig", "__version__"]

@@ -1,0 +1,241 @@
+"""``AutomagikTelemetry``: the application-facing API.
+
+Recording calls (``span``, ``track_event``, ``track_error``, ``trace``) build a ``Span`` and hand it
+to the ``Transport`` queue; they never block and never raise. This module also owns the process
+lifecycle: one ``atexit`` hook flushes (bounded by ``exit_flush_timeout``) and shuts down every live
+client, and one ``os.register_at_fork`` hook gives every client a fresh transport in a forked child.
+Both hooks hold clients through a ``WeakSet``, so clients can be garbage collected.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import inspect
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from .attributes import safe_str
+from .config import TelemetryConfig
+from .resource import SDK_VERSION, build_resource_line
+from .span import NOOP_SPAN, NoOpSpan, Span, SpanKind, StatusCode, exception_attributes
+from .transport import Transport
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Bound on joining the sender thread at shutdown (it never blocks longer than one short poll).
+_JOIN_TIMEOUT = 0.5
+
+_CLIENTS: weakref.WeakSet[AutomagikTelemetry] = weakref.WeakSet()
+
+
+class AutomagikTelemetry:
+    """Records spans and ships them to the local agent from one background thread."""
+
+    def __init__(self, project_name: str | None = None, version: str | None = None, *,
+                 config: TelemetryConfig | None = None) -> None:
+        if config is None:
+            if project_name is None or version is None:
+                raise ValueError("AutomagikTelemetry needs config=TelemetryConfig(...), "
+                                 "or project_name and version")
+            config = TelemetryConfig(project_name=project_name, version=version)
+        elif not isinstance(config, TelemetryConfig):
+            raise ValueError(f"config must be a TelemetryConfig, got {type(config).__name__}")
+        self.config = config
+        self._enabled = bool(config.enabled)
+        self._max_attribute_length = config.max_attribute_length
+        self._shut_down = False
+        self._transport = self._new_transport()
+        #: The hot path's hand-off; swapped for a counting no-op at shutdown.
+        self._enqueue: Callable[[Span], None] = self._transport.enqueue if self._enabled else _discard
+        if self._enabled:
+            _CLIENTS.add(self)
+            # On garbage collection stop the sender thread (which holds only the transport).
+            self._holder = [self._transport]
+            finalizer = weakref.finalize(self, _stop_transport, self._holder)
+            finalizer.atexit = False  # exit is handled by the flushing atexit hook below
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def span(self, name: str, attributes: dict[str, Any] | None = None,
+             kind: SpanKind | int = SpanKind.INTERNAL) -> Span | NoOpSpan:
+        """A span, started now; use it as a context manager (it becomes the parent of nested spans)."""
+        if not self._enabled:
+            return NOOP_SPAN
+        try:
+            return Span(self, name, attributes, kind)
+        except Exception:
+            self._internal_error()
+            return NOOP_SPAN
+
+    def track_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+        """Record a zero-duration span called ``name``."""
+        if not self._enabled:
+            return
+        try:
+            span = Span(self, name, attributes)
+            span.end(span._start)
+        except Exception:
+            self._internal_error()
+
+    def track_error(self, error: BaseException, attributes: dict[str, Any] | None = None) -> None:
+        """Record a zero-duration span called ``error`` with status ERROR and an exception event."""
+        if not self._enabled:
+            return
+        try:
+            span = Span(self, "error", attributes)
+            span.add_event("exception", exception_attributes(error, self._max_attribute_length),
+                           timestamp_ns=span._start)
+            span.set_status(StatusCode.ERROR, safe_str(error))
+            span.end(span._start)
+        except Exception:
+            self._internal_error()
+
+    @overload
+    def trace(self, func: F, /) -> F: ...
+
+    @overload
+    def trace(self, func_or_name: str | None = None, /, *, name: str | None = None,
+              attributes: dict[str, Any] | None = None,
+              kind: SpanKind | int = SpanKind.INTERNAL) -> Callable[[F], F]: ...
+
+    def trace(self, func_or_name: Any = None, /, *, name: str | None = None,
+              attributes: dict[str, Any] | None = None, kind: SpanKind | int = SpanKind.INTERNAL) -> Any:
+        """Decorator running each call in a span: ``@client.trace`` or ``@client.trace("name", ...)``.
+
+        Works for plain and ``async def`` functions (the span covers the awaited call).
+        """
+        if callable(func_or_name):
+            return self._decorate(func_or_name, name, attributes, kind)
+        span_name = func_or_name if isinstance(func_or_name, str) else name
+        return lambda func: self._decorate(func, span_name, attributes, kind)
+
+    def _decorate(self, func: F, name: str | None, attributes: dict[str, Any] | None,
+                  kind: SpanKind | int) -> F:
+        if not self._enabled:
+            return func
+        span_name = name or getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or "call"
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self.span(span_name, attributes, kind):
+                    return await func(*args, **kwargs)
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.span(span_name, attributes, kind):
+                return func(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """True iff every span finished before this call is durably stored by the agent (ACKed).
+
+        "Every span" means those not yet settled when the call is made: spans whose fate was already
+        decided earlier (e.g. a rejected message acknowledged-as-failed before) do not fail later
+        flushes; spans dropped because the queue was full were never enqueued. Returns False when
+        ``timeout`` seconds pass first (e.g. the agent is down), or as soon as one of those spans is
+        dropped, rejected or left unconfirmed. Never waits longer than ``timeout``.
+        """
+        if not self._enabled:
+            return True
+        try:
+            return self._transport.flush(float(timeout))
+        except Exception:
+            self._internal_error()
+            return False
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush (at most ``timeout``, default ``exit_flush_timeout`` seconds), stop the sender, close."""
+        if self._shut_down or not self._enabled:
+            return
+        self._shut_down = True
+        try:
+            transport = self._transport
+            transport.flush(self.config.exit_flush_timeout if timeout is None else float(timeout))
+            self._enqueue = transport.drop_after_shutdown
+            transport.stop(_JOIN_TIMEOUT)
+            _CLIENTS.discard(self)
+        except Exception:
+            self._internal_error()
+
+    def stats(self) -> dict[str, Any]:
+        """Cumulative counters of this client (in this process), the queue depth and ``connected``."""
+        try:
+            return {**self._transport.snapshot(), "enabled": self._enabled}  # disabled: all zero
+        except Exception:
+            self._internal_error()
+            return {"enabled": self._enabled, "internal_errors": 1}
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _new_transport(self) -> Transport:
+        config = self.config
+        return Transport(config, lambda: build_resource_line(config, SDK_VERSION), self._on_fork_detected)
+
+    def _internal_error(self) -> None:
+        with contextlib.suppress(Exception):
+            self._transport.count_internal_error()
+
+    def _on_fork_detected(self, record: Span) -> None:
+        """Backstop for a fork the at-fork hook did not see: reset, then queue ``record`` anew."""
+        self._reset_after_fork()
+        self._enqueue(record)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: a fresh transport (queue, locks, counters, resource line, no thread).
+
+        The parent's queued spans are not inherited (the parent sends them) and the parent's
+        connection is left alone: only this process's copy of the socket fd is closed.
+        """
+        old = self._transport
+        old.abandon_in_child()
+        self._transport = self._new_transport()
+        if self._enabled:
+            self._holder[0] = self._transport
+        if not self._shut_down:
+            self._enqueue = self._transport.enqueue
+        else:
+            self._enqueue = self._transport.drop_after_shutdown
+
+    def __repr__(self) -> str:
+        return f"<AutomagikTelemetry {self.config.service_name!r} enabled={self._enabled}>"
+
+
+def _discard(record: Span) -> None:
+    pass
+
+
+def _stop_transport(holder: list[Transport]) -> None:
+    holder[0].stop(0.0)
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        with contextlib.suppress(Exception):
+            client._reset_after_fork()
+
+
+def _shutdown_all_at_exit() -> None:
+    """Flush and close every live client, all within the largest ``exit_flush_timeout``."""
+    clients = [client for client in list(_CLIENTS) if not client._shut_down]
+    if not clients:
+        return
+    deadline = time.monotonic() + max(client.config.exit_flush_timeout for client in clients)
+    for client in clients:
+        remaining = max(0.0, deadline - time.monotonic())
+        client.shutdown(min(client.config.exit_flush_timeout, remaining))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_shutdown_all_at_exit)
