@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine (run as root), used by `make test`/`make venv`.
+#   1. Debian packages (ClickHouse 18.16 server for the test fixture, systemd tools, build deps).
+#   2. .venv with Python >= 3.11 and the project installed editable with all extras.
+# Fast when everything is already in place: dpkg -s check, and a pip stamp keyed on pyproject.toml.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf 'bootstrap: %s\n' "$*"; }
+
+APT_PACKAGES=(
+    clickhouse-server clickhouse-client   # Debian 12 ships ClickHouse 18.16.1: the real-server test fixture
+    libsystemd-dev pkg-config gcc python3-dev  # build deps of systemd-python
+    python3-venv
+    systemd                               # systemd-socket-activate, systemd-analyze
+    make
+)
+
+# ---- 1. apt packages --------------------------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    # dpkg -s exits 0 for removed-but-not-purged packages too, so check the status line.
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        log "missing Debian packages (${missing[*]}) and not root: install them first" >&2
+        exit 1
+    fi
+    log "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # clickhouse-server's postinst runs `invoke-rc.d clickhouse-server start || exit 1`. With no init
+    # system (containers, CI) that would try to launch a system-wide server (and fail the install, or
+    # leave a daemon on 8123/9000). A policy-rc.d that answers 101 ("action forbidden") makes
+    # invoke-rc.d skip the start; the tests start their own private instance instead.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        created_policy=1
+        trap '[[ $created_policy == 1 ]] && rm -f "$policy"' EXIT
+    fi
+    aptlog=$(mktemp)
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+        >"$aptlog" 2>&1; then
+        tail -n 40 "$aptlog" >&2
+        log "apt: install failed (full log: $aptlog)" >&2
+        exit 1
+    fi
+    rm -f "$aptlog"
+    if ((created_policy)); then
+        rm -f "$policy"
+        created_policy=0
+    fi
+else
+    log "apt: all packages present"
+fi
+
+# ---- 2. virtualenv ----------------------------------------------------------------------------
+if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    log "venv: $VENV exists ($("$VENV/bin/python" -V 2>&1))"
+else
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        log "$PYTHON is $("$PYTHON" -V 2>&1); Python >= 3.11 is required" >&2
+        exit 1
+    fi
+    rm -rf "$VENV"
+    log "venv: creating $VENV with $("$PYTHON" -V 2>&1)"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# ---- 3. project + extras ----------------------------------------------------------------------
+hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
+stamp="$VENV/.installed-$hash"
+if [[ -e $stamp ]]; then
+    log "pip: up to date (stamp ${stamp##*/})"
+else
+    log "pip: installing -e .[agent,systemd,embedded,test]"
+    # -qq: errors only (the install is otherwise silent; pip still exits non-zero on failure).
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e '.[agent,systemd,embedded,test]'
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi
