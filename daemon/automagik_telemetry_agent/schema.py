@@ -129,7 +129,7 @@ def split_statements(sql: str) -> list[str]:
 
     Understands ``'...'`` strings (``\\`` escapes and doubled quotes), ``"..."`` and backquoted
     identifiers, ``--`` and ``#`` line comments and nestable ``/* */`` block comments. Returns the
-    non-empty statements without their ``;``, trailing whitespace and blank lines removed.
+    non-empty statements without their ``;``, surrounding whitespace and blank lines removed.
     """
     statements: list[str] = []
     buf: list[str] = []
@@ -180,7 +180,7 @@ def split_statements(sql: str) -> list[str]:
     out = []
     for s in statements:
         lines = [line.rstrip() for line in s.splitlines()]
-        text = "\n".join(line for line in lines if line.strip())
+        text = "\n".join(line for line in lines if line.strip()).strip()
         if text:
             out.append(text)
     return out
