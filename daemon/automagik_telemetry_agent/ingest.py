@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from automagik_telemetry import protocol
 from automagik_telemetry.protocol import MessageType, ProtocolError, RejectReason
 
-from .wal import WalWriter, WalWriteError
+from .wal import WalWriteError, WalWriter
 from .wal.syncer import GroupCommitter
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ READ_BUDGET = 64  # messages per connection per loop turn
 MAX_UNSYNCED_BYTES = 32 * 1024 * 1024  # backpressure threshold in interval mode
 MAINTAIN_EVERY_S = 1.0
 MAX_CLIENT_INSTANCES = 10_000
+#: Client counters are attacker-controlled JSON: bound the distinct names, their length and the values,
+#: so that the agent's STATS reply (which carries their totals) always fits in one message.
+MAX_CLIENT_COUNTER_NAMES = 256
+MAX_CLIENT_COUNTER_NAME_LEN = 64
+MAX_CLIENT_COUNTER_VALUE = 2**63 - 1
 
 
 class IngestSetupError(Exception):
@@ -76,6 +81,7 @@ class ClientCounters:
     def __init__(self) -> None:
         self.latest: dict[str, dict[str, int]] = {}
         self.retired: Counter = Counter()
+        self.names: dict[str, str] = {}  # every counter name kept so far (interned)
 
     def report(self, payload: bytes) -> bool:
         try:
@@ -84,7 +90,10 @@ class ClientCounters:
             return False
         if not isinstance(data, dict) or not isinstance(data.get("instance"), str):
             return False
-        counters = {k: v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+        counters = {self._name(k): v for k, v in data.items()
+                    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_CLIENT_COUNTER_VALUE
+                    and len(k) <= MAX_CLIENT_COUNTER_NAME_LEN
+                    and (k in self.names or len(self.names) < MAX_CLIENT_COUNTER_NAMES)}
         instance = data["instance"][:64]
         previous = self.latest.pop(instance, {})
         # Cumulative counters never go down; keep the max so a reordered report cannot subtract.
@@ -93,6 +102,9 @@ class ClientCounters:
             oldest = next(iter(self.latest))
             self.retired.update(self.latest.pop(oldest))
         return True
+
+    def _name(self, name: str) -> str:
+        return self.names.setdefault(name, name)
 
     def totals(self) -> dict[str, int]:
         total = Counter(self.retired)
@@ -106,7 +118,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.pending: deque[tuple[int, int]] = deque()  # (wal_seq, msg_seq), in order
+        self.pending: deque[tuple[int, int, int]] = deque()  # (wal_seq, msg_seq, items), in order
         self.ack_owed = 0  # an ACK that could not be sent yet (client not reading)
         self.acked = 0
         self.peer_pid = 0
@@ -283,8 +295,7 @@ class IngestServer:
             else:
                 raise ProtocolError(RejectReason.BAD_TYPE, f"type {header.type:#x} is not sent by clients")
         except ProtocolError as exc:
-            count = header.count if header is not None else 0
-            self._reject(conn, _raw_seq(view), exc.reason, count)
+            self._reject(conn, _raw_seq(view), exc.reason, _rejected_items(view, exc.reason))
 
     def _append(self, conn: _Connection, header: protocol.Header, payload: bytes) -> None:
         if not self.writer.accepting:  # re-evaluated by maintain() about once a second
@@ -294,7 +305,7 @@ class IngestServer:
         except WalWriteError as exc:
             self._rollback_from(exc)
             raise ProtocolError(RejectReason.DISK_FULL if exc.disk_full else RejectReason.WAL_ERROR) from None
-        conn.pending.append((wal_seq, header.seq))
+        conn.pending.append((wal_seq, header.seq, header.count))
         self._awaiting_ack.add(conn)
         self.stats.records_received += 1
         self.stats.items_received += header.count
@@ -310,8 +321,10 @@ class IngestServer:
         reason = RejectReason.DISK_FULL if exc.disk_full else RejectReason.WAL_ERROR
         for conn in list(self._awaiting_ack):
             while conn.pending and conn.pending[-1][0] >= exc.first_failed_seq:
-                _wal_seq, msg_seq = conn.pending.pop()
-                self._reject(conn, msg_seq, reason, 0)
+                _wal_seq, msg_seq, items = conn.pending.pop()
+                self.stats.records_received -= 1  # counted at append; it never reached the WAL
+                self.stats.items_received -= items
+                self._reject(conn, msg_seq, reason, items)
 
     def _commit(self) -> None:
         """Hand appends to the OS, make them durable per the fsync mode, send ACKs."""
@@ -458,6 +471,19 @@ class IngestServer:
                 "quarantined_segments": w.stats.quarantined_segments,
             },
         }
+
+
+#: Rejections of a well-framed RECORDS message: its header's count is the number of items lost.
+_ITEM_REASONS = frozenset({RejectReason.UNSUPPORTED_KIND, RejectReason.BAD_PAYLOAD, RejectReason.DISK_FULL,
+                           RejectReason.WAL_ERROR})
+
+
+def _rejected_items(view: memoryview, reason: RejectReason) -> int:
+    """Items a rejected message carried (for ``rejected_items``): the count of a RECORDS message whose
+    framing was valid, else 0 (the count of a garbage or non-RECORDS header means nothing)."""
+    if reason in _ITEM_REASONS and len(view) >= protocol.HEADER_SIZE and view[3] == MessageType.RECORDS:
+        return int.from_bytes(view[8:12], "little")
+    return 0
 
 
 def _raw_seq(view: memoryview) -> int:

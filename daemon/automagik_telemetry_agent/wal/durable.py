@@ -6,6 +6,7 @@ After a crash the target holds either the old or the new content, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -37,7 +38,15 @@ def append_line_durably(path: str, line: str) -> None:
     """Append one line to a small ledger file and fsync it (used for rare events only)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
     try:
-        os.write(fd, line.encode() + b"\n")
+        start = os.lseek(fd, 0, os.SEEK_END)
+        view = memoryview(line.encode() + b"\n")
+        try:
+            while view:
+                view = view[os.write(fd, view):]  # a nearly full disk can take part of a line
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # all of the line or none of it, never a torn line
+            raise
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -141,7 +141,11 @@ class SegmentScanner:
         return Record(offset, header, payload)
 
     def next(self) -> Record | Corrupt | Tail | None:
-        """The next item; None at a clean end of the bytes currently in the file."""
+        """The next item; None at a clean end of the bytes currently in the file.
+
+        A :class:`Tail` does not advance the position: it is returned again until the file grows
+        (a tailing reader retries it), so a caller reading a finished file stops at it.
+        """
         if self.offset >= self.file_size:
             return None
         record = self._record_at(self.offset)

@@ -28,6 +28,7 @@ from .format import (
     DROPS_FILE,
     LOCK_FILE,
     QUARANTINE_SUFFIX,
+    RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FormatError,
     encode_record_header,
@@ -39,6 +40,8 @@ from .format import (
 from .segment import Corrupt, Record, SegmentScanner, Tail, open_segment
 
 log = logging.getLogger(__name__)
+
+_MAX_IOV = 1000  # writev takes at most IOV_MAX (1024) buffers
 
 #: Errors that mean "the disk cannot take more now": a policy matter, never a crash.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -120,7 +123,8 @@ class WalWriter:
         self._active: _Segment | None = None
         self._salt = 0
         self._offset = 0  # bytes of the active segment that reached the file
-        self._buf = bytearray()
+        self._chunks: list[bytes | memoryview] = []  # appended, not yet handed to the OS
+        self._chunk_bytes = 0
         self._buf_first_seq = 0
         self._next_seq = 1
         self._written_seq = 0  # highest seq handed to the OS
@@ -139,7 +143,18 @@ class WalWriter:
         last_seq = self._recover_segments()
         self._next_seq = max(last_seq, self._cursor_seq) + 1
         self._written_seq = self.durable_seq = self._next_seq - 1
-        self._start_segment()
+        try:
+            self._start_segment()
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            # Start anyway on a full disk: appends are refused (disk_full) and retried after maintain()
+            # finds room (or the disk policy makes some), instead of leaving clients without a socket.
+            log.error("WAL directory %s: cannot create a segment (%s); refusing records until there is room",
+                      self.dir, exc.strerror)
+            self.stats.write_errors += 1
+            self._rotate_pending = True
+            self.accepting = False
         return self
 
     def _lock_dir(self) -> None:
@@ -278,6 +293,7 @@ class WalWriter:
                 self._fd = -1
                 self._active = None
                 active.size = self._offset
+                self._offset = 0  # no active segment until _start_segment succeeds (total_bytes)
                 active.last_seq = self._next_seq - 1
                 if active.last_seq >= active.first_seq:
                     self._sealed.append(active)
@@ -300,6 +316,11 @@ class WalWriter:
         return self._next_seq
 
     @property
+    def active_salt(self) -> int:
+        """Salt of the active segment, which the last append went to. (seq, salt) identifies a record."""
+        return self._salt
+
+    @property
     def written_seq(self) -> int:
         return self._written_seq
 
@@ -308,44 +329,47 @@ class WalWriter:
         if self._rotate_pending or self._fd < 0:
             self._rotate()
         seq = self._next_seq
-        if not self._buf:
+        if not self._chunks:
             self._buf_first_seq = seq
-        self._buf += encode_record_header(self._salt, seq, kind, count, payload)
-        self._buf += payload
+        self._chunks.append(encode_record_header(self._salt, seq, kind, count, payload))
+        self._chunks.append(payload)
+        self._chunk_bytes += RECORD_HEADER_SIZE + len(payload)
         self._next_seq = seq + 1
         self.stats.appended_records += 1
         self.stats.appended_items += count
-        if len(self._buf) >= self.options.write_buffer_bytes:
+        if self._chunk_bytes >= self.options.write_buffer_bytes or len(self._chunks) >= _MAX_IOV:
             self.flush()
-        if self._offset + len(self._buf) >= self.options.segment_bytes:
+        if self._offset + self._chunk_bytes >= self.options.segment_bytes:
             self._rotate_pending = True
         return seq
 
     def flush(self) -> None:
-        """Hand buffered records to the OS. On failure, roll them back and raise WalWriteError."""
-        if not self._buf:
+        """Hand buffered records to the OS (one writev). On failure, roll them back and raise WalWriteError."""
+        if not self._chunks:
             return
-        data = memoryview(self._buf)
-        written = 0
+        total = self._chunk_bytes
         try:
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
+            written = os.writev(self._fd, self._chunks)
+            if written < total:  # short write (a signal, a size limit): finish with plain writes
+                rest = memoryview(b"".join(self._chunks))[written:]
+                while rest:
+                    n = os.write(self._fd, rest)
+                    rest = rest[n:]
         except OSError as exc:
-            data.release()
             self._rollback(exc)
-        else:
-            data.release()
-            self._offset += written
-            self.stats.appended_bytes += written
-            self._written_seq = self._next_seq - 1
-            self._buf.clear()
+        self._offset += total
+        self.stats.appended_bytes += total
+        self._written_seq = self._next_seq - 1
+        self._chunks.clear()
+        self._chunk_bytes = 0
 
     def _rollback(self, exc: OSError) -> None:
         first_failed = self._buf_first_seq
         self.stats.write_errors += 1
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, self._offset)
-        self._buf.clear()
+        self._chunks.clear()
+        self._chunk_bytes = 0
         self._next_seq = first_failed
         if exc.errno in DISK_FULL_ERRNOS:
             self.accepting = False
@@ -389,7 +413,7 @@ class WalWriter:
             self._cursor_seq = state.seq
 
     def total_bytes(self) -> int:
-        return sum(s.size for s in self._sealed) + self._offset + len(self._buf)
+        return sum(s.size for s in self._sealed) + self._offset + self._chunk_bytes
 
     def segment_count(self) -> int:
         return len(self._sealed) + (1 if self._active else 0)
@@ -448,6 +472,7 @@ class WalWriter:
             except BlockingIOError:
                 return False
             self._refresh_cursor(force=True)
+            ledger_line = ""
             if reason is not None:
                 records, items, first, last = self._count_unconsumed(fd)
                 if records:
@@ -455,17 +480,23 @@ class WalWriter:
                     self.stats.dropped_items[reason] += items
                     log.error("WAL disk policy (%s): dropped %d unshipped records (%d items), seq %d..%d",
                               reason, records, items, first, last)
-                    append_line_durably(
-                        os.path.join(self.dir, DROPS_FILE),
-                        f"{time.time_ns()} first_seq={first} last_seq={last} records={records} "
-                        f"items={items} reason={reason}",
-                    )
+                    ledger_line = (f"{time.time_ns()} first_seq={first} last_seq={last} records={records} "
+                                   f"items={items} reason={reason}")
+                    try:
+                        append_line_durably(os.path.join(self.dir, DROPS_FILE), ledger_line)
+                        ledger_line = ""
+                    except OSError as exc:
+                        if exc.errno not in DISK_FULL_ERRNOS:
+                            raise
+                        # The disk is full: the ledger line goes in once the unlink below made room.
             os.unlink(seg.path)
             fsync_dir(self.dir)
         finally:
-            os.close(fd)
+            os.close(fd)  # the space is freed once the last fd is closed
         self._sealed.remove(seg)
         self.stats.segments_deleted += 1
+        if ledger_line:
+            append_line_durably(os.path.join(self.dir, DROPS_FILE), ledger_line)
         return True
 
     def _count_unconsumed(self, fd: int) -> tuple[int, int, int, int]:
@@ -499,3 +530,13 @@ class WalWriter:
         if self._dir_lock_fd >= 0:
             os.close(self._dir_lock_fd)
             self._dir_lock_fd = -1
+
+    def abandon(self) -> None:
+        """Release every fd without flushing or syncing: what the process dying does (crash tests)."""
+        self._chunks.clear()
+        self._chunk_bytes = 0
+        for fd in (self._fd, self._dir_lock_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._dir_lock_fd = -1
