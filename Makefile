@@ -8,7 +8,7 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv lint clean
+.PHONY: test venv lint clean demo
 
 venv:
 	scripts/bootstrap.sh
@@ -20,6 +20,10 @@ lint: venv
 # silently ran nothing can never pass.
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The main job end to end: an agent, an example app in several processes, a summary of what arrived.
+demo: venv
+	$(PY) scripts/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist
