@@ -97,7 +97,8 @@ def cmd_wal_dump(args: argparse.Namespace) -> int:
 
     try:
         for seq, kind, payload in dump(args.dir, start_after=args.after):
-            resource, *records = payload.rstrip(b"\n").split(b"\n")
+            # Strip only the final newline: an empty record line is a record (the shipper dead-letters it).
+            resource, *records = (payload[:-1] if payload.endswith(b"\n") else payload).split(b"\n")
             for index, record in enumerate(records):
                 line = {"seq": seq, "index": index, "kind": kind}
                 try:
@@ -120,7 +121,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _die(exitcodes.CONFIG, f"config error: {exc}")
     for key, value in config.items():
-        print(f"{key} = {value!r}  ({config.sources[key]})")
+        shown = "<redacted>" if key == "clickhouse.password" and value else value
+        print(f"{key} = {shown!r}  ({config.sources[key]})")
     return exitcodes.OK
 
 
@@ -148,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate the configuration without starting")
     _add_setting_flags(check)
     check.set_defaults(func=cmd_config_check)
+
+    from .shipper_cli import add_parsers as add_shipper_parsers
+
+    add_shipper_parsers(sub, _add_setting_flags, _flags)  # `shipper`, `schema apply`
     return parser
 
 
