@@ -71,6 +71,7 @@ class RejectReason(enum.StrEnum):
     OVERSIZED = "oversized"  # larger than MAX_MESSAGE_SIZE
     BAD_PAYLOAD = "bad_payload"  # line structure disagrees with header.count
     EMPTY = "empty"  # RECORDS with count == 0
+    BAD_SEQ = "bad_seq"  # RECORDS with seq 0 (sequence numbers start at 1: an ACK of 0 would mean nothing)
     DISK_FULL = "disk_full"  # the WAL cannot take it now (disk policy: reject)
     TOO_MANY_CONNECTIONS = "too_many_connections"
     WAL_ERROR = "wal_error"  # an I/O error writing the WAL
@@ -139,6 +140,8 @@ def decode_header(message: bytes | bytearray | memoryview) -> Header:
             raise ProtocolError(RejectReason.UNSUPPORTED_KIND, f"kind {kind}")
         if count == 0:
             raise ProtocolError(RejectReason.EMPTY, "RECORDS with count 0")
+        if seq == 0:
+            raise ProtocolError(RejectReason.BAD_SEQ, "RECORDS seq must start at 1")
     return Header(msg_type, kind, count, length, seq)
 
 

@@ -108,6 +108,8 @@ def expected_outcome(msg: bytes) -> Outcome:
             return reject("unsupported_kind", count)
         if count == 0:
             return reject("empty")
+        if seq == 0:
+            return reject("bad_seq")
         lines = payload.split(b"\n")
         if not payload.endswith(b"\n") or len(lines) - 1 != count + 1:  # content is the shipper's job
             return reject("bad_payload", count)
@@ -228,6 +230,7 @@ def test_garbage_frames_are_rejected_and_counted_by_reason(agent: AgentProcess) 
         header(kind=3, count=1, seq=26, payload=good),  # metrics: not supported yet
         header(kind=0, count=1, seq=27, payload=good),
         header(count=0, seq=28, payload=good),  # RECORDS with no records
+        header(seq=0, payload=good),  # RECORDS with seq 0: sequence numbers start at 1
         header(count=0, seq=29),
         header(count=1, seq=30),  # count 1, empty payload
         header(count=1, seq=31, payload=good[:-1]),  # no final newline
@@ -246,7 +249,7 @@ def test_garbage_frames_are_rejected_and_counted_by_reason(agent: AgentProcess) 
     stats = ledger.agent_stats(agent)
     assert stats["rejected_messages"] == {
         "too_short": 3, "bad_magic": 3, "bad_version": 2, "bad_type": 5, "bad_flags": 2,
-        "length_mismatch": 3, "unsupported_kind": 3, "empty": 2, "bad_payload": 5,
+        "length_mismatch": 3, "unsupported_kind": 3, "empty": 2, "bad_payload": 5, "bad_seq": 1,
     }
     assert nonzero(stats["rejected_items"]) == {"unsupported_kind": 3, "bad_payload": 2}
     assert stats["client_reported"] == {"sent_records": 3}
