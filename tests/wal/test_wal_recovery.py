@@ -258,3 +258,28 @@ def test_wal_dump_prints_every_span_with_its_resource_as_json_lines(tmp_path) ->
     got = [(x["seq"], x["index"], x["record"]["name"]) for x in lines]
     assert got == [(1, 0, "a"), (1, 1, "b"), (2, 0, "c")]
     assert lines[0]["resource"]["attributes"][0]["value"]["stringValue"] == "svc"
+
+
+def test_cursor_commit_needs_no_free_space_after_the_first(tmp_path) -> None:
+    """On a 100% full filesystem the consumer can still commit, so the writer can free space behind it."""
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmp_path)]).returncode != 0:
+        pytest.fail("this test needs a tmpfs mount (run as root, as make test does)")
+    try:
+        wal = str(tmp_path / "wal")
+        writer = _fill(wal, 5)
+        reader = WalReader(wal)
+        reader.read(2)
+        reader.commit(1)  # the first commit creates the cursor and its spare
+        fd = os.open(tmp_path / "filler", os.O_WRONLY | os.O_CREAT)
+        with pytest.raises(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        with pytest.raises(OSError):  # the filesystem is full: a new file cannot be written
+            (tmp_path / "probe").write_bytes(b"x" * 4096)
+        reader.commit(2)
+        assert WalReader(wal).committed_seq == 2
+        reader.close()
+        writer.close()
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path)])
