@@ -166,6 +166,42 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--disk-policy"),
     Setting("log.level", "info", parse_choice("debug", "info", "warning", "error"), "Log level.",
             env="AUTOMAGIK_TELEMETRY_LOG_LEVEL", flag="--log-level", live=True),
+    # ---- shipper: ClickHouse target (the `shipper` and `schema apply` commands)
+    Setting("clickhouse.endpoint", "http://localhost:8123", parse_str, "ClickHouse HTTP(S) endpoint, without "
+            "credentials in the URL.", flag="--clickhouse-endpoint"),
+    Setting("clickhouse.database", "telemetry", parse_str, "ClickHouse database of the traces table.",
+            flag="--database"),
+    Setting("clickhouse.table", "traces", parse_str, "ClickHouse table the spans go to.", flag="--table"),
+    Setting("clickhouse.username", "default", parse_str, "ClickHouse user (HTTP basic auth).", flag="--username"),
+    Setting("clickhouse.password", "", parse_str, "ClickHouse password (prefer --password-file: flags show "
+            "in ps).", flag="--password"),
+    Setting("clickhouse.password_file", "", parse_str, "File holding the ClickHouse password (first line); "
+            "overrides clickhouse.password.", flag="--password-file"),
+    Setting("clickhouse.ca_bundle", "", parse_str, "CA bundle to verify an https endpoint with (\"\" = system).",
+            flag="--ca-bundle"),
+    Setting("clickhouse.verify_tls", True, parse_bool, "Verify the https endpoint's certificate.",
+            flag="--verify-tls"),
+    Setting("clickhouse.compression", "auto", parse_choice("auto", "zstd", "gzip", "none"), "Request body "
+            "compression; auto = zstd on ClickHouse >= 21.1, else gzip (bodies under 1 KiB are sent plain).",
+            flag="--compression"),
+    Setting("clickhouse.connect_timeout", 5.0, parse_duration, "Connect timeout.", flag="--connect-timeout"),
+    Setting("clickhouse.read_timeout", 60.0, parse_duration, "Timeout waiting for ClickHouse's answer.",
+            flag="--read-timeout"),
+    Setting("shipper.batch_size", 20_000, parse_int(1), "Spans per INSERT (at most).", flag="--batch-size"),
+    Setting("shipper.batch_bytes", 8 * 1024 * 1024, parse_size, "WAL bytes per INSERT (at most).",
+            flag="--batch-bytes"),
+    Setting("shipper.batch_wait", 1.0, parse_duration, "Longest wait to fill a partial batch.",
+            flag="--batch-wait"),
+    Setting("shipper.max_rows_per_second", 200_000, parse_int(0), "Rate limit while catching up after an "
+            "outage (0 = none).", flag="--max-rows-per-second"),
+    Setting("shipper.retry_base", 1.0, parse_duration, "First retry delay after a transient failure "
+            "(doubles up to retry_max, full jitter).", flag="--retry-base"),
+    Setting("shipper.retry_max", 60.0, parse_duration, "Longest retry delay after transient failures.",
+            flag="--retry-max"),
+    Setting("shipper.config_retry", 30.0, parse_duration, "Retry delay while ClickHouse refuses the "
+            "configuration (auth, missing table).", flag="--config-retry"),
+    Setting("shipper.dead_letter_dir", "", parse_str, "Where refused spans are kept (\"\" = "
+            "<wal dir>/../dead-letter).", flag="--dead-letter-dir"),
 )
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 

@@ -1,0 +1,109 @@
+"""The dead-letter file: spans that can never be shipped, kept for a human, never silently dropped.
+
+Append-only JSON lines in ``<dir>/dead-letter.jsonl``, one object per span::
+
+    {"time": "2025-01-01T00:00:00.123Z", "reason": "transform", "error_code": null,
+     "error": "invalid traceId: not 32 hex characters", "wal_seq": 17, "raw": "<the span line>"}
+
+``reason`` is ``transform`` (the span could not become a row) or ``rejected`` (ClickHouse refused
+the row on its own after bisection; ``row`` then holds the row exactly as sent). A batch of entries
+is written with one ``write`` per entry and one ``fsync``, before the shipper commits the WAL cursor
+past them: a crash in between can repeat entries in this file, never lose them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .wal.durable import fsync_dir
+
+__all__ = ["DeadLetter", "DeadLetterEntry", "default_dead_letter_dir"]
+
+FILE_NAME = "dead-letter.jsonl"
+MAX_RAW = 64 * 1024  # a raw line longer than this is kept truncated (with its length)
+
+
+def default_dead_letter_dir(wal_dir: str) -> str:
+    """``<wal_dir>/../dead-letter``."""
+    return os.path.join(os.path.dirname(os.path.abspath(wal_dir)), "dead-letter")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterEntry:
+    reason: str  # "transform" | "rejected" | "unsupported"
+    error: str
+    wal_seq: int
+    raw: bytes | None = None  # the WAL line (transform failures)
+    row: bytes | None = None  # the encoded JSON row as sent (server rejections)
+    error_code: int | None = None
+
+    def to_json(self, now: float) -> bytes:
+        obj: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "reason": self.reason,
+            "error_code": self.error_code,
+            "error": self.error,
+            "wal_seq": self.wal_seq,
+        }
+        if self.row is not None:
+            try:
+                obj["row"] = orjson.loads(self.row)
+            except orjson.JSONDecodeError:
+                obj["row_raw"] = self.row.decode("utf-8", "replace")
+        if self.raw is not None:
+            text = self.raw.decode("utf-8", "replace")
+            if len(text) > MAX_RAW:
+                obj["raw_length"] = len(text)
+                text = text[:MAX_RAW]
+            obj["raw"] = text
+        return orjson.dumps(obj) + b"\n"
+
+
+class DeadLetter:
+    def __init__(self, directory: str) -> None:
+        self.dir = os.path.abspath(directory)
+        self.path = os.path.join(self.dir, FILE_NAME)
+        self.count = 0  # entries written by this process
+        self._lock = threading.Lock()
+
+    def write(self, entries: list[DeadLetterEntry]) -> None:
+        """Append ``entries`` and fsync; raises OSError (the caller keeps the data in the WAL)."""
+        if not entries:
+            return
+        now = time.time()
+        data = b"".join(e.to_json(now) for e in entries)
+        with self._lock:
+            created = not os.path.exists(self.path)
+            os.makedirs(self.dir, mode=0o750, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                view = memoryview(data)
+                try:
+                    while view:
+                        view = view[os.write(fd, view):]
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)  # never leave a torn line
+                    raise
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_dir(self.dir)
+            self.count += len(entries)
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every entry in the file (for tests and tools)."""
+        try:
+            with open(self.path, "rb") as f:
+                return [orjson.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []

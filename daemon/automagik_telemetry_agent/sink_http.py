@@ -1,0 +1,268 @@
+"""The ClickHouse HTTP sink: one keep-alive session, capability detection, one INSERT per call.
+
+Responsibilities (and nothing else): talk HTTP to one ClickHouse endpoint, pick the request
+compression and the settings the server supports, and turn every answer into an
+:class:`InsertResult` (class, code, the server's own text). Retrying, batching and bisecting are
+the shipper's job.
+
+* Auth: exactly one method, HTTP basic auth (never URL parameters: they land in logs). Credentials
+  are never logged, and an endpoint URL carrying ``user:password@`` is refused.
+* ``detect()``: ``SELECT version()`` gives the capabilities (zstd request bodies from 21.1,
+  ``insert_deduplication_token`` from 22.2); ``system.columns`` gives the target table's columns and
+  so the row :class:`~.transform.Profile` (:func:`.schema.detect_table_profile`).
+* ``insert()``: ``POST ?query=INSERT INTO db.table FORMAT JSONEachRow&wait_end_of_query=1`` (plus
+  ``insert_deduplication_token`` when supported); a 2xx carrying an exception is a failure.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import urllib.parse
+from dataclasses import dataclass, field
+from functools import cache
+
+import requests
+
+from .clickhouse_errors import Classified, ErrorClass, classify_exception, classify_response
+from .schema import _identifier, detect_table_profile, pick_profile, table_columns
+from .transform import Profile, parse_resource, transform_span
+
+__all__ = ["Capabilities", "ClickHouseHttpSink", "DetectResult", "InsertResult", "SinkError", "profile_row_keys"]
+
+log = logging.getLogger(__name__)
+
+COMPRESSIONS = ("auto", "zstd", "gzip", "none")
+ZSTD_MIN_VERSION = (21, 1)
+DEDUP_TOKEN_MIN_VERSION = (22, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    ok: bool
+    error_class: ErrorClass
+    code: int | None = None
+    message: str = ""
+    status: int | None = None
+    raw_bytes: int = 0
+    sent_bytes: int = 0
+    encoding: str = "none"
+
+    @classmethod
+    def of(cls, c: Classified, raw_bytes: int = 0, sent_bytes: int = 0, encoding: str = "none") -> InsertResult:
+        return cls(c.error_class is ErrorClass.OK, c.error_class, c.code, c.message, c.status, raw_bytes,
+                   sent_bytes, encoding)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    version: str
+    zstd: bool
+    dedup_token: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DetectResult:
+    capabilities: Capabilities
+    columns: dict[str, str] = field(default_factory=dict)
+    profile: Profile | None = None
+
+
+class SinkError(Exception):
+    """A query (detection, DDL) failed; ``result`` classifies it, ``str()`` is one actionable line."""
+
+    def __init__(self, result: InsertResult, explanation: str) -> None:
+        super().__init__(explanation)
+        self.result = result
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    parts = version.strip().split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return 0, 0
+
+
+@cache
+def profile_row_keys(profile: Profile) -> frozenset[str]:
+    """The columns a row of ``profile`` fills (what the target table must have)."""
+    resource = parse_resource(b'{"attributes":[]}')
+    span = b'{"traceId":"0123456789abcdef0123456789abcdef","spanId":"0123456789abcdef","name":"x",' \
+           b'"startTimeUnixNano":"1700000000000000000"}'
+    return frozenset(transform_span(span, resource, profile))
+
+
+class ClickHouseHttpSink:
+    def __init__(self, endpoint: str = "http://localhost:8123", database: str = "telemetry",
+                 table: str = "traces", username: str = "default", password: str = "",
+                 ca_bundle: str | None = None, verify_tls: bool = True, connect_timeout: float = 5.0,
+                 read_timeout: float = 60.0, compression: str = "auto", compression_threshold: int = 1024) -> None:
+        parsed = urllib.parse.urlsplit(endpoint)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"ClickHouse endpoint {endpoint!r} is not an http(s)://host[:port] URL")
+        if parsed.username or parsed.password:
+            raise ValueError("the ClickHouse endpoint URL must not carry credentials: use the username and "
+                             "password settings (or a password file)")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        self.endpoint = endpoint.rstrip("/")
+        self.database = _identifier(database)
+        self.table = _identifier(table)
+        self.username = username
+        self.compression = compression
+        self.compression_threshold = compression_threshold
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = requests.Session()
+        self.session.auth = (username, password)  # basic auth only: exactly one method
+        self.session.verify = ca_bundle if ca_bundle else verify_tls
+        self.session.trust_env = False  # no netrc credentials or proxies sneaking in a second method
+        self.capabilities: Capabilities | None = None
+        self.columns: dict[str, str] = {}
+        self.profile: Profile | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.database}.{self.table}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------------ plain queries
+    def query(self, sql: str) -> str:
+        """Run one statement (POSTed as the body); its output text, or :class:`SinkError`."""
+        try:
+            r = self.session.post(self.endpoint + "/", data=sql.encode(), timeout=self.timeout,
+                                  params={"wait_end_of_query": "1"})
+        except (requests.RequestException, OSError) as exc:
+            result = InsertResult.of(classify_exception(exc))
+            raise SinkError(result, self.explain(result)) from None
+        c = classify_response(r.status_code, r.headers, r.content)
+        if c.error_class is not ErrorClass.OK:
+            result = InsertResult.of(c)
+            raise SinkError(result, self.explain(result))
+        return r.text
+
+    def detect(self) -> DetectResult:
+        """Server capabilities and the target table's columns and profile.
+
+        Raises :class:`SinkError` (CONFIG) when the table is missing or lacks columns the rows need.
+        """
+        version = self.query("SELECT version()").strip()
+        vt = _version_tuple(version)
+        caps = Capabilities(version, vt >= ZSTD_MIN_VERSION, vt >= DEDUP_TOKEN_MIN_VERSION)
+        self.capabilities = caps
+        columns = table_columns(self.query, self.database, self.table)
+        profile = detect_table_profile(columns) if columns else None
+        if not columns:
+            result = InsertResult(False, ErrorClass.CONFIG, 60, f"Table {self.target} doesn't exist")
+            raise SinkError(result, self.explain(result))
+        if profile is None:
+            result = InsertResult(False, ErrorClass.CONFIG, None,
+                                  f"table {self.target} has neither a Map `attributes` nor `attribute_keys`")
+            raise SinkError(result, self.explain(result))
+        missing = sorted(profile_row_keys(profile) - set(columns))
+        if missing:
+            result = InsertResult(False, ErrorClass.CONFIG, 16,
+                                  f"table {self.target} lacks columns {', '.join(missing)}")
+            raise SinkError(result, self.explain(result))
+        self.columns, self.profile = columns, profile
+        with_server = pick_profile(version) if vt != (0, 0) else profile
+        if with_server is not profile:
+            log.info("ClickHouse %s: writing the %s row shape of the existing table %s", version,
+                     profile.value, self.target)
+        return DetectResult(caps, columns, profile)
+
+    def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:
+        """How many of ``span_ids`` (started within ``[min_ns, max_ns]``) the table holds (restart probe)."""
+        ids = ", ".join("'" + s + "'" for s in span_ids if s.isalnum()) or "''"
+        lo, hi = min_ns // 1_000_000_000, max_ns // 1_000_000_000 + 1
+        out = self.query(f"SELECT count() FROM {self.target} WHERE timestamp >= toDateTime({lo}) "
+                         f"AND timestamp <= toDateTime({hi}) AND span_id IN ({ids}) FORMAT TabSeparated")
+        return int(out.strip() or 0)
+
+    # ------------------------------------------------------------------ inserts
+    def choose_encoding(self, size: int) -> str:
+        if self.compression == "none" or (self.compression == "auto" and size < self.compression_threshold):
+            return "none"
+        caps = self.capabilities
+        if self.compression == "zstd" or self.compression == "auto":
+            if caps is not None and caps.zstd:
+                return "zstd"
+            return "gzip"
+        return "gzip"
+
+    @staticmethod
+    def compress(body: bytes, encoding: str) -> bytes:
+        if encoding == "zstd":
+            import zstandard
+
+            return zstandard.ZstdCompressor(level=3).compress(body)
+        if encoding == "gzip":
+            return gzip.compress(body, compresslevel=3, mtime=0)
+        return body
+
+    def insert_params(self, token: str | None) -> dict[str, str]:
+        params = {"query": f"INSERT INTO {self.target} FORMAT JSONEachRow", "wait_end_of_query": "1"}
+        caps = self.capabilities
+        if token is not None and caps is not None and caps.dedup_token:
+            params["insert_deduplication_token"] = token
+        return params
+
+    def insert(self, body: bytes, token: str | None = None) -> InsertResult:
+        """POST one JSONEachRow body; never raises for a server or network failure."""
+        encoding = self.choose_encoding(len(body))
+        data = self.compress(body, encoding)
+        headers = {"Content-Type": "application/x-ndjson"}
+        if encoding != "none":
+            headers["Content-Encoding"] = encoding
+        try:
+            r = self.session.post(self.endpoint + "/", params=self.insert_params(token), data=data,
+                                  headers=headers, timeout=self.timeout)
+        except (requests.RequestException, OSError) as exc:
+            return InsertResult.of(classify_exception(exc), len(body), len(data), encoding)
+        c = classify_response(r.status_code, r.headers, r.content)
+        if c.code == 89 and encoding == "zstd":  # UNKNOWN_COMPRESSION_METHOD: fall back to gzip
+            log.warning("ClickHouse at %s refused a zstd body; falling back to gzip", self.endpoint)
+            if self.capabilities is not None:
+                self.capabilities = Capabilities(self.capabilities.version, False, self.capabilities.dedup_token)
+            if self.compression == "zstd":
+                self.compression = "gzip"
+            c = Classified(ErrorClass.TRANSIENT, c.code, c.message, c.status)
+        return InsertResult.of(c, len(body), len(data), encoding)
+
+    # ------------------------------------------------------------------ messages
+    def explain(self, r: InsertResult) -> str:
+        """One actionable line for an operator (never containing a password)."""
+        code = r.code
+        where = f"ClickHouse at {self.endpoint}"
+        detail = f" (code {code}: {r.message})" if code is not None else f" ({r.message})"
+        if code in (60, 81):
+            return (f"table {self.target} does not exist on {where}: run `automagik-telemetry schema apply "
+                    f"--clickhouse-endpoint {self.endpoint} --database {self.database} --table {self.table}`"
+                    f"{detail}")
+        if code == 16 or (r.error_class is ErrorClass.CONFIG and "lacks columns" in r.message):
+            return (f"table {self.target} on {where} does not match the rows: run `automagik-telemetry schema "
+                    f"apply` or point --table at an automagik-telemetry table{detail}")
+        if code in (193, 194, 516) or (code is None and r.status == 401):
+            return (f"{where} rejected user {self.username!r}'s password: fix --password / --password-file "
+                    f"/ AUTOMAGIK_TELEMETRY_CLICKHOUSE_PASSWORD{detail}")
+        if code == 192:
+            return f"{where} has no user {self.username!r}: fix --username{detail}"
+        if code in (195,):
+            return f"{where} does not accept user {self.username!r} from this host{detail}"
+        if code == 497 or r.status == 403:
+            return f"user {self.username!r} may not insert into {self.target} on {where}: GRANT INSERT{detail}"
+        if code == 164:
+            return f"user {self.username!r} is read-only on {where}: use a user allowed to INSERT{detail}"
+        if code == 115:
+            return f"{where} ({self._version()}) does not know a setting the shipper sent{detail}"
+        if r.error_class is ErrorClass.CONFIG and r.status is None:
+            return f"cannot talk to {where}: {r.message} (check --ca-bundle / --verify-tls / the URL)"
+        if r.error_class is ErrorClass.TRANSIENT:
+            return f"{where} unavailable{detail}"
+        return f"{where} error{detail}"
+
+    def _version(self) -> str:
+        return self.capabilities.version if self.capabilities else "version unknown"
+

@@ -1,0 +1,113 @@
+"""Unit tests of the shipper's pieces without a server: tokens, pacing, bisection, dead letters."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from automagik_telemetry_agent.clickhouse_errors import ErrorClass
+from automagik_telemetry_agent.dead_letter import DeadLetter, DeadLetterEntry, default_dead_letter_dir
+from automagik_telemetry_agent.shipper import Shipper, TokenBucket, backoff_delay, batch_token
+from automagik_telemetry_agent.sink_http import ClickHouseHttpSink, InsertResult
+from automagik_telemetry_agent.transform import Profile
+from automagik_telemetry_agent.wal import read_cursor
+
+from .shipper_helpers import ShipperThread, fast_options, span, wait_for, write_wal
+
+
+def test_batch_token_is_stable_and_order_free() -> None:
+    assert batch_token("a", 3, 9, [2, 1, 1]) == batch_token("a", 3, 9, (1, 2))
+    assert batch_token("a", 3, 9, [1]) != batch_token("a", 3, 9, [2])
+    assert re.fullmatch(r"a:3-9:[0-9a-f]{8}", batch_token("a", 3, 9, [5]))
+
+
+def test_backoff_full_jitter_capped() -> None:
+    rand = random.Random(1)
+    for attempt in range(80):
+        d = backoff_delay(attempt, 1.0, 60.0, rand)
+        assert 0 <= d <= min(60.0, 2.0**attempt)
+
+
+def test_token_bucket() -> None:
+    now = [0.0]
+    bucket = TokenBucket(1000, clock=lambda: now[0])
+    assert bucket.take(1000) == 0  # one second of burst
+    assert bucket.take(500) == pytest.approx(0.5)
+    now[0] += 0.5
+    assert bucket.take(0) == 0
+    assert TokenBucket(0).take(10**9) == 0
+
+
+def test_dead_letter_file(tmp_path: Path) -> None:
+    assert default_dead_letter_dir(str(tmp_path / "wal")) == str(tmp_path / "dead-letter")
+    dl = DeadLetter(str(tmp_path / "dl"))
+    dl.write([DeadLetterEntry("transform", "invalid JSON", 3, raw=b"{nope"),
+              DeadLetterEntry("rejected", "Code: 27, ...", 4, row=b'{"a":1}\n', error_code=27)])
+    dl.write([])
+    entries = dl.read()
+    assert dl.count == 2
+    assert entries[0]["raw"] == "{nope" and entries[0]["wal_seq"] == 3 and entries[0]["error_code"] is None
+    assert entries[1]["row"] == {"a": 1} and entries[1]["error_code"] == 27
+    assert entries[0]["time"].endswith("Z")
+
+
+class FakeSink(ClickHouseHttpSink):
+    """Refuses any body containing a marker (BAD_DATA), fails the first ``transient`` calls."""
+
+    def __init__(self, transient: int = 0) -> None:
+        super().__init__("http://127.0.0.1:1", "db", "t")
+        self.transient = transient
+        self.sent: list[tuple[bytes, str | None]] = []
+        self.stored: list[dict[str, Any]] = []
+
+    def detect(self) -> Any:
+        self.profile = Profile.LEGACY
+        return None
+
+    def insert(self, body: bytes, token: str | None = None) -> InsertResult:
+        self.sent.append((body, token))
+        if self.transient:
+            self.transient -= 1
+            return InsertResult(False, ErrorClass.TRANSIENT, 209, "Code: 209. timeout", 503)
+        if b"BAD" in body:
+            return InsertResult(False, ErrorClass.BAD_DATA, 27, "Code: 27, cannot parse", 500)
+        self.stored += [orjson.loads(line) for line in body.splitlines()]
+        return InsertResult(True, ErrorClass.OK, None, "", 200, len(body), len(body))
+
+
+def test_transient_retries_resend_identical_bytes_and_token(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [[span(i) for i in range(30)]])
+    sink = FakeSink(transient=3)
+    shipper = Shipper(str(wal), sink, fast_options(tmp_path, backoff_base_s=0.01, backoff_cap_s=0.02))
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: read_cursor(str(wal)).seq == seqs[-1], 10, "committed")
+        t.stop()
+    assert len(sink.sent) == 4 and len(set(sink.sent)) == 1  # same bytes, same token, every time
+    assert shipper.stats.retries_transient == 3 and len(sink.stored) == 30
+
+
+def test_bisection_isolates_bad_rows_with_derived_tokens(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
+    bad = {3, 4, 50, 99}
+    seqs = write_wal(wal, [[span(i, name="BAD" if i in bad else f"n{i}") for i in range(100)]])
+    sink = FakeSink()
+    shipper = Shipper(str(wal), sink, fast_options(tmp_path))
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: read_cursor(str(wal)).seq == seqs[-1], 10, "committed")
+        t.stop()
+    assert sorted(int(r["attribute_values"][0]) for r in sink.stored) == [i for i in range(100) if i not in bad]
+    dead = DeadLetter(str(tmp_path / "dead-letter")).read()
+    assert sorted(e["row"]["span_name"] for e in dead) == ["BAD"] * 4
+    top = sink.sent[0][1]
+    assert top is not None
+    tokens = [tok for _, tok in sink.sent[1:]]
+    assert all(tok is not None and tok.startswith(top + ":") and set(tok[len(top) + 1:]) <= {"0", "1"}
+               for tok in tokens)
+    assert len(set(tokens)) == len(tokens)  # every sub-batch has its own token
+    assert len(sink.sent) < 60  # O(bad * log n), not one request per row
