@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+from agent_process import wait_until
 
 from automagik_telemetry_agent.schema import apply, pick_profile
 from automagik_telemetry_agent.shipper import Shipper, ShipperOptions
@@ -117,11 +117,4 @@ def select_rows(clickhouse: Any, database: str, table: str = "traces") -> list[d
 
 
 def wait_for(predicate: Any, timeout: float, message: str = "condition", interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval=interval, message=message)
