@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def start_agent(state: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "automagik_telemetry_agent", "agent", "--socket", str(state / "agent.sock"),
-           "--wal-dir", str(state / "wal"), "--wal-min-free", "0"]
+           "--wal-dir", str(state / "wal"), "--wal-min-free", "0", "--sink", "none"]
     agent = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     assert agent.stderr is not None
     for line in agent.stderr:

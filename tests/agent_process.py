@@ -12,9 +12,11 @@ Typical use (the ``agent`` / ``agent_factory`` fixtures in ``tests/agent/conftes
 
 Settings are keyword arguments named after the agent's long flags: ``fsync="always"`` becomes
 ``--fsync always``, ``wal_max_size=131072`` becomes ``--wal-max-size 131072``; ``None`` omits a flag.
-Defaults that keep tests deterministic: ``wal_min_free=0`` (no free-disk watermark: the test host's
-free space must not change behaviour) and ``log_level="info"``. The agent gets an empty config file
-and an environment without ``AUTOMAGIK_TELEMETRY_*`` variables, so nothing on the host leaks in.
+Defaults that keep tests deterministic: ``sink="none"`` (ingest only: the WAL keeps everything, unless a
+test passes ``sink="clickhouse"`` and the ClickHouse settings), ``wal_min_free=0`` (no free-disk
+watermark: the test host's free space must not change behaviour) and ``log_level="info"``. The agent
+gets an empty config file and an environment without ``AUTOMAGIK_TELEMETRY_*`` variables, so nothing
+on the host leaks in.
 
 The agent's stderr is drained continuously by a thread (it logs one line per disk-full error, and a
 full pipe would block it); read it with :attr:`AgentProcess.stderr_text`.
@@ -53,7 +55,7 @@ from automagik_telemetry.protocol import MessageType, RecordKind  # noqa: E402
 #: Resource line RawClient.send_records uses unless told otherwise.
 DEFAULT_RESOURCE = b'{"attributes":[{"key":"service.name","value":{"stringValue":"agent-test"}}]}'
 #: Settings applied unless the caller overrides them (None removes one).
-DEFAULT_SETTINGS: dict[str, Any] = {"wal_min_free": 0, "log_level": "info"}
+DEFAULT_SETTINGS: dict[str, Any] = {"wal_min_free": 0, "log_level": "info", "sink": "none"}
 READY_TIMEOUT_S = 15.0
 _SUN_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import exitcodes
-from .config import SETTINGS, ConfigError, load_config
+from .config import SETTINGS, SETTINGS_BY_KEY, ConfigError, load_config
 
 
 def _die(code: int, message: str) -> int:
@@ -31,6 +31,15 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
     return {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("setting:")}
+
+
+def _setting_argv(args: argparse.Namespace) -> list[str]:
+    """The config file and setting flags this command got, for a child process that takes the same."""
+    argv = ["--config", args.config] if args.config else []
+    for key, value in _flags(args).items():
+        if value is not None:
+            argv += [SETTINGS_BY_KEY[key].flag_name, str(value)]
+    return argv
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -64,8 +73,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_stop())
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit is an EFBIG error, not a kill
+    shipper = None
+    if config["sink"] == "clickhouse":
+        from .child import ChildProcess
+
+        argv = [sys.executable, "-m", "automagik_telemetry_agent", "shipper", *_setting_argv(args)]
+        shipper = ChildProcess("shipper", argv)
+
+    def ready() -> None:
+        print("ready", file=sys.stderr, flush=True)
+        if shipper is not None:
+            shipper.start()
+
     try:
-        server.serve_forever(on_ready=lambda: print("ready", file=sys.stderr, flush=True))
+        server.serve_forever(on_ready=ready)
     except OSError as exc:
         import logging
 
@@ -73,6 +94,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return exitcodes.IO_ERROR
     finally:
         writer.close()
+        if shipper is not None:
+            shipper.stop()
     return exitcodes.OK
 
 

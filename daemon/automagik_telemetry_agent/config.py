@@ -167,6 +167,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log.level", "info", parse_choice("debug", "info", "warning", "error"), "Log level.",
             env="AUTOMAGIK_TELEMETRY_LOG_LEVEL", flag="--log-level", live=True),
     # ---- shipper: ClickHouse target (the `shipper` and `schema apply` commands)
+    Setting("sink", "clickhouse", parse_choice("clickhouse", "none"), "Where the agent ships the WAL: "
+            "clickhouse (the shipper process), or none (ingest only; the WAL keeps everything).",
+            env="AUTOMAGIK_TELEMETRY_SINK", flag="--sink"),
     Setting("clickhouse.endpoint", "http://localhost:8123", parse_str, "ClickHouse HTTP(S) endpoint, without "
             "credentials in the URL.", flag="--clickhouse-endpoint"),
     Setting("clickhouse.database", "telemetry", parse_str, "ClickHouse database of the traces table.",
