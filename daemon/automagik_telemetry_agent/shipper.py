@@ -473,6 +473,15 @@ class Shipper:
                 self.stats.retries_transient += 1
                 self._sleep(backoff_delay(attempt, o.backoff_base_s, o.backoff_cap_s))
                 attempt += 1
+                if r.status is None and not self._abandon():
+                    # No HTTP answer: the connection broke. The server may have been restarted or upgraded
+                    # meanwhile, so detect its version (compression, dedup token) and table again first.
+                    try:
+                        self.sink.detect()
+                    except SinkError:
+                        continue
+                    if self.sink.profile is not profile:
+                        raise _ProfileChanged()
                 continue
             # CONFIG: wait, re-detect (the table may have been created or changed), retry.
             self.stats.retries_config += 1

@@ -59,18 +59,24 @@ def test_dead_letter_file(tmp_path: Path) -> None:
 class FakeSink(ClickHouseHttpSink):
     """Refuses any body containing a marker (BAD_DATA), fails the first ``transient`` calls."""
 
-    def __init__(self, transient: int = 0) -> None:
+    def __init__(self, transient: int = 0, connection_errors: int = 0) -> None:
         super().__init__("http://127.0.0.1:1", "db", "t")
         self.transient = transient
+        self.connection_errors = connection_errors
+        self.detections = 0
         self.sent: list[tuple[bytes, str | None]] = []
         self.stored: list[dict[str, Any]] = []
 
     def detect(self) -> Any:
+        self.detections += 1
         self.profile = Profile.LEGACY
         return None
 
     def insert(self, body: bytes, token: str | None = None) -> InsertResult:
         self.sent.append((body, token))
+        if self.connection_errors:
+            self.connection_errors -= 1
+            return InsertResult(False, ErrorClass.TRANSIENT, None, "connection refused", None)
         if self.transient:
             self.transient -= 1
             return InsertResult(False, ErrorClass.TRANSIENT, 209, "Code: 209. timeout", 503)
@@ -90,6 +96,19 @@ def test_transient_retries_resend_identical_bytes_and_token(tmp_path: Path) -> N
         t.stop()
     assert len(sink.sent) == 4 and len(set(sink.sent)) == 1  # same bytes, same token, every time
     assert shipper.stats.retries_transient == 3 and len(sink.stored) == 30
+
+
+def test_server_is_detected_again_after_a_broken_connection_but_not_after_an_http_error(tmp_path: Path) -> None:
+    """A server restarted (maybe upgraded) behind an outage gets its version and table checked again."""
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [[span(i) for i in range(10)]])
+    sink = FakeSink(transient=2, connection_errors=2)
+    shipper = Shipper(str(wal), sink, fast_options(tmp_path, backoff_base_s=0.01, backoff_cap_s=0.02))
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: read_cursor(str(wal)).seq == seqs[-1], 10, "committed")
+        t.stop()
+    assert sink.detections == 1 + 2  # at start, then once after each broken connection (not after the 503s)
+    assert len(set(sink.sent)) == 1 and len(sink.stored) == 10
 
 
 def test_bisection_isolates_bad_rows_with_derived_tokens(tmp_path: Path) -> None:
