@@ -5,8 +5,8 @@ recording spans through the client), waits until every worker's flush says its s
 prints a summary (spans by name, p95 duration, error count) read back from the agent's write-ahead log,
 checks it against what the workers sent, and stops the agent cleanly.
 
-The shipper into ClickHouse is not built yet, so today the summary is read from the WAL; once the
-embedded ClickHouse sink lands it will come from a SQL query over the shipped rows.
+It runs ingest only (``--sink none``): no ClickHouse is needed, and the summary is read from the WAL.
+Once the embedded ClickHouse sink lands, the demo ships into it and the summary becomes a SQL query.
 """
 
 from __future__ import annotations

@@ -7,16 +7,29 @@ with the CONFIG exit code is not restarted (its configuration cannot work; resta
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import exitcodes
 
 log = logging.getLogger(__name__)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+
+    def arm() -> None:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 class ChildProcess:
@@ -45,7 +58,10 @@ class ChildProcess:
     def _spawn(self) -> None:
         with self._lock:
             if not self._stopping.is_set():
-                self._proc = subprocess.Popen(self.argv, start_new_session=True)  # Ctrl-C reaches the agent only
+                # Own session: Ctrl-C reaches the agent only, which stops the child in order. Parent-death
+                # signal: if the agent is killed (-9), the child gets SIGTERM instead of living on.
+                arm = _die_with_parent(os.getpid())
+                self._proc = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=arm)
                 log.info("%s started (pid %d)", self.name, self._proc.pid)
 
     def _watch(self) -> None:

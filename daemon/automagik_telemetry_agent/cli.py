@@ -33,6 +33,13 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
     return {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("setting:")}
 
 
+def missing_agent_extras() -> list[str]:
+    """Packages of the ``agent`` extra the shipper needs that are not importable here."""
+    import importlib.util
+
+    return [name for name in ("orjson", "requests", "zstandard") if importlib.util.find_spec(name) is None]
+
+
 def _setting_argv(args: argparse.Namespace) -> list[str]:
     """The config file and setting flags this command got, for a child process that takes the same."""
     argv = ["--config", args.config] if args.config else []
@@ -73,9 +80,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_stop())
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit is an EFBIG error, not a kill
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no live reload yet: a stray SIGHUP must not kill the agent
     shipper = None
     if config["sink"] == "clickhouse":
         from .child import ChildProcess
+
+        missing = missing_agent_extras()
+        if missing:
+            server.close()
+            writer.close()
+            return _die(exitcodes.UNAVAILABLE, f"the shipper needs {', '.join(missing)}: install "
+                        "'automagik-telemetry[agent]', or run ingest only with --sink none")
 
         argv = [sys.executable, "-m", "automagik_telemetry_agent", "shipper", *_setting_argv(args)]
         shipper = ChildProcess("shipper", argv)

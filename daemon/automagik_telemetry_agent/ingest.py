@@ -36,6 +36,7 @@ READ_BUDGET = 64  # messages per connection per loop turn
 MAX_UNSYNCED_BYTES = 32 * 1024 * 1024  # backpressure threshold in interval mode
 MAINTAIN_EVERY_S = 1.0
 MAX_CLIENT_INSTANCES = 10_000
+MAX_OUTBOX = 1024  # unsent REJECTs per connection before the client is disconnected
 #: Client counters are attacker-controlled JSON: bound the distinct names, their length and the values,
 #: so that the agent's STATS reply (which carries their totals) always fits in one message.
 MAX_CLIENT_COUNTER_NAMES = 256
@@ -69,6 +70,7 @@ class IngestStats:
     connections_accepted: int = 0
     connections_refused: int = 0
     acks_sent: int = 0
+    connections_dropped_unread: int = 0  # clients disconnected for not reading their replies
 
 
 class ClientCounters:
@@ -114,12 +116,13 @@ class ClientCounters:
 
 
 class _Connection:
-    __slots__ = ("ack_owed", "acked", "peer_pid", "pending", "sock")
+    __slots__ = ("ack_owed", "acked", "outbox", "peer_pid", "pending", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.pending: deque[tuple[int, int, int]] = deque()  # (wal_seq, msg_seq, items), in order
         self.ack_owed = 0  # an ACK that could not be sent yet (client not reading)
+        self.outbox: deque[bytes] = deque()  # REJECTs not sent yet: they must reach the client before any ACK
         self.acked = 0
         self.peer_pid = 0
 
@@ -313,7 +316,27 @@ class IngestServer:
     def _reject(self, conn: _Connection, seq: int, reason: RejectReason, items: int) -> None:
         self.stats.rejected_messages[reason.value] += 1
         self.stats.rejected_items[reason.value] += items
-        self._send(conn, protocol.encode(MessageType.REJECT, reason.value.encode(), seq=seq))
+        conn.outbox.append(protocol.encode(MessageType.REJECT, reason.value.encode(), seq=seq))
+        if not self._flush_outbox(conn):
+            self._awaiting_ack.add(conn)  # retried with the ACKs, and ahead of them
+
+    def _flush_outbox(self, conn: _Connection) -> bool:
+        """Send queued REJECTs in order; False while the client is not reading.
+
+        An ACK is cumulative, so it is never sent while a REJECT for an earlier message is still queued
+        (the client would take the refused message as durable). A client that stops reading its replies
+        altogether is disconnected once MAX_OUTBOX of them are queued, and that is counted.
+        """
+        while conn.outbox:
+            if not self._send(conn, conn.outbox[0]):
+                if len(conn.outbox) > MAX_OUTBOX:
+                    log.warning("client pid %d does not read its replies (%d queued); disconnecting it",
+                                conn.peer_pid, len(conn.outbox))
+                    self.stats.connections_dropped_unread += 1
+                    self._close(conn)
+                return False
+            conn.outbox.popleft()
+        return True
 
     def _rollback_from(self, exc: WalWriteError) -> None:
         """Records from exc.first_failed_seq on never reached the file: reject them."""
@@ -362,7 +385,9 @@ class IngestServer:
     def _send_acks(self) -> None:
         durable = self.writer.durable_seq
         done = []
-        for conn in self._awaiting_ack:
+        for conn in list(self._awaiting_ack):
+            if not self._flush_outbox(conn):
+                continue
             msg_seq = 0
             while conn.pending and conn.pending[0][0] <= durable:
                 msg_seq = conn.pending.popleft()[1]
@@ -372,7 +397,7 @@ class IngestServer:
                 conn.acked = conn.ack_owed
                 conn.ack_owed = 0
                 self.stats.acks_sent += 1
-            if not conn.pending and not conn.ack_owed:
+            if not conn.pending and not conn.ack_owed and not conn.outbox:
                 done.append(conn)
         for conn in done:
             self._awaiting_ack.discard(conn)
@@ -433,6 +458,10 @@ class IngestServer:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def close(self) -> None:
+        """Release the socket without serving (start-up aborted after :meth:`listen`)."""
+        self._shutdown()
+
     # ------------------------------------------------------------------ introspection
     def snapshot(self) -> dict:
         """Counters of ingest and the WAL, as the STATS message carries them."""
@@ -450,6 +479,7 @@ class IngestServer:
             "connections_accepted": s.connections_accepted,
             "connections_refused": s.connections_refused,
             "acks_sent": s.acks_sent,
+            "connections_dropped_unread": s.connections_dropped_unread,
             "client_reported": self.clients.totals(),
             "wal": {
                 "dir": w.dir,

@@ -29,6 +29,7 @@ written re-sends it.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+CONSUMER_LOCK_FILE = "consumer.lock"  # in the WAL directory: held by the one shipper reading it
 
 SPAN_KIND = 1  # automagik_telemetry.protocol.RecordKind.SPAN
 INFLIGHT_FILE = "inflight.json"
@@ -292,8 +295,38 @@ class Shipper:
         return self._agent_id
 
     # ------------------------------------------------------------------ the loop
+    def _lock_consumer(self) -> int | None:
+        """Take the WAL's consumer lock: one shipper per WAL, whoever started it.
+
+        A previous shipper may still be finishing (e.g. its agent was killed and it got SIGTERM): wait
+        for it instead of sharing the cursor. Returns the lock fd, or None if a stop came first.
+        """
+        fd = os.open(os.path.join(self.wal_dir, CONSUMER_LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if not warned:
+                    log.warning("another shipper is consuming %s; waiting for it to exit", self.wal_dir)
+                    warned = True
+                if self._stop.wait(0.2):
+                    os.close(fd)
+                    return None
+
     def run(self) -> ShipperStats:
         """Ship until :meth:`request_stop`; returns the stats."""
+        os.makedirs(self.wal_dir, exist_ok=True)
+        lock_fd = self._lock_consumer()
+        if lock_fd is None:
+            return self.stats
+        try:
+            return self._run_locked()
+        finally:
+            os.close(lock_fd)
+
+    def _run_locked(self) -> ShipperStats:
         self.reader = WalReader(self.wal_dir)
         self.stats.committed_seq = self.reader.committed_seq
         try:

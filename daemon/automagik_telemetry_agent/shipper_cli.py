@@ -62,6 +62,7 @@ def cmd_shipper(args: argparse.Namespace, flags: dict[str, object]) -> int:
     shipper = Shipper(config["wal.dir"], sink, options)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: shipper.request_stop())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no live reload yet
     print("ready", file=sys.stderr, flush=True)
     try:
         shipper.run()

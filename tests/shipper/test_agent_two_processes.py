@@ -78,3 +78,24 @@ def test_agent_with_sink_none_runs_no_shipper(tmp_path: Path) -> None:
         assert agent.terminate() == 0
     finally:
         agent.cleanup()
+
+
+def test_kill9_of_the_agent_stops_its_shipper_and_a_restart_ships_on(clickhouse: Any, clickhouse_db: str,
+                                                                     tmp_path: Path) -> None:
+    """The shipper child must not outlive a killed agent: two shippers would share one cursor."""
+    apply_schema(clickhouse, clickhouse_db)
+    agent = _agent(tmp_path, clickhouse, clickhouse_db)
+    client = AutomagikTelemetry(config=TelemetryConfig(project_name="two-proc", version="1",
+                                                       socket_path=agent.socket_path))
+    try:
+        (shipper_pid,) = wait_for(lambda: _children(agent.pid), 10, "the shipper child")
+        agent.kill()
+        wait_for(lambda: not os.path.exists(f"/proc/{shipper_pid}"), 15, "the orphaned shipper to exit")
+        agent.start()
+        _emit(client, 0, 300)
+        assert client.flush(10)
+        wait_for(lambda: count(clickhouse, clickhouse_db) == 300, 30, "spans shipped after the restart")
+        assert len(_children(agent.pid)) == 1
+    finally:
+        client.shutdown()
+        agent.cleanup(graceful=False)
