@@ -36,6 +36,7 @@ import random
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,6 +101,7 @@ class ShipperStats:
     dead_lettered_rejected: int = 0
     committed_seq: int = 0
     resumed_batches_skipped: int = 0  # in-flight at the last stop, found already stored (legacy servers)
+    retries_found_stored: int = 0  # connection broke after the server stored the batch: not resent
     last_success_time: float | None = None
     last_error: str = ""
 
@@ -447,7 +449,7 @@ class Shipper:
         """Send the whole batch (bisecting if needed); the rows the server refused, None if abandoned."""
         if not batch.lines:
             return []
-        r = self._send(batch.body, batch.token, batch.rows, batch.profile)
+        r = self._send(batch.body, batch.token, batch.rows, batch.profile, probe=lambda: self._already_stored(batch))
         if r is None:
             return None
         if r.ok:
@@ -477,8 +479,13 @@ class Shipper:
                 out += bad
         return out
 
-    def _send(self, body: bytes, token: str, rows: int, profile: Profile) -> InsertResult | None:
-        """Send until OK or BAD_DATA; None if abandoned. Raises _ProfileChanged after a re-detection."""
+    def _send(self, body: bytes, token: str, rows: int, profile: Profile,
+              probe: Callable[[], bool] | None = None) -> InsertResult | None:
+        """Send until OK or BAD_DATA; None if abandoned. Raises _ProfileChanged after a re-detection.
+
+        ``probe``: after a broken connection, asks whether the server stored the body anyway (servers
+        without dedup tokens); if so the body is not sent again.
+        """
         attempt = 0
         o = self.options
         while True:
@@ -515,6 +522,10 @@ class Shipper:
                         continue
                     if self.sink.profile is not profile:
                         raise _ProfileChanged()
+                    if probe is not None and probe():
+                        log.info("the connection broke after ClickHouse had stored the batch: not resending it")
+                        self.stats.retries_found_stored += 1
+                        return InsertResult(True, ErrorClass.OK, None, "stored before the connection broke", 200)
                 continue
             # CONFIG: wait, re-detect (the table may have been created or changed), retry.
             self.stats.retries_config += 1
