@@ -48,7 +48,7 @@ class Agent:
         profiler = ["-m", "cProfile", "-o", profile_to] if profile_to else []
         self.args = [sys.executable, *profiler, "-m", "automagik_telemetry_agent", "agent",
                      "--socket", self.socket_path, "--wal-dir", self.wal_dir,
-                     "--fsync", fsync, "--wal-min-free", "0", "--log-level", "warning",
+                     "--fsync", fsync, "--wal-min-free", "0", "--log-level", "warning", "--sink", "none",
                      *(extra_args or [])]
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None

@@ -119,14 +119,21 @@ class FrozenBatch:
     salts: tuple[int, ...]
     token: str
     profile: Profile
-    lines: list[bytes]  # one encoded JSONEachRow line per row (newline-terminated)
-    line_seqs: list[int]  # the WAL seq of each line
+    body: bytes  # the JSONEachRow rows, newline-terminated, exactly as sent (one buffer: no per-row objects)
+    offsets: list[int]  # row i is body[offsets[i]:offsets[i + 1]]
+    line_seqs: list[int]  # the WAL seq of each row
     dead: list[DeadLetterEntry] = field(default_factory=list)  # transform failures
-    body: bytes = b""
 
     @property
     def rows(self) -> int:
-        return len(self.lines)
+        return len(self.offsets) - 1
+
+    def row_bytes(self, lo: int, hi: int) -> bytes:
+        """Rows lo..hi-1 as one JSONEachRow body (a bisection half)."""
+        return self.body[self.offsets[lo]:self.offsets[hi]]
+
+    def row(self, i: int) -> bytes:
+        return self.row_bytes(i, i + 1)
 
 
 def batch_token(agent_id: str, first_seq: int, last_seq: int, salts: tuple[int, ...] | list[int]) -> str:
@@ -137,7 +144,8 @@ def batch_token(agent_id: str, first_seq: int, last_seq: int, salts: tuple[int, 
 
 def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> FrozenBatch:
     """Transform and encode ``entries`` (in WAL order) into a batch with a stable identity."""
-    lines: list[bytes] = []
+    body = bytearray()
+    offsets = [0]
     seqs: list[int] = []
     dead: list[DeadLetterEntry] = []
     dumps = orjson.dumps
@@ -163,12 +171,13 @@ def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> Fr
             except TransformError as exc:
                 dead.append(DeadLetterEntry("transform", exc.reason, entry.seq, raw=line))
                 continue
-            lines.append(dumps(row, option=_NEWLINE))
+            body += dumps(row, option=_NEWLINE)
+            offsets.append(len(body))
             seqs.append(entry.seq)
     first, last = entries[0].seq, entries[-1].seq
     salts = tuple(sorted({e.salt for e in entries}))
-    return FrozenBatch(first, last, salts, batch_token(agent_id, first, last, salts), profile, lines, seqs, dead,
-                       b"".join(lines))
+    return FrozenBatch(first, last, salts, batch_token(agent_id, first, last, salts), profile, bytes(body), offsets,
+                       seqs, dead)
 
 
 # ------------------------------------------------------------------------------------------ pacing
@@ -432,10 +441,10 @@ class Shipper:
         doubt (a partial find after a bisection, a failed probe) resends: at-least-once.
         """
         caps = self.sink.capabilities
-        if not batch.lines or caps is None or caps.dedup_token or batch.rows >= 1_000_000:
+        if not batch.rows or caps is None or caps.dedup_token or batch.rows >= 1_000_000:
             return False
         step = max(1, batch.rows // PROBE_ROWS)
-        sample = [orjson.loads(line) for line in batch.lines[::step][:PROBE_ROWS]]
+        sample = [orjson.loads(batch.row(i)) for i in range(0, batch.rows, step)[:PROBE_ROWS]]
         stamps = [r["timestamp_ns"] for r in sample]
         try:
             found = self.sink.count_present([r["span_id"] for r in sample], min(stamps), max(stamps))
@@ -447,7 +456,7 @@ class Shipper:
 
     def _send_batch(self, batch: FrozenBatch) -> list[DeadLetterEntry] | None:
         """Send the whole batch (bisecting if needed); the rows the server refused, None if abandoned."""
-        if not batch.lines:
+        if not batch.rows:
             return []
         r = self._send(batch.body, batch.token, batch.rows, batch.profile, probe=lambda: self._already_stored(batch))
         if r is None:
@@ -462,14 +471,14 @@ class Shipper:
     def _bisect(self, batch: FrozenBatch, lo: int, hi: int, path: str,
                 failed: InsertResult) -> list[DeadLetterEntry] | None:
         if hi - lo == 1:
-            return [DeadLetterEntry("rejected", failed.message, batch.line_seqs[lo], row=batch.lines[lo],
+            return [DeadLetterEntry("rejected", failed.message, batch.line_seqs[lo], row=batch.row(lo),
                                     error_code=failed.code)]
         mid = (lo + hi) // 2
         out: list[DeadLetterEntry] = []
         for a, b, tag in ((lo, mid, "0"), (mid, hi, "1")):
             sub = path + tag
             self.stats.bisect_requests += 1
-            r = self._send(b"".join(batch.lines[a:b]), f"{batch.token}:{sub}", b - a, batch.profile)
+            r = self._send(batch.row_bytes(a, b), f"{batch.token}:{sub}", b - a, batch.profile)
             if r is None:
                 return None
             if not r.ok:

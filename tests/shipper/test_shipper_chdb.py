@@ -71,7 +71,7 @@ def test_chdb_batch_bytes_and_dedup_token(chdb_session_factory: Any, tmp_path: P
     _insert(execute, batch.body, batch.token)
     assert _count(execute) == 119
     # Bisected halves carry derived tokens; re-sending a half is deduplicated as well.
-    half = b"".join(batch.lines[:60])
+    half = batch.row_bytes(0, 60)
     _insert(execute, half, batch.token + ":0")
     assert _count(execute) == 119 + 60
     _insert(execute, half, batch.token + ":0")
