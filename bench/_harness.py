@@ -32,6 +32,17 @@ def agent_env() -> dict[str, str]:
     return env
 
 
+def terminate_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 class Agent:
     """A real agent process (``python -m automagik_telemetry_agent agent``) in a scratch directory.
 
@@ -81,13 +92,7 @@ class Agent:
         """SIGTERM (the agent drains and exits 0); returns the exit code."""
         if self.proc is None or self.returncode is not None:
             return self.returncode
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.returncode = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.returncode = self.proc.wait()
+        self.returncode = terminate_process(self.proc)
         return self.returncode
 
     def cpu_seconds(self) -> float:

@@ -38,7 +38,6 @@ import multiprocessing as mp
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import ROOT, Agent, CpuMeter, agent_env, machine_line, process_cpu_seconds, protocol
+from _harness import (
+    ROOT,
+    Agent,
+    CpuMeter,
+    agent_env,
+    machine_line,
+    process_cpu_seconds,
+    protocol,
+    terminate_process,
+)
 from bench_ingest import build_message, resource_line
 
 from automagik_telemetry_agent.schema import apply, pick_profile
@@ -174,13 +182,7 @@ class ShipperProcess:
     def stop(self) -> int | None:
         if self.proc is None or self.returncode is not None:
             return self.returncode
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.returncode = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.returncode = self.proc.wait()
+        self.returncode = terminate_process(self.proc)
         return self.returncode
 
     def log_text(self) -> str:
