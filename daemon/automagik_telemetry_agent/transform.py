@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -93,6 +93,7 @@ for _i, _k in enumerate(_STATUSES):
     _STATUS["STATUS_CODE_" + _k] = _k
 
 _HEX = frozenset("0123456789abcdefABCDEF")
+_fromhex = bytes.fromhex
 _ZERO_TRACE = "0" * 32  # an all-zero id is invalid (OTLP)
 _ZERO_SPAN = "0" * 16
 _U64_MAX = (1 << 64) - 1
@@ -121,6 +122,11 @@ class Resource:
     #: The same, sorted by key, for the legacy profile's parallel arrays.
     keys: list[str]
     values: list[str]
+    #: Per profile (index ``profile is Profile.LEGACY``: no Enum hashing per span), a row with every
+    #: column in output order, the resource's already filled in (:func:`_row_template`; ``None`` until
+    #: built); each span copies it. Not part of the value.
+    templates: list[dict[str, Any] | bool | None] = field(default_factory=lambda: [None, None], repr=False,
+                                                          compare=False)
 
 
 # --------------------------------------------------------------------------------------------- values
@@ -298,17 +304,21 @@ def _attributes(attrs: object, what: str) -> dict[str, str]:
                 value = kv.get("value")
                 # Fast paths: the overwhelmingly common plain string, then ints and bools.
                 if type(value) is dict and len(value) == 1:
-                    s = value.get("stringValue")
-                    if type(s) is str:
-                        out[key] = s
+                    x = value.get("stringValue")
+                    if type(x) is str:
+                        out[key] = x
                         continue
-                    s = value.get("intValue")
-                    if type(s) is str and s.isdigit() and s.isascii() and len(s) < 19:
-                        out[key] = str(int(s))
+                    x = value.get("intValue")
+                    if type(x) is int:
+                        if _I64_MIN <= x <= _I64_MAX:
+                            out[key] = str(x)
+                            continue
+                    elif type(x) is str and x.isdigit() and x.isascii() and len(x) < 19:
+                        out[key] = str(int(x))
                         continue
-                    s = value.get("boolValue")
-                    if s is True or s is False:
-                        out[key] = "true" if s else "false"
+                    x = value.get("boolValue")
+                    if x is True or x is False:
+                        out[key] = "true" if x else "false"
                         continue
                 if value is None:
                     out[key] = ""
@@ -394,6 +404,41 @@ def _events(events: object) -> str:
     return orjson.dumps(out).decode()
 
 
+_SPAN_COLUMNS = ("trace_id", "span_id", "parent_span_id", "span_name", "span_kind", "timestamp", "timestamp_ns",
+                 "duration_ns", "duration_ms", "status_code", "status_message", "events")
+
+
+def _row_template(resource: Resource, profile: Profile) -> dict[str, Any] | bool:
+    """A row with every column in output order and the resource's filled in; ``False`` if the resource's
+    columns collide with the span's (never from :func:`parse_resource`: then rows are built key by key)."""
+    row: dict[str, Any] = dict.fromkeys(_SPAN_COLUMNS)
+    if not row.keys().isdisjoint(resource.columns):
+        return False
+    row.update(resource.columns)
+    if profile is Profile.MODERN:
+        row["attributes"] = None
+        row["resource_attributes"] = resource.attributes
+    elif profile is Profile.LEGACY:
+        row["attribute_keys"] = None
+        row["attribute_values"] = None
+        row["resource_keys"] = resource.keys
+        row["resource_values"] = resource.values
+    else:  # pragma: no cover - a programming error, not a data error
+        raise ValueError(f"unknown profile {profile!r}")
+    return row
+
+
+#: Valid non-zero trace/span ids seen lately (as given -> lower-cased), bounded.
+_VALID_IDS: dict[str, str] = {}
+
+
+def _remember_id(x: str) -> str:
+    if len(_VALID_IDS) >= 4096:
+        _VALID_IDS.clear()
+    lower = _VALID_IDS[x] = x.lower()
+    return lower
+
+
 def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[str, Any]:
     """One OTLP span line as one row of the ``profile`` table shape; raises :class:`TransformError`.
 
@@ -406,60 +451,65 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         raise TransformError("invalid JSON") from None
     if type(span) is not dict:
         raise TransformError("span is not a JSON object")
+    get = span.get
 
-    # Inline fast paths for valid ids; _span_id gives the precise reason otherwise.
-    tid = span.get("traceId")
-    if type(tid) is str and len(tid) == 32 and _HEX.issuperset(tid) and tid != _ZERO_TRACE:
-        trace_id = tid.lower()
+    # Inline fast paths for valid ids (fromhex skips whitespace, but n//2 bytes from n characters means
+    # all are hex digits); _span_id gives the precise reason otherwise.
+    # Trace and parent ids repeat across the spans of a trace: valid ones are remembered.
+    trace_id = get("traceId")
+    valid = _VALID_IDS.get(trace_id) if type(trace_id) is str else None
+    if valid is not None and len(valid) == 32:
+        trace_id = valid
     else:
-        trace_id = _span_id(span, "traceId", 32, _ZERO_TRACE)
-    sid = span.get("spanId")
-    if type(sid) is str and len(sid) == 16 and _HEX.issuperset(sid) and sid != _ZERO_SPAN:
-        span_id = sid.lower()
-    else:
-        span_id = _span_id(span, "spanId", 16, _ZERO_SPAN)
-    parent = span.get("parentSpanId")
+        try:
+            ok = type(trace_id) is str and len(trace_id) == 32 and len(_fromhex(trace_id)) == 16
+        except ValueError:
+            ok = False
+        if ok and trace_id != _ZERO_TRACE:
+            trace_id = _remember_id(trace_id)
+        else:
+            trace_id = _span_id(span, "traceId", 32, _ZERO_TRACE)
+    span_id = get("spanId")
+    try:
+        ok = type(span_id) is str and len(span_id) == 16 and len(_fromhex(span_id)) == 8
+    except ValueError:
+        ok = False
+    span_id = span_id.lower() if ok and span_id != _ZERO_SPAN else _span_id(span, "spanId", 16, _ZERO_SPAN)
+    parent = get("parentSpanId")
     if parent is None or parent == "" or parent == _ZERO_SPAN:
         parent = ""
-    elif type(parent) is not str or len(parent) != 16 or not _HEX.issuperset(parent):
-        raise TransformError("invalid parentSpanId: not 16 hex characters")
     else:
-        parent = parent.lower()
+        valid = _VALID_IDS.get(parent) if type(parent) is str else None
+        if valid is not None and len(valid) == 16:
+            parent = valid
+        else:
+            try:
+                ok = type(parent) is str and len(parent) == 16 and len(_fromhex(parent)) == 8
+            except ValueError:
+                ok = False
+            if not ok:
+                raise TransformError("invalid parentSpanId: not 16 hex characters")
+            parent = _remember_id(parent)
 
-    name = span.get("name")
-    if name is None or name == "":
-        raise TransformError("missing name")
-    if type(name) is not str:
+    name = get("name")
+    if type(name) is not str or name == "":
+        if name is None or name == "":
+            raise TransformError("missing name")
         raise TransformError("invalid name: not a string")
 
-    start = span.get("startTimeUnixNano")
-    if start is None:
-        raise TransformError("missing startTimeUnixNano")
-    start_ns = _uint64(start)
-    if start_ns is None:
-        raise TransformError("invalid startTimeUnixNano: not an unsigned 64-bit integer")
-    if start_ns == 0:  # proto3: zero is "not set"
-        raise TransformError("missing startTimeUnixNano")
-    if start_ns < _MIN_START_NS or start_ns > _MAX_START_NS:
-        raise TransformError("startTimeUnixNano out of DateTime range")
-    end = span.get("endTimeUnixNano")
-    if end is None:
-        end_ns = start_ns
-    else:
-        end_ns = _uint64(end)
-        if end_ns is None:
-            raise TransformError("invalid endTimeUnixNano: not an unsigned 64-bit integer")
-        if end_ns == 0:  # not set: a zero-length span
-            end_ns = start_ns
-        elif end_ns < start_ns:
-            raise TransformError("endTimeUnixNano before startTimeUnixNano")
+    start_ns = get("startTimeUnixNano")
+    if type(start_ns) is not int or start_ns < _MIN_START_NS or start_ns > _MAX_START_NS:
+        start_ns = _start_ns(start_ns)
+    end_ns = get("endTimeUnixNano")
+    if type(end_ns) is not int or end_ns < start_ns or end_ns > _U64_MAX:
+        end_ns = _end_ns(end_ns, start_ns)
 
-    kind = span.get("kind", 0)
+    kind = get("kind", 0)
     span_kind = _KIND.get(kind) if type(kind) is int or type(kind) is str else None
     if span_kind is None:
         raise TransformError("invalid kind")
 
-    status = span.get("status")
+    status = get("status")
     if status is None:
         status_code, status_message = "UNSET", ""
     else:
@@ -473,11 +523,82 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         if type(status_message) is not str:
             raise TransformError("invalid status.message: not a string")
 
-    attributes = _attributes(span.get("attributes"), "attributes")
-    events = _events(span.get("events"))
+    attributes = _attributes(get("attributes"), "attributes")
+    events = get("events")
+    events = "[]" if events is None or events == [] else _events(events)
 
     sec, frac = divmod(start_ns, 1_000_000_000)
+    second = _SECOND_CACHE.get(sec)
+    if second is None:
+        second = _second_str(sec)
     duration_ns = end_ns - start_ns
+
+    legacy = profile is Profile.LEGACY
+    template = resource.templates[legacy]
+    if template is None:
+        template = resource.templates[legacy] = _row_template(resource, profile)
+    if template is False:
+        return _slow_row(resource, profile, trace_id, span_id, parent, name, span_kind, start_ns, duration_ns,
+                         status_code, status_message, events, attributes, second, frac)
+    row = template.copy()  # type: ignore[union-attr]
+    row["trace_id"] = trace_id
+    row["span_id"] = span_id
+    row["parent_span_id"] = parent
+    row["span_name"] = name
+    row["span_kind"] = span_kind
+    row["timestamp_ns"] = start_ns
+    row["duration_ns"] = duration_ns
+    row["duration_ms"] = duration_ns / 1e6
+    row["status_code"] = status_code
+    row["status_message"] = status_message
+    row["events"] = events
+    if legacy:
+        row["timestamp"] = second
+        if len(attributes) > 1:
+            keys = sorted(attributes)
+            row["attribute_keys"] = keys
+            row["attribute_values"] = list(map(attributes.__getitem__, keys))
+        else:
+            row["attribute_keys"] = list(attributes)
+            row["attribute_values"] = list(attributes.values())
+    else:
+        row["timestamp"] = f"{second}.{frac:09d}"
+        row["attributes"] = attributes
+    return row
+
+
+def _start_ns(start: object) -> int:
+    """``startTimeUnixNano`` when the fast path did not take it: the value or the precise reason."""
+    if start is None:
+        raise TransformError("missing startTimeUnixNano")
+    start_ns = _uint64(start)
+    if start_ns is None:
+        raise TransformError("invalid startTimeUnixNano: not an unsigned 64-bit integer")
+    if start_ns == 0:  # proto3: zero is "not set"
+        raise TransformError("missing startTimeUnixNano")
+    if start_ns < _MIN_START_NS or start_ns > _MAX_START_NS:
+        raise TransformError("startTimeUnixNano out of DateTime range")
+    return start_ns
+
+
+def _end_ns(end: object, start_ns: int) -> int:
+    """``endTimeUnixNano`` when the fast path did not take it: the value or the precise reason."""
+    if end is None:
+        return start_ns
+    end_ns = _uint64(end)
+    if end_ns is None:
+        raise TransformError("invalid endTimeUnixNano: not an unsigned 64-bit integer")
+    if end_ns == 0:  # not set: a zero-length span
+        return start_ns
+    if end_ns < start_ns:
+        raise TransformError("endTimeUnixNano before startTimeUnixNano")
+    return end_ns
+
+
+def _slow_row(resource: Resource, profile: Profile, trace_id: str, span_id: str, parent: str, name: str,
+              span_kind: str, start_ns: int, duration_ns: int, status_code: str, status_message: str, events: str,
+              attributes: dict[str, str], second: str, frac: int) -> dict[str, Any]:
+    """The row built key by key, for a hand-made :class:`Resource` whose columns shadow span columns."""
     row: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,
@@ -494,11 +615,11 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     }
     row.update(resource.columns)
     if profile is Profile.MODERN:
-        row["timestamp"] = f"{_second_str(sec)}.{frac:09d}"
+        row["timestamp"] = f"{second}.{frac:09d}"
         row["attributes"] = attributes
         row["resource_attributes"] = resource.attributes
     elif profile is Profile.LEGACY:
-        row["timestamp"] = _second_str(sec)
+        row["timestamp"] = second
         keys = sorted(attributes)
         row["attribute_keys"] = keys
         row["attribute_values"] = [attributes[k] for k in keys]
