@@ -26,6 +26,29 @@ def record(client: AutomagikTelemetry, count: int, prefix: str = "s", **attribut
             pass
 
 
+def record_until_the_sender_is_stuck(client: AutomagikTelemetry, queue_size: int, payload: str,
+                                     timeout: float = 10.0) -> int:
+    """Record spans until the queue is full and stays full (the sender is blocked), then 10 more that
+    must be dropped; return how many were recorded.
+
+    Recording a fixed number is racy: if the sender drains the queue after the producer stops, the
+    queue never looks full. Recording on until it stays full makes the state deterministic.
+    """
+    produced = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        record(client, 200, payload=payload)
+        assert time.monotonic() - start < 1.0, "recording 200 spans blocked the caller"
+        produced += 200
+        if client.stats()["queue_depth"] == queue_size:
+            time.sleep(0.3)
+            if client.stats()["queue_depth"] == queue_size:
+                record(client, 10, payload=payload)  # the queue is full and stuck: these must be dropped
+                return produced + 10
+    raise AssertionError("the sender never blocked: the test's premise does not hold")
+
+
 def timed_flush(client: AutomagikTelemetry, timeout: float) -> tuple[bool, float]:
     start = time.monotonic()
     result = client.flush(timeout)
@@ -189,10 +212,7 @@ def test_backpressure_queues_then_drops_and_delivers_after_the_agent_resumes(
         record(client, 1, prefix="warmup")
         assert client.flush(5.0)
         agent.pause()
-        start = time.monotonic()
-        record(client, 6000, payload="p" * 500)  # ~3 MB: far more than the socket buffer holds
-        assert time.monotonic() - start < 5.0
-        assert wait_until(lambda: client.stats()["queue_depth"] == 1000)  # the sender is stuck on EAGAIN
+        produced = record_until_the_sender_is_stuck(client, 1000, "p" * 500)  # the socket is full: EAGAIN
         stats = client.stats()
         assert stats["dropped_queue_full"] > 0 and stats["connected"]
         assert not client.flush(0.2)
@@ -200,7 +220,7 @@ def test_backpressure_queues_then_drops_and_delivers_after_the_agent_resumes(
         assert client.flush(10.0)
         stats = client.stats()
         assert stats["acked_records"] == stats["enqueued_records"] == len(agent.spans())
-        assert stats["enqueued_records"] + stats["dropped_queue_full"] == 6001
+        assert stats["enqueued_records"] + stats["dropped_queue_full"] == produced + 1
         assert stats["unconfirmed_records"] == 0
 
 
@@ -259,9 +279,7 @@ def test_an_agent_that_reads_but_never_acks_gets_backpressure_after_the_window(
     monkeypatch.setattr(transport_module, "MAX_UNACKED_MESSAGES", 3)
     with FakeAgent(sock_path, mode="silent") as agent:
         client = make_client(max_queue_size=500)
-        record(client, 5000, payload="w" * 500)  # ~2.5 MB: dozens of messages
-        assert wait_until(lambda: client.stats()["queue_depth"] == 500)
-        time.sleep(0.2)
+        record_until_the_sender_is_stuck(client, 500, "w" * 500)  # the unacked window is full
         stats = client.stats()
         assert stats["sent_messages"] == 3 and len(agent.messages) == 3  # memory stays bounded
         assert stats["dropped_queue_full"] > 0 and stats["connected"]
