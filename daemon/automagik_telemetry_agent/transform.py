@@ -439,6 +439,14 @@ def _remember_id(x: str) -> str:
     return lower
 
 
+def _is_hex(value: object, chars: int) -> bool:
+    """A str of exactly ``chars`` hex digits (fromhex skips whitespace; the byte count rules that out)."""
+    try:
+        return type(value) is str and len(value) == chars and len(_fromhex(value)) == chars // 2
+    except ValueError:
+        return False
+
+
 def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[str, Any]:
     """One OTLP span line as one row of the ``profile`` table shape; raises :class:`TransformError`.
 
@@ -461,20 +469,15 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     if valid is not None and len(valid) == 32:
         trace_id = valid
     else:
-        try:
-            ok = type(trace_id) is str and len(trace_id) == 32 and len(_fromhex(trace_id)) == 16
-        except ValueError:
-            ok = False
-        if ok and trace_id != _ZERO_TRACE:
+        if _is_hex(trace_id, 32) and trace_id != _ZERO_TRACE:
             trace_id = _remember_id(trace_id)
         else:
             trace_id = _span_id(span, "traceId", 32, _ZERO_TRACE)
     span_id = get("spanId")
-    try:
-        ok = type(span_id) is str and len(span_id) == 16 and len(_fromhex(span_id)) == 8
-    except ValueError:
-        ok = False
-    span_id = span_id.lower() if ok and span_id != _ZERO_SPAN else _span_id(span, "spanId", 16, _ZERO_SPAN)
+    if _is_hex(span_id, 16) and span_id != _ZERO_SPAN:
+        span_id = span_id.lower()
+    else:
+        span_id = _span_id(span, "spanId", 16, _ZERO_SPAN)
     parent = get("parentSpanId")
     if parent is None or parent == "" or parent == _ZERO_SPAN:
         parent = ""
@@ -483,11 +486,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         if valid is not None and len(valid) == 16:
             parent = valid
         else:
-            try:
-                ok = type(parent) is str and len(parent) == 16 and len(_fromhex(parent)) == 8
-            except ValueError:
-                ok = False
-            if not ok:
+            if not _is_hex(parent, 16):
                 raise TransformError("invalid parentSpanId: not 16 hex characters")
             parent = _remember_id(parent)
 
