@@ -164,12 +164,19 @@ SETTINGS: tuple[Setting, ...] = (
             "When over the cap or under the watermark: drop the oldest unshipped segment (counted), or "
             "refuse new records (clients count the rejections).", env="AUTOMAGIK_TELEMETRY_WAL_DISK_POLICY",
             flag="--disk-policy"),
+    Setting("metrics.listen", "127.0.0.1:9479", parse_str, "host:port of the Prometheus endpoint (/metrics); "
+            "loopback by default, \"\" turns it off.", env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN",
+            flag="--metrics-listen"),
     Setting("log.level", "info", parse_choice("debug", "info", "warning", "error"), "Log level.",
             env="AUTOMAGIK_TELEMETRY_LOG_LEVEL", flag="--log-level", live=True),
     # ---- shipper: ClickHouse target (the `shipper` and `schema apply` commands)
-    Setting("sink", "clickhouse", parse_choice("clickhouse", "none"), "Where the agent ships the WAL: "
-            "clickhouse (the shipper process), or none (ingest only; the WAL keeps everything).",
+    Setting("sink", "clickhouse", parse_choice("clickhouse", "embedded", "none"), "Where the agent ships the "
+            "WAL: clickhouse (a server over HTTP), embedded (an in-process chDB store in embedded.dir; needs the "
+            "'embedded' extra), or none (ingest only; the WAL keeps everything).",
             env="AUTOMAGIK_TELEMETRY_SINK", flag="--sink"),
+    Setting("embedded.dir", "/var/lib/automagik-telemetry/embedded", parse_str, "Data directory of the "
+            "embedded ClickHouse store (sink = embedded); --embedded DIR also selects that sink.",
+            env="AUTOMAGIK_TELEMETRY_EMBEDDED_DIR", flag="--embedded"),
     Setting("clickhouse.endpoint", "http://localhost:8123", parse_str, "ClickHouse HTTP(S) endpoint, without "
             "credentials in the URL.", flag="--clickhouse-endpoint"),
     Setting("clickhouse.database", "telemetry", parse_str, "ClickHouse database of the traces table.",
