@@ -1,9 +1,13 @@
 """The shipper loop: WAL -> frozen batches -> ClickHouse, committing the WAL cursor only on success.
 
-One batch at a time, in WAL order:
+One batch at a time, in WAL order (pipelined: while a sender thread sends batch N, the shipper thread
+collects and freezes batch N+1, which is recorded in flight and sent only once N is committed, and not at
+all if a stop was requested by then):
 
 1. **Collect** records after the durable cursor until ``batch_rows`` spans, ``batch_bytes`` WAL bytes,
-   or ``batch_wait_s`` after the first record of a partial batch.
+   or ``batch_wait_s`` after the first record of a partial batch; a partial batch goes earlier when the
+   WAL runs dry, nothing is in flight, and it holds half of ``batch_rows`` or the previous INSERT began
+   ``batch_wait_s`` ago (:meth:`Shipper._partial_batch_may_go`).
 2. **Freeze**: transform every span (a :class:`~.transform.TransformError` dead-letters that span,
    it is never sent), encode the rows, and fix the batch's identity: the WAL range
    ``[first, last]``, the segment salts it touched and the exact body bytes. The dedup token
@@ -37,14 +41,16 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from .clickhouse_errors import ErrorClass
 from .dead_letter import DeadLetter, DeadLetterEntry, default_dead_letter_dir
-from .sink_http import ClickHouseHttpSink, InsertResult, SinkError
+from .latency import INSERT_BOUNDS_S, LatencyHistogram
+from .sink import Sink
+from .sink_http import InsertResult, SinkError
 from .transform import Profile, TransformError, parse_resource, transform_span
 from .wal.durable import write_atomic
 from .wal.reader import WalEntry, WalReader
@@ -104,9 +110,13 @@ class ShipperStats:
     retries_found_stored: int = 0  # connection broke after the server stored the batch: not resent
     last_success_time: float | None = None
     last_error: str = ""
+    insert_failures: dict[str, int] = field(default_factory=dict)  # failed INSERT requests, by ErrorClass value
+    insert_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INSERT_BOUNDS_S))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {k: v for k, v in vars(self).items() if k != "insert_latency"}
+        out["insert_failures"] = dict(self.insert_failures)
+        return out
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -216,7 +226,7 @@ class _ProfileChanged(Exception):
 
 
 class Shipper:
-    def __init__(self, wal_dir: str, sink: ClickHouseHttpSink, options: ShipperOptions | None = None) -> None:
+    def __init__(self, wal_dir: str, sink: Sink, options: ShipperOptions | None = None) -> None:
         self.wal_dir = os.path.abspath(wal_dir)
         self.sink = sink
         self.options = options or ShipperOptions()
@@ -233,6 +243,10 @@ class Shipper:
         self._last_problem_time = 0.0
         self._failures = 0
         self._last_stats_log = time.monotonic()
+        self._inflight: _Sending | None = None  # the batch being sent by the sender thread
+        self._last_send_start = float("-inf")  # monotonic time the last batch was handed to the sender
+        self._abandoned = False
+        self._stopping_at_commit = False  # a stop had been requested when the last batch was committed
 
     # ------------------------------------------------------------------ control
     def request_stop(self, deadline_s: float | None = None) -> None:
@@ -340,10 +354,13 @@ class Shipper:
     def _run_locked(self) -> ShipperStats:
         self.reader = WalReader(self.wal_dir)
         self.stats.committed_seq = self.reader.committed_seq
+        self._inflight, self._abandoned, self._stopping_at_commit = None, False, False
         try:
             if not self.ensure_detected():
                 return self.stats
             resume_last, resume_bisected = self._read_inflight()
+            # Pipelined: batch N+1 is collected and frozen here while the sender thread sends batch N
+            # (the POST and gzip release the GIL); N is committed before N+1 is recorded and sent.
             while not self._stop.is_set():
                 entries = self._collect(resume_last)
                 resumed = (resume_last is not None and not resume_bisected and bool(entries)
@@ -351,9 +368,13 @@ class Shipper:
                 resume_last = None
                 if not entries:
                     continue
-                if not self._ship(entries, resumed):
-                    break
+                batch = self._freeze(entries)
+                if not self._finish() or self._abandoned or self._stopping_at_commit:
+                    break  # unsent, like a batch the unpipelined loop would not have collected
                 self._maybe_log_stats()
+                self._start(batch, entries, resumed)
+            self._finish()
+            self._maybe_log_stats()
         finally:
             self.reader.close()
             log.info("shipper stopped: %s", self.stats.to_dict())
@@ -381,15 +402,44 @@ class Shipper:
                 break
             if started is not None and time.monotonic() - started >= o.batch_wait_s:
                 break
+            if not got and entries and resume_last is None and self._partial_batch_may_go(items):
+                break
             if not got:
                 self._stop.wait(o.poll_interval_s)
+                if self._inflight is not None and self._inflight.done.is_set():
+                    self._finish()  # commit the batch sent meanwhile without waiting for this one
         return entries
+
+    def _partial_batch_may_go(self, items: int) -> bool:
+        """The WAL ran dry with ``items`` spans collected: send them now instead of waiting out batch_wait?
+
+        Only when nothing is in flight, and the batch is a good-sized insert (half of batch_rows: the
+        10k-100k rows ClickHouse asks for) or the previous INSERT began at least batch_wait ago. So every
+        INSERT is either large or at least batch_wait after the previous one (about one a second by
+        default, however many hosts), and the first spans after a quiet spell go out at once.
+        """
+        if self._inflight is not None and not self._inflight.done.is_set():
+            return False
+        o = self.options
+        return items >= max(1, o.batch_rows // 2) or time.monotonic() - self._last_send_start >= o.batch_wait_s
 
     def _ship(self, entries: list[WalEntry], resumed: bool = False) -> bool:
         """Ship one batch to the end and commit it; False if it was abandoned for a stop."""
+        self._start(self._freeze(entries), entries, resumed)
+        return self._finish()
+
+    def _freeze(self, entries: list[WalEntry]) -> FrozenBatch:
+        assert self.sink.profile is not None
+        return freeze_batch(entries, self.sink.profile, self.agent_id())
+
+    def _start(self, batch: FrozenBatch, entries: list[WalEntry], resumed: bool = False) -> None:
+        """Record ``batch`` as in flight and start sending it in the sender thread (none may be in flight);
+        :meth:`_finish` waits for it and commits it."""
         assert self.reader is not None
         assert self.sink.profile is not None
-        batch = freeze_batch(entries, self.sink.profile, self.agent_id())
+        assert self._inflight is None
+        if batch.profile is not self.sink.profile:  # re-detected while it was being frozen
+            batch = self._freeze(entries)
         self._write_inflight(batch)
         if resumed and self._already_stored(batch):
             log.info("batch %d-%d was stored before the shipper stopped (probe of %d rows): not resending",
@@ -398,17 +448,31 @@ class Shipper:
             self.dead_letter.write(batch.dead)  # its transform failures were never written (no commit)
             self.reader.commit(batch.last_seq)
             self.stats.committed_seq = batch.last_seq
-            return True
+            return
+        self._last_send_start = time.monotonic()
+        self._inflight = _Sending(self._send_frozen, batch, entries)
+
+    def _send_frozen(self, batch: FrozenBatch,
+                     entries: list[WalEntry]) -> tuple[FrozenBatch, list[DeadLetterEntry] | None]:
+        """In the sender thread: the batch as finally sent and the rows refused (None if abandoned)."""
         while True:
             try:
-                rejected = self._send_batch(batch)
-                break
+                return batch, self._send_batch(batch)
             except _ProfileChanged:
                 assert self.sink.profile is not None
                 log.warning("table %s now takes %s rows: re-encoding batch %d-%d", self.sink.target,
                             self.sink.profile.value, batch.first_seq, batch.last_seq)
                 batch = freeze_batch(entries, self.sink.profile, self.agent_id())
+
+    def _finish(self) -> bool:
+        """Wait for the batch in flight (if any) and commit it; False if it was abandoned for a stop."""
+        sending, self._inflight = self._inflight, None
+        if sending is None:
+            return True
+        assert self.reader is not None
+        batch, rejected = sending.wait()
         if rejected is None:
+            self._abandoned = True
             return False
         dead = batch.dead + rejected
         while True:
@@ -420,8 +484,10 @@ class Shipper:
                               ErrorClass.CONFIG)
                 self._sleep(self.options.config_retry_s)
                 if self._abandon():
+                    self._abandoned = True
                     return False
         self.reader.commit(batch.last_seq)
+        self._stopping_at_commit = self._stop.is_set()
         s = self.stats
         s.batches += 1
         s.committed_seq = batch.last_seq
@@ -505,8 +571,13 @@ class Shipper:
                 self._sleep(wait)
                 if self._abandon():
                     return None
+            started = time.perf_counter()
             r = self.sink.insert(body, token)
+            self.stats.insert_latency.observe(time.perf_counter() - started)
             self.stats.requests += 1
+            if not r.ok:
+                failures = self.stats.insert_failures
+                failures[r.error_class.value] = failures.get(r.error_class.value, 0) + 1
             if r.ok:
                 s = self.stats
                 s.rows += rows
@@ -588,6 +659,31 @@ class Shipper:
             log.info("shipped %d rows in %d batches (%d bytes, %d sent), %d dead-lettered, %d transient and "
                      "%d config retries, cursor at %d", s.rows, s.batches, s.bytes_raw, s.bytes_compressed,
                      s.dead_lettered, s.retries_transient, s.retries_config, s.committed_seq)
+
+
+class _Sending:
+    """``fn(*args)`` running in a daemon thread (a send retried forever must not hold up exit)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.done = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="shipper-send", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._result = fn(*args)
+        except BaseException as exc:  # re-raised in the shipper thread by wait()
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def wait(self) -> Any:
+        self.done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def run_in_thread(shipper: Shipper) -> threading.Thread:

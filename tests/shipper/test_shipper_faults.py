@@ -206,8 +206,11 @@ def test_clickhouse_killed_mid_insert_loses_nothing(clickhouse: Any, clickhouse_
     sink.insert = insert  # type: ignore[method-assign]
     shipper = Shipper(str(wal), sink, fast_options(tmp_path, batch_rows=batch, drain_rows_per_s=0))
     with ShipperThread(shipper) as t:
-        wait_for(lambda: count(clickhouse, clickhouse_db) > 0 and calls[-1][1] is None, 20,
-                 "the first rows in ClickHouse and an INSERT in flight", interval=0.002)
+        # An INSERT in flight for a few ms already: it is well inside its ~25 ms, so the kill lands mid-insert
+        # (the shipper sends the next batch while it freezes the one after, so INSERTs follow closely).
+        wait_for(lambda: count(clickhouse, clickhouse_db) > 0 and calls[-1][1] is None
+                 and time.monotonic() - calls[-1][0] > 0.003, 20,
+                 "the first rows in ClickHouse and an INSERT in flight", interval=0.001)
         killed = time.monotonic()
         clickhouse.kill()
         time.sleep(0.3)  # an answer read just before the kill is committed by now

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +132,93 @@ def test_bisection_isolates_bad_rows_with_derived_tokens(tmp_path: Path) -> None
                for tok in tokens)
     assert len(set(tokens)) == len(tokens)  # every sub-batch has its own token
     assert len(sink.sent) < 60  # O(bad * log n), not one request per row
+
+
+class GatedSink(FakeSink):
+    """Holds every INSERT until the test opens the gate once for it; records what was in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Semaphore(0)
+        self.waiting = threading.Event()
+        self.started = 0
+        self.concurrent = 0
+        self.max_concurrent = 0
+
+    def insert(self, body: bytes, token: str | None = None) -> InsertResult:
+        self.started += 1
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        self.waiting.set()
+        self.gate.acquire()
+        self.waiting.clear()
+        try:
+            return super().insert(body, token)
+        finally:
+            self.concurrent -= 1
+
+
+def _inflight(tmp_path: Path) -> dict[str, Any]:
+    return orjson.loads((tmp_path / "shipper" / "inflight.json").read_bytes())
+
+
+def test_pipelined_batches_are_sent_one_at_a_time_and_committed_in_wal_order(tmp_path: Path) -> None:
+    """The next batch is frozen while one is in flight, but it is recorded in flight and sent only after
+    the previous one is committed: the cursor and inflight.json always describe one batch at a time."""
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [[span(r * 10 + i) for i in range(10)] for r in range(6)])
+    sink = GatedSink()
+    shipper = Shipper(str(wal), sink, fast_options(tmp_path, batch_rows=20))
+    with ShipperThread(shipper) as t:
+        for n in range(3):  # batches of two records each
+            wait_for(sink.waiting.is_set, 10, f"INSERT {n + 1} in flight")
+            first, last = seqs[2 * n], seqs[2 * n + 1]
+            assert read_cursor(str(wal)).seq == (seqs[2 * n - 1] if n else 0), "committed before the answer"
+            assert (_inflight(tmp_path)["first"], _inflight(tmp_path)["last"]) == (first, last)
+            assert sink.started == n + 1, "a batch was sent before the previous one was committed"
+            sink.gate.release()
+            wait_for(lambda last=last: read_cursor(str(wal)).seq == last, 10, f"batch {n + 1} committed")
+        t.stop()
+    assert sink.max_concurrent == 1
+    assert [orjson.loads(line)["span_id"] for body, _ in sink.sent for line in body.splitlines()] == \
+        [f"{i + 1:016x}" for i in range(60)]
+
+
+def test_a_stop_while_the_next_batch_is_frozen_commits_the_one_in_flight_and_sends_no_more(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [[span(r * 10 + i) for i in range(10)] for r in range(4)])
+    sink = GatedSink()
+    shipper = Shipper(str(wal), sink, fast_options(tmp_path, batch_rows=20))
+    with ShipperThread(shipper) as t:
+        wait_for(sink.waiting.is_set, 10, "the first INSERT in flight")
+        time.sleep(0.2)  # the second batch is collected and frozen meanwhile
+        shipper.request_stop()
+        sink.gate.release()
+        t.thread.join(10)
+    assert read_cursor(str(wal)).seq == seqs[1]
+    assert sink.started == 1 and len(sink.stored) == 20
+    assert _inflight(tmp_path)["last"] == seqs[1]  # the unsent batch was never recorded as in flight
+
+
+def test_a_partial_batch_goes_at_once_after_a_quiet_spell_then_at_most_one_per_batch_wait(tmp_path: Path) -> None:
+    """Latency without an insert storm: the first spans after a quiet spell are sent as soon as the WAL runs
+    dry; a small batch right behind them waits until batch_wait after the previous INSERT began."""
+    wal = tmp_path / "wal"
+    first = write_wal(wal, [[span(0)]])
+    sink = FakeSink()
+    shipper = Shipper(str(wal), sink, fast_options(tmp_path, batch_wait_s=3.0, batch_rows=1000))
+    with ShipperThread(shipper) as t:
+        began = time.monotonic()
+        wait_for(lambda: read_cursor(str(wal)).seq == first[-1], 10, "the first span committed")
+        assert time.monotonic() - began < 2.0, "a lone span after a quiet spell waited out batch_wait"
+        sent_at = time.monotonic()
+        second = write_wal(wal, [[span(1)]])
+        time.sleep(1.0)
+        assert read_cursor(str(wal)).seq == first[-1], "a small batch went less than batch_wait after the last"
+        wait_for(lambda: read_cursor(str(wal)).seq == second[-1], 10, "the second span committed")
+        assert time.monotonic() - sent_at >= 2.5
+        big = write_wal(wal, [[span(2 + r * 100 + i) for i in range(100)] for r in range(5)])
+        wait_for(lambda: read_cursor(str(wal)).seq == big[-1], 10, "the large batch committed")
+        assert time.monotonic() - sent_at < 5.0, "a half-full batch waited for batch_wait"
+        t.stop()
+    assert [len(body.splitlines()) for body, _ in sink.sent] == [1, 1, 500]
