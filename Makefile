@@ -8,7 +8,7 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv lint clean demo
+.PHONY: test venv lint clean demo deb
 
 venv:
 	scripts/bootstrap.sh
@@ -21,9 +21,18 @@ lint: venv
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The main job end to end: an agent, an example app in several processes, a summary of what arrived.
-demo: venv
+# The main job end to end: an agent with the embedded store (chDB, no ClickHouse server), an example app
+# in several processes, a summary query of what arrived (scripts/demo.py; against a server instead when
+# AUTOMAGIK_TELEMETRY_CLICKHOUSE_ENDPOINT is set). Its set-up is light: python3-venv and a .venv with the
+# agent and embedded extras (an existing full .venv from `make test` is reused as it is).
+demo:
+	scripts/bootstrap.sh --demo
 	$(PY) scripts/demo.py
+
+# The Debian package, built offline from a cached wheelhouse: dist/automagik-telemetry_<version>_<arch>.deb
+# (packaging/README.md).
+deb: venv
+	packaging/build-deb.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist

@@ -2,7 +2,8 @@
 
 Run it against a running agent (AUTOMAGIK_TELEMETRY_SOCKET=/path/to/agent.sock). Each worker handles
 "jobs": a parent span per job with a child span for the database call; about 1 job in 20 fails and
-is recorded as an error. It prints one JSON line with what it sent, so a caller can check delivery.
+is recorded as an error. It prints one JSON line with what it sent (spans in all, per span name,
+errors), so a caller can check delivery.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import multiprocessing
 import random
 import time
+from collections import Counter
 
 from automagik_telemetry import AutomagikTelemetry, TelemetryConfig
 
@@ -38,6 +40,7 @@ def worker(index: int, jobs: int, queue: multiprocessing.Queue) -> None:
     stats = client.stats()
     client.shutdown()
     queue.put({"worker": index, "spans": jobs * 2 + 1, "errors": failed, "durable": durable,
+               "by_name": {"job.process": jobs, "db.query": jobs, "worker.finished": 1},
                "acked": stats["acked_records"], "dropped": stats["dropped_queue_full"]})
 
 
@@ -54,7 +57,11 @@ def main() -> None:
     results = [queue.get(timeout=120) for _ in procs]
     for proc in procs:
         proc.join()
+    by_name: Counter[str] = Counter()
+    for r in results:
+        by_name.update(r["by_name"])
     print(json.dumps({"spans": sum(r["spans"] for r in results), "errors": sum(r["errors"] for r in results),
+                      "by_name": dict(sorted(by_name.items())),
                       "acked": sum(r["acked"] for r in results), "dropped": sum(r["dropped"] for r in results),
                       "all_durable": all(r["durable"] for r in results)}))
 

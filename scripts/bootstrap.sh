@@ -3,7 +3,15 @@
 #   1. Debian packages (ClickHouse 18.16 server for the test fixture, systemd tools, build deps).
 #   2. .venv with Python >= 3.11 and the project installed editable with all extras.
 # Fast when everything is already in place: dpkg -s check, and a pip stamp keyed on pyproject.toml.
+#
+# `bootstrap.sh --demo` (used by `make demo`) sets up only what the demo needs: python3-venv and a .venv
+# with the agent and embedded extras (no ClickHouse server, no build tools); a full set-up counts too.
 set -euo pipefail
+
+MODE=full
+if [[ ${1:-} == --demo ]]; then
+    MODE=demo
+fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
@@ -17,8 +25,16 @@ APT_PACKAGES=(
     libsystemd-dev pkg-config gcc python3-dev  # build deps of systemd-python
     python3-venv
     systemd                               # systemd-socket-activate, systemd-analyze
+    debhelper build-essential python3.11-venv  # `make deb` (packaging/build-deb.sh)
+    systemd-container                     # systemd-nspawn: tests/packaging runs the units in a container
+    prometheus                            # promtool: tests/deploy checks deploy/prometheus
     make
 )
+EXTRAS=agent,systemd,embedded,test
+if [[ $MODE == demo ]]; then
+    APT_PACKAGES=(python3-venv)
+    EXTRAS=agent,embedded
+fi
 
 # ---- 1. apt packages --------------------------------------------------------------------------
 missing=()
@@ -79,13 +95,15 @@ fi
 
 # ---- 3. project + extras ----------------------------------------------------------------------
 hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
-stamp="$VENV/.installed-$hash"
-if [[ -e $stamp ]]; then
+full_stamp="$VENV/.installed-$hash"
+stamp="$full_stamp"
+[[ $MODE == demo ]] && stamp="$VENV/.installed-demo-$hash"
+if [[ -e $full_stamp || -e $stamp ]]; then
     log "pip: up to date (stamp ${stamp##*/})"
 else
-    log "pip: installing -e .[agent,systemd,embedded,test]"
+    log "pip: installing -e .[$EXTRAS]"
     # -qq: errors only (the install is otherwise silent; pip still exits non-zero on failure).
-    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e '.[agent,systemd,embedded,test]'
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e ".[$EXTRAS]"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi

@@ -8,15 +8,23 @@ Typical use (the ``agent`` / ``agent_factory`` fixtures in ``tests/agent/conftes
         assert client.wait_ack(1)
     assert agent.stats()["items_received"] == 1
     assert agent.terminate() == 0          # SIGTERM drains and exits 0
+    agent.children()                       # {"ingest": pid, "shipper": pid}: the supervisor's children
     code, report = agent.verify()          # `wal verify --json`
 
 Settings are keyword arguments named after the agent's long flags: ``fsync="always"`` becomes
 ``--fsync always``, ``wal_max_size=131072`` becomes ``--wal-max-size 131072``; ``None`` omits a flag.
 Defaults that keep tests deterministic: ``sink="none"`` (ingest only: the WAL keeps everything, unless a
 test passes ``sink="clickhouse"`` and the ClickHouse settings), ``wal_min_free=0`` (no free-disk
-watermark: the test host's free space must not change behaviour) and ``log_level="info"``. The agent
+watermark: the test host's free space must not change behaviour), ``metrics_listen=""`` (no Prometheus
+endpoint, so parallel agents never fight over port 9479; metrics tests pass ``"127.0.0.1:0"``) and
+``log_level="info"``. The agent
 gets an empty config file and an environment without ``AUTOMAGIK_TELEMETRY_*`` variables, so nothing
 on the host leaks in.
+
+The agent is a supervisor with child processes (``ingest``, and ``shipper`` unless ``sink="none"``):
+:meth:`AgentProcess.stop`/``cont`` freeze and resume the ingest child (the process serving clients),
+:meth:`AgentProcess.kill` crashes the whole agent at once (kill -9 of every process, nothing drains),
+:meth:`AgentProcess.kill_supervisor` kills only the supervisor (its children get their parent-death signal).
 
 The agent's stderr is drained continuously by a thread (it logs one line per disk-full error, and a
 full pipe would block it); read it with :attr:`AgentProcess.stderr_text`.
@@ -55,7 +63,7 @@ from automagik_telemetry.protocol import MessageType, RecordKind  # noqa: E402
 #: Resource line RawClient.send_records uses unless told otherwise.
 DEFAULT_RESOURCE = b'{"attributes":[{"key":"service.name","value":{"stringValue":"agent-test"}}]}'
 #: Settings applied unless the caller overrides them (None removes one).
-DEFAULT_SETTINGS: dict[str, Any] = {"wal_min_free": 0, "log_level": "info", "sink": "none"}
+DEFAULT_SETTINGS: dict[str, Any] = {"wal_min_free": 0, "log_level": "info", "sink": "none", "metrics_listen": ""}
 READY_TIMEOUT_S = 15.0
 _SUN_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin
 
@@ -111,12 +119,15 @@ class AgentProcess:
     ``tmp_path``: a directory for the socket, the WAL and the config file (created if missing).
     ``wal_dir`` / ``socket_path``: override the default ``tmp_path/wal`` and ``tmp_path/agent.sock``.
     ``preexec_fn``: run in the child before exec (e.g. ``resource.setrlimit``).
+    ``env``: extra environment variables (e.g. ``NOTIFY_SOCKET``); ``launcher``: a command the agent's
+    command line is appended to (e.g. ``systemd-socket-activate ... --``); ``pass_fds``: fds it inherits.
     ``**settings``: agent flags, see the module docstring.
     """
 
     def __init__(self, tmp_path: str | os.PathLike[str], *, wal_dir: str | os.PathLike[str] | None = None,
                  socket_path: str | os.PathLike[str] | None = None,
-                 preexec_fn: Callable[[], None] | None = None, **settings: Any) -> None:
+                 preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None,
+                 launcher: Sequence[str] = (), pass_fds: Sequence[int] = (), **settings: Any) -> None:
         self.tmp_path = Path(tmp_path)
         self.tmp_path.mkdir(parents=True, exist_ok=True)
         self.wal_dir = str(wal_dir or self.tmp_path / "wal")
@@ -130,6 +141,9 @@ class AgentProcess:
         Path(self.config_path).write_text("# empty: tests pass every setting as a flag\n")
         self.settings = {**DEFAULT_SETTINGS, **settings}
         self.preexec_fn = preexec_fn
+        self.extra_env = dict(env or {})
+        self.launcher = list(launcher)
+        self.pass_fds = tuple(pass_fds)
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self._stderr: list[str] = []
@@ -159,18 +173,31 @@ class AgentProcess:
         with self._stderr_lock:
             return "".join(self._stderr)
 
-    def start(self, timeout: float = READY_TIMEOUT_S) -> AgentProcess:
-        """Start the agent and wait for ``ready`` on stderr; AgentStartError (with stderr) otherwise."""
+    def start(self, timeout: float = READY_TIMEOUT_S, wait: bool = True) -> AgentProcess:
+        """Start the agent and wait for ``ready`` on stderr; AgentStartError (with stderr) otherwise.
+
+        ``wait=False`` returns at once (then call :meth:`wait_ready`), e.g. when a launcher waits for a
+        client to connect before it starts the agent.
+        """
         assert not self.running, "agent already running"
         self._ready.clear()
         self.returncode = None
+        argv = [*self.launcher, *self.argv]
         with self._stderr_lock:
-            self._stderr.append(f"--- start: {' '.join(self.argv)}\n")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=agent_env(), preexec_fn=self.preexec_fn)
+            self._stderr.append(f"--- start: {' '.join(argv)}\n")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=agent_env(self.extra_env),
+                                     preexec_fn=self.preexec_fn, pass_fds=self.pass_fds)
         self._reader = threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True,
                                         name=f"agent-stderr-{self.proc.pid}")
         self._reader.start()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> AgentProcess:
+        """Wait for ``ready`` on stderr; AgentStartError (with stderr) if it exits or times out first."""
+        assert self.proc is not None, "agent not started"
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.02):
             if self.proc.poll() is not None or time.monotonic() >= deadline:
@@ -203,16 +230,36 @@ class AgentProcess:
         self._join_reader()
         return self.returncode
 
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the agent to exit on its own; its exit code (TimeoutExpired if it does not)."""
+        return self._wait(timeout)
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signum)
+
+    def children(self) -> dict[str, int]:
+        """The supervisor's child processes by subcommand (``{"ingest": pid, "shipper": pid}``), from /proc."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        return child_processes(self.proc.pid)
+
+    def child_pid(self, name: str = "ingest", timeout: float = 10.0) -> int:
+        """The pid of the supervisor's ``name`` child, waiting up to ``timeout`` for it to exist."""
+        return wait_until(lambda: self.children().get(name), timeout, message=f"the agent's {name} child")
+
+    def _signal_children(self, signum: int) -> None:
+        for pid in self.children().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM (graceful drain) and wait; return the exit code. SIGKILL + error after ``timeout``."""
         assert self.proc is not None, "agent not started"
         if self.proc.poll() is None:
             self.signal(signal.SIGCONT)  # a stopped process would never see the SIGTERM
+            self._signal_children(signal.SIGCONT)
             self.signal(signal.SIGTERM)
             try:
                 return self._wait(timeout)
@@ -223,18 +270,32 @@ class AgentProcess:
         return self._wait(timeout)
 
     def kill(self) -> int:
-        """SIGKILL and reap; return the exit code (-9 if it was running)."""
+        """kill -9 of the whole agent at once (a crash: nothing gets to drain); return the supervisor's code.
+
+        The supervisor is frozen first (so it restarts nothing), its children are SIGKILLed, then it is.
+        """
+        assert self.proc is not None, "agent not started"
+        if self.proc.poll() is None:
+            self.signal(signal.SIGSTOP)
+            self._signal_children(signal.SIGKILL)
+        self.signal(signal.SIGKILL)
+        return self._wait(15)
+
+    def kill_supervisor(self) -> int:
+        """kill -9 of the supervisor alone (its children get their parent-death signal); its exit code."""
         assert self.proc is not None, "agent not started"
         self.signal(signal.SIGKILL)
         return self._wait(15)
 
     def stop(self) -> None:
-        """SIGSTOP: freeze the agent (the kernel keeps queueing client messages up to buffer limits)."""
-        self.signal(signal.SIGSTOP)
+        """SIGSTOP the ingest process: the agent stops serving clients (the kernel keeps queueing their
+        messages up to buffer limits). Keep it short of ``heartbeat_timeout`` (30 s), or the supervisor
+        replaces the frozen process."""
+        os.kill(self.child_pid("ingest"), signal.SIGSTOP)
 
     def cont(self) -> None:
         """SIGCONT: resume after :meth:`stop`."""
-        self.signal(signal.SIGCONT)
+        self._signal_children(signal.SIGCONT)
 
     def restart(self, timeout: float = READY_TIMEOUT_S) -> AgentProcess:
         """Terminate gracefully if running, then start again on the same socket and WAL directory."""
@@ -414,6 +475,28 @@ class RawClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def child_processes(parent: int) -> dict[str, int]:
+    """Children of ``parent`` that run ``python -m automagik_telemetry_agent <subcommand>``, by subcommand."""
+    found: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) != parent or fields[0] == "Z":
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if "automagik_telemetry_agent" in argv:
+            rest = argv[argv.index("automagik_telemetry_agent") + 1:]
+            if rest:
+                found[rest[0]] = int(entry)
+    return found
 
 
 def encode_records(lines: Iterable[bytes | str], seq: int, *, resource: bytes = DEFAULT_RESOURCE,

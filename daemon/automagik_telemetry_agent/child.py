@@ -1,108 +1,73 @@
-"""A child process the agent keeps running: started, restarted with backoff when it dies, stopped.
+"""One child process of the supervisor: how it is started, signalled and reaped. Nothing else.
 
-The agent runs ingest in its own process and the shipper as this child, so a slow or wedged
-ClickHouse never stalls ingest and a crash of one never takes the other down. A child that exits
-with the CONFIG exit code is not restarted (its configuration cannot work; restarting would spin).
+The supervisor (:mod:`.supervisor`) decides *when* (its state machine); this module only knows *how*:
+
+* ``python -m automagik_telemetry_agent <command> [args]``, in its own session (a Ctrl-C in a terminal
+  reaches the supervisor only, which stops the children in order);
+* with its end of a :class:`~.report.ReportChannel` (fd number in ``$AUTOMAGIK_TELEMETRY_REPORT_FD``),
+  the supervisor's pid (for the parent-death signal the child arms itself, :func:`.report.connect`),
+  and any extra fds it must inherit (ingest: the listening socket);
+* without systemd's per-service variables (``NOTIFY_SOCKET``, ``LISTEN_*``, ``WATCHDOG_*``): those are
+  the supervisor's alone.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
+import contextlib
 import os
 import signal
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 
-from . import exitcodes
+from .report import REPORT_FD_ENV, SUPERVISOR_PID_ENV, ReportChannel
 
-log = logging.getLogger(__name__)
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """For the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
-
-    def arm() -> None:
-        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return arm
+#: Environment variables a child must not inherit (systemd addresses them to the main process only).
+SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+                       "WATCHDOG_PID")
 
 
 class ChildProcess:
-    def __init__(self, name: str, argv: Sequence[str], backoff_base_s: float = 1.0, backoff_max_s: float = 30.0,
-                 healthy_after_s: float = 10.0) -> None:
+    """A started child: its Popen, its channel, and the helpers to signal and reap it."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], channel: ReportChannel) -> None:
         self.name = name
-        self.argv = list(argv)
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.healthy_after_s = healthy_after_s
-        self.restarts = 0
-        self.gave_up = False
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._watch, name=f"child-{name}", daemon=True)
+        self.proc = proc
+        self.channel = channel
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+    def pid(self) -> int:
+        return self.proc.pid
 
-    def start(self) -> None:
-        self._spawn()
-        self._thread.start()
+    @classmethod
+    def spawn(cls, name: str, args: Sequence[str], pass_fds: Sequence[int] = ()) -> ChildProcess:
+        """Start ``automagik-telemetry <args>``; the caller sends the configuration on :attr:`channel`."""
+        channel = ReportChannel()
+        env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ONLY_ENV}
+        env[REPORT_FD_ENV] = str(channel.child_fd)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "automagik_telemetry_agent", *args], env=env,
+                                    stdin=subprocess.DEVNULL, pass_fds=(channel.child_fd, *pass_fds),
+                                    start_new_session=True)
+        except BaseException:
+            channel.close()
+            raise
+        channel.spawned()
+        return cls(name, proc, channel)
 
-    def _spawn(self) -> None:
-        with self._lock:
-            if not self._stopping.is_set():
-                # Own session: Ctrl-C reaches the agent only, which stops the child in order. Parent-death
-                # signal: if the agent is killed (-9), the child gets SIGTERM instead of living on.
-                arm = _die_with_parent(os.getpid())
-                self._proc = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=arm)
-                log.info("%s started (pid %d)", self.name, self._proc.pid)
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` unless the process is already reaped (a reaped pid may belong to someone else)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
 
-    def _watch(self) -> None:
-        delay = self.backoff_base_s
-        while not self._stopping.is_set():
-            proc = self._proc
-            assert proc is not None
-            started = time.monotonic()
-            code = proc.wait()
-            if self._stopping.is_set():
-                return
-            if code == exitcodes.CONFIG:
-                log.error("%s exited with a configuration error (exit code %d); not restarting it: fix the "
-                          "configuration and restart the agent. Ingest goes on; the WAL keeps the data.",
-                          self.name, code)
-                self.gave_up = True
-                return
-            if time.monotonic() - started >= self.healthy_after_s:
-                delay = self.backoff_base_s
-            log.error("%s exited with code %d; restarting it in %.1f s", self.name, code, delay)
-            if self._stopping.wait(delay):
-                return
-            delay = min(delay * 2, self.backoff_max_s)
-            self.restarts += 1
-            self._spawn()
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
 
-    def stop(self, deadline_s: float = 10.0) -> int | None:
-        """SIGTERM the child, wait up to ``deadline_s``, then SIGKILL. Returns its exit code."""
-        self._stopping.set()
-        with self._lock:
-            proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=deadline_s)
-            except subprocess.TimeoutExpired:
-                log.error("%s did not stop within %.0f s; killing it (its data stays in the WAL)", self.name,
-                          deadline_s)
-                proc.kill()
-                proc.wait()
-        self._thread.join(timeout=5)
-        return proc.returncode
+    def poll(self) -> int | None:
+        """The exit code once the process has ended (reaping it), else None. A signal N reads as -N."""
+        return self.proc.poll()
+
+    def close(self) -> None:
+        self.channel.close()

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import exitcodes
-from .config import SETTINGS, SETTINGS_BY_KEY, ConfigError, load_config
+from .config import SETTINGS, AgentConfig, ConfigError, load_config
 
 
 def _die(code: int, message: str) -> int:
@@ -40,77 +40,118 @@ def missing_agent_extras() -> list[str]:
     return [name for name in ("orjson", "requests", "zstandard") if importlib.util.find_spec(name) is None]
 
 
-def _setting_argv(args: argparse.Namespace) -> list[str]:
-    """The config file and setting flags this command got, for a child process that takes the same."""
-    argv = ["--config", args.config] if args.config else []
-    for key, value in _flags(args).items():
-        if value is not None:
-            argv += [SETTINGS_BY_KEY[key].flag_name, str(value)]
-    return argv
-
-
 def cmd_agent(args: argparse.Namespace) -> int:
-    from .ingest import IngestOptions, IngestServer, IngestSetupError
+    """The supervisor (supervisor.py): validate everything it can before any child starts, then supervise."""
+    from . import preflight
+    from .listen_socket import create, from_systemd
     from .logs import setup_logging
+    from .sdnotify import Notifier, listen_fds
+    from .supervisor import Supervisor
+
+    fds = listen_fds()  # before anything else: the variables are removed so that no child inherits them
+    try:
+        config = load_config(args.config, _flags(args))
+        preflight.check(config, socket_activated=bool(fds))
+    except ConfigError as exc:
+        return _die(exitcodes.CONFIG, f"config error: {exc}")
+    setup_logging(config["log.level"], "supervisor")
+    if config["sink"] in ("clickhouse", "embedded"):
+        missing = missing_agent_extras()
+        if missing:
+            return _die(exitcodes.UNAVAILABLE, f"the shipper needs {', '.join(missing)}: install "
+                        "'automagik-telemetry[agent]', or run ingest only with --sink none")
+        if config["sink"] == "embedded":
+            from .sink_chdb import chdb_missing
+
+            if chdb_missing():
+                return _die(exitcodes.UNAVAILABLE, str(chdb_missing()))
+    try:
+        listener = from_systemd(fds, config["socket.path"]) if fds else create(config["socket.path"],
+                                                                              config["socket.mode"])
+    except ConfigError as exc:
+        return _die(exitcodes.CONFIG, f"config error: {exc}")
+    flags = _flags(args)
+    supervisor = Supervisor(config, lambda: load_config(args.config, flags), listener, Notifier(),
+                            control_path=preflight.control_socket_path(config))
+    return supervisor.run()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Internal: the ingest process the supervisor starts (WAL writer + epoll loop on the lent socket).
+
+    Run by hand (no supervisor) it reads its own config and binds ``socket.path`` itself.
+    """
+    import logging
+    import time
+
+    from .ingest import IngestOptions, IngestServer, IngestSetupError
+    from .logs import set_level, setup_logging
+    from .report import SupervisorGone, connect
     from .wal import WalError, WalOptions, WalWriter
 
     try:
-        config = load_config(args.config, _flags(args))
+        link = connect("ingest")
+    except SupervisorGone:
+        return exitcodes.FAILURE
+
+    def fail(code: int, message: str) -> int:
+        if link is not None:
+            link.fail(message)
+        return _die(code, message)
+
+    try:
+        config = link.config if link is not None and link.config is not None else load_config(args.config,
+                                                                                                _flags(args))
     except ConfigError as exc:
-        return _die(exitcodes.CONFIG, f"config error: {exc}")
+        return fail(exitcodes.CONFIG, f"config error: {exc}")
     setup_logging(config["log.level"], "ingest")
+    servers: list[IngestServer] = []
+    if link is not None:
+        from .metrics import collect_ingest
+
+        link.start_reporting(loop_age=lambda: time.monotonic() - servers[0].last_turn if servers else 0.0,
+                             collect=lambda: collect_ingest(servers[0]) if servers else {},
+                             on_config=lambda new: set_level(new["log.level"]))
     wal_options = WalOptions(segment_bytes=config["wal.segment_size"], max_bytes=config["wal.max_size"],
                              min_free_bytes=config["wal.min_free"], disk_policy=config["wal.disk_policy"])
     try:
         writer = WalWriter(config["wal.dir"], wal_options).open()
     except WalError as exc:
-        return _die(exitcodes.CONFIG, str(exc))
+        return fail(exitcodes.CONFIG, str(exc))
     except OSError as exc:
-        return _die(exitcodes.CONFIG, f"cannot use WAL directory {config['wal.dir']}: {exc.strerror}")
+        return fail(exitcodes.CONFIG, f"cannot use WAL directory {config['wal.dir']}: {exc.strerror}")
     options = IngestOptions(
         socket_path=config["socket.path"], socket_mode=config["socket.mode"],
         max_connections=config["socket.max_connections"], fsync=config["wal.fsync"],
-        fsync_interval_s=config["wal.fsync_interval_ms"] / 1000, fsync_bytes=config["wal.fsync_bytes"])
+        fsync_interval_s=config["wal.fsync_interval_ms"] / 1000, fsync_bytes=config["wal.fsync_bytes"],
+        listen_fd=args.listen_fd)
     server = IngestServer(options, writer)
     try:
         server.listen()
     except IngestSetupError as exc:
         writer.close()
-        return _die(exitcodes.CONFIG, str(exc))
+        return fail(exitcodes.CONFIG, str(exc))
+    servers.append(server)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_stop())
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit is an EFBIG error, not a kill
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no live reload yet: a stray SIGHUP must not kill the agent
-    shipper = None
-    if config["sink"] == "clickhouse":
-        from .child import ChildProcess
-
-        missing = missing_agent_extras()
-        if missing:
-            server.close()
-            writer.close()
-            return _die(exitcodes.UNAVAILABLE, f"the shipper needs {', '.join(missing)}: install "
-                        "'automagik-telemetry[agent]', or run ingest only with --sink none")
-
-        argv = [sys.executable, "-m", "automagik_telemetry_agent", "shipper", *_setting_argv(args)]
-        shipper = ChildProcess("shipper", argv)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the supervisor, through the channel
 
     def ready() -> None:
-        print("ready", file=sys.stderr, flush=True)
-        if shipper is not None:
-            shipper.start()
+        if link is not None:
+            link.ready()
+        else:
+            print("ready", file=sys.stderr, flush=True)
 
     try:
         server.serve_forever(on_ready=ready)
     except OSError as exc:
-        import logging
-
         logging.getLogger(__name__).critical("WAL storage failed, stopping: %s", exc)
+        if link is not None:
+            link.fail(f"WAL storage failed: {exc}")
         return exitcodes.IO_ERROR
     finally:
         writer.close()
-        if shipper is not None:
-            shipper.stop()
     return exitcodes.OK
 
 
@@ -153,14 +194,52 @@ def cmd_wal_dump(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- config
+def _agent_running_this(config: AgentConfig) -> int | None:
+    """The pid of a running agent whose socket and WAL are this config's (the agent it configures)."""
+    import os
+
+    from .control import ControlError, request
+    from .preflight import control_socket_path
+
+    try:
+        answer = request(control_socket_path(config), {"cmd": "status"}, timeout=2.0)
+    except (ControlError, OSError, ValueError):
+        return None
+    status = answer.get("status") or {}
+    running = status.get("config") or {}
+    same = (os.path.abspath(str(running.get("socket.path"))) == os.path.abspath(config["socket.path"])
+            and os.path.abspath(str(running.get("wal.dir"))) == os.path.abspath(config["wal.dir"]))
+    return int(status.get("pid", 0)) or None if same else None
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate values, then (unless --no-runtime) the host facts they point at (:mod:`.preflight`).
+
+    Checking the file of the agent that is running (same socket and WAL) is the normal step before a
+    reload or restart: that agent holding its own socket and WAL is then not an error.
+    """
+    from .preflight import problems
+
     try:
         config = load_config(args.config, _flags(args))
     except ConfigError as exc:
         return _die(exitcodes.CONFIG, f"config error: {exc}")
-    for key, value in config.items():
-        shown = "<redacted>" if key == "clickhouse.password" and value else value
-        print(f"{key} = {shown!r}  ({config.sources[key]})")
+    if not args.no_runtime:
+        found = problems(config)
+        running = _agent_running_this(config) if found else None
+        if running is not None:
+            found = problems(config, allow_running=True)
+        if found:
+            return _die(exitcodes.CONFIG, f"config error: {found[0].message}")
+        if running is not None:
+            print(f"note: the agent running as pid {running} uses this socket and WAL; live settings apply on "
+                  "SIGHUP (systemctl reload automagik-telemetry), the others on a restart", file=sys.stderr)
+    try:
+        for key, value in config.items():
+            shown = "<redacted>" if key == "clickhouse.password" and value else value
+            print(f"{key} = {shown!r}  ({config.sources[key]})")
+    except BrokenPipeError:  # `config check | head`
+        pass
     return exitcodes.OK
 
 
@@ -171,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the agent in the foreground")
     _add_setting_flags(agent)
     agent.set_defaults(func=cmd_agent)
+
+    # Internal (started by `agent`; no help= keeps it out of the command list).
+    ingest = sub.add_parser("ingest", description="Internal: the ingest process `agent` starts.")
+    _add_setting_flags(ingest)
+    ingest.add_argument("--listen-fd", type=int, default=None, help="the listening socket, inherited")
+    ingest.set_defaults(func=cmd_ingest)
 
     wal = sub.add_parser("wal", help="inspect a write-ahead log directory (read-only)")
     wal_sub = wal.add_subparsers(dest="wal_command", required=True)
@@ -187,11 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate the configuration without starting")
     _add_setting_flags(check)
+    check.add_argument("--no-runtime", action="store_true", help="check the values only, not this host (WAL "
+                       "directory, socket, files): for a config meant for another host or a running agent")
     check.set_defaults(func=cmd_config_check)
 
     from .shipper_cli import add_parsers as add_shipper_parsers
 
     add_shipper_parsers(sub, _add_setting_flags, _flags)  # `shipper`, `schema apply`
+    from .query_cli import add_parser as add_query_parser
+
+    add_query_parser(sub, _add_setting_flags, _flags)  # `query`
+    from . import dead_letter_cli, doctor, send_test, status_cli  # operator commands (docs/operations.md)
+
+    status_cli.add_parser(sub, _add_setting_flags, _flags)  # `status`
+    doctor.add_parser(sub, _add_setting_flags, _flags)  # `doctor`
+    send_test.add_parser(sub, _add_setting_flags, _flags)  # `send-test`
+    dead_letter_cli.add_parser(sub, _add_setting_flags, _flags)  # `dead-letter list|replay`
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name != "ingest") + "}"  # `ingest` is internal
     return parser
 
 

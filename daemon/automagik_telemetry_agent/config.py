@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,45 @@ def parse_str(value: Any) -> str:
     return value
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_identifier(value: Any) -> str:
+    """A plain ClickHouse name (database, table): the shipper splices it into SQL, so nothing else."""
+    text = parse_str(value)
+    if not _IDENTIFIER.fullmatch(text):
+        raise ValueError(f"{text!r} is not a plain name (letters, digits and _, not starting with a digit)")
+    return text
+
+
+def parse_url(value: Any) -> str:
+    """An http(s)://host[:port][/path] URL without credentials, query string or fragment.
+
+    Credentials in the URL would end up in logs and ``ps`` output, and a query string would be a
+    second place for settings; both are refused with what to use instead. The message never
+    repeats a password.
+    """
+    text = parse_str(value).strip()
+    try:
+        parsed = urllib.parse.urlsplit(text)
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port (example: http://localhost:8123)") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"{text!r} is not an http:// or https:// URL (example: http://localhost:8123)")
+    if parsed.username is not None or parsed.password is not None:
+        raise ValueError("the URL must not carry credentials: remove 'user:password@' and set --username "
+                         "and --password-file (clickhouse.username, clickhouse.password_file)")
+    if not parsed.hostname:
+        raise ValueError(f"{text!r} has no host (example: http://localhost:8123)")
+    if port == 0:
+        raise ValueError(f"{text!r} has port 0 (example: http://localhost:8123)")
+    if parsed.query or parsed.fragment or text.endswith(("?", "#")):
+        raise ValueError("the URL must not have a query string or fragment: remove '?...' (credentials go in "
+                         "--username and --password-file, the target in --database and --table)")
+    return text
+
+
 def parse_mode(value: Any) -> int:
     """A file mode from 0o660, 432, or "0660"."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -113,6 +153,27 @@ def parse_mode(value: Any) -> int:
     if not 0 <= mode <= 0o777:
         raise ValueError(f"{value!r} is not a file mode")
     return mode
+
+
+_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$")
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9479"`` -> ("127.0.0.1", 9479); ``"[::1]:9479"`` -> ("::1", 9479). ValueError if malformed."""
+    match = _LISTEN.match(value.strip())
+    port = int(match.group("port")) if match else -1
+    if not match or port > 65535:
+        raise ValueError(f"{value!r} is not host:port (examples: 127.0.0.1:9479, [::1]:9479, 0.0.0.0:9479; "
+                         "port 0 = any free port; \"\" turns the endpoint off)")
+    return match.group("v6") or match.group("host"), port
+
+
+def parse_listen(value: Any) -> str:
+    """A listen address "host:port" (IPv6 as "[::1]:port"), or "" for none."""
+    text = parse_str(value).strip()
+    if text:
+        split_listen(text)
+    return text
 
 
 # ---------------------------------------------------------------------------- the settings table
@@ -143,6 +204,9 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--socket-mode"),
     Setting("socket.max_connections", 1024, parse_int(1), "Concurrent client connections; more are refused "
             "and counted.", flag="--max-connections"),
+    Setting("socket.control_path", "", parse_str, "Control socket of the running agent (SOCK_STREAM, mode 0600) "
+            "that `automagik-telemetry status` asks; \"\" = control.sock in the directory of socket.path.",
+            flag="--control-socket"),
     Setting("wal.dir", "/var/lib/automagik-telemetry/wal", parse_str, "Write-ahead log directory.",
             env="AUTOMAGIK_TELEMETRY_WAL_DIR", flag="--wal-dir"),
     Setting("wal.fsync", "interval", parse_choice("always", "interval", "off"),
@@ -164,11 +228,18 @@ SETTINGS: tuple[Setting, ...] = (
             "When over the cap or under the watermark: drop the oldest unshipped segment (counted), or "
             "refuse new records (clients count the rejections).", env="AUTOMAGIK_TELEMETRY_WAL_DISK_POLICY",
             flag="--disk-policy"),
-    Setting("metrics.listen", "127.0.0.1:9479", parse_str, "host:port of the Prometheus endpoint (/metrics); "
-            "loopback by default, \"\" turns it off.", env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN",
-            flag="--metrics-listen"),
+    Setting("metrics.listen", "127.0.0.1:9479", parse_listen, "host:port of the Prometheus endpoint (/metrics; "
+            "docs/metrics.md): loopback by default, IPv6 as [::1]:9479, port 0 = any free port, \"\" = off.",
+            env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN", flag="--metrics-listen"),
     Setting("log.level", "info", parse_choice("debug", "info", "warning", "error"), "Log level.",
             env="AUTOMAGIK_TELEMETRY_LOG_LEVEL", flag="--log-level", live=True),
+    # ---- the supervisor (`automagik-telemetry agent`; docs/operations.md)
+    Setting("agent.stop_timeout", 10.0, parse_duration, "On SIGTERM/SIGINT: how long the shipper may take to "
+            "finish its in-flight batch before abandoning it (it stays in the WAL); a child still running 2 s "
+            "later is killed.", flag="--stop-timeout"),
+    Setting("agent.heartbeat_timeout", 30.0, parse_duration, "A child whose main loop shows no progress for this "
+            "long is killed and restarted (a declared wait, such as an HTTP request within its timeouts or a "
+            "retry backoff, counts as progress).", flag="--heartbeat-timeout"),
     # ---- shipper: ClickHouse target (the `shipper` and `schema apply` commands)
     Setting("sink", "clickhouse", parse_choice("clickhouse", "embedded", "none"), "Where the agent ships the "
             "WAL: clickhouse (a server over HTTP), embedded (an in-process chDB store in embedded.dir; needs the "
@@ -177,11 +248,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("embedded.dir", "/var/lib/automagik-telemetry/embedded", parse_str, "Data directory of the "
             "embedded ClickHouse store (sink = embedded); --embedded DIR also selects that sink.",
             env="AUTOMAGIK_TELEMETRY_EMBEDDED_DIR", flag="--embedded"),
-    Setting("clickhouse.endpoint", "http://localhost:8123", parse_str, "ClickHouse HTTP(S) endpoint, without "
+    Setting("clickhouse.endpoint", "http://localhost:8123", parse_url, "ClickHouse HTTP(S) endpoint, without "
             "credentials in the URL.", flag="--clickhouse-endpoint"),
-    Setting("clickhouse.database", "telemetry", parse_str, "ClickHouse database of the traces table.",
+    Setting("clickhouse.database", "telemetry", parse_identifier, "ClickHouse database of the traces table.",
             flag="--database"),
-    Setting("clickhouse.table", "traces", parse_str, "ClickHouse table the spans go to.", flag="--table"),
+    Setting("clickhouse.table", "traces", parse_identifier, "ClickHouse table the spans go to.", flag="--table"),
     Setting("clickhouse.username", "default", parse_str, "ClickHouse user (HTTP basic auth).", flag="--username"),
     Setting("clickhouse.password", "", parse_str, "ClickHouse password (prefer --password-file: flags show "
             "in ps).", flag="--password"),
@@ -197,13 +268,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clickhouse.connect_timeout", 5.0, parse_duration, "Connect timeout.", flag="--connect-timeout"),
     Setting("clickhouse.read_timeout", 60.0, parse_duration, "Timeout waiting for ClickHouse's answer.",
             flag="--read-timeout"),
-    Setting("shipper.batch_size", 20_000, parse_int(1), "Spans per INSERT (at most).", flag="--batch-size"),
+    Setting("shipper.batch_size", 20_000, parse_int(1), "Spans per INSERT (at most).", flag="--batch-size",
+            live=True),
     Setting("shipper.batch_bytes", 8 * 1024 * 1024, parse_size, "WAL bytes per INSERT (at most).",
-            flag="--batch-bytes"),
+            flag="--batch-bytes", live=True),
     Setting("shipper.batch_wait", 1.0, parse_duration, "Longest wait to fill a partial batch.",
-            flag="--batch-wait"),
+            flag="--batch-wait", live=True),
     Setting("shipper.max_rows_per_second", 200_000, parse_int(0), "Rate limit while catching up after an "
-            "outage (0 = none).", flag="--max-rows-per-second"),
+            "outage (0 = none).", flag="--max-rows-per-second", live=True),
     Setting("shipper.retry_base", 1.0, parse_duration, "First retry delay after a transient failure "
             "(doubles up to retry_max, full jitter).", flag="--retry-base"),
     Setting("shipper.retry_max", 60.0, parse_duration, "Longest retry delay after transient failures.",
@@ -252,8 +324,10 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except PermissionError:
         raise ConfigError(f"config file {path} is not readable by this user") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory: name the TOML file") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {' '.join(str(exc).split())}") from None
     flat = _flatten(data)
     for key in flat:
         if key not in SETTINGS_BY_KEY:
@@ -294,15 +368,65 @@ def load_config(config_path: str | None = None, flags: Mapping[str, Any] | None 
         try:
             values[setting.key] = setting.parse(raw)
         except ValueError as exc:
-            where = {"env": setting.env_name, "flag": setting.flag_name}.get(source, f"{setting.key} ({source})")
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{origin(setting.key, source)}: {exc}") from None
         sources[setting.key] = source
-    _check_relations(values)
+    _imply_embedded_sink(values, sources)
+    _check_relations(values, sources)
     return AgentConfig(values, sources)
 
 
-def _check_relations(values: dict[str, Any]) -> None:
+def _imply_embedded_sink(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """``--embedded DIR`` without ``--sink`` means ``sink = "embedded"``: naming the store's directory on the
+    command line is asking for it. An explicit ``--sink`` flag still wins; so does nothing else (the flag
+    outranks the file and the environment, as every flag does)."""
+    if sources["embedded.dir"] == "flag" and sources["sink"] != "flag":
+        values["sink"], sources["sink"] = "embedded", "flag (--embedded)"
+
+
+def origin(key: str, source: str) -> str:
+    """The name under which the user set ``key``: the flag, the env var, or the TOML key and its file.
+
+    Every error message starts with it, so the operator knows which of the three places to edit.
+    """
+    setting = SETTINGS_BY_KEY[key]
+    return {"env": setting.env_name, "flag": setting.flag_name}.get(source, f"{key} ({source})")
+
+
+SUN_PATH_MAX = 107  # bytes of an AF_UNIX socket path, without the terminating NUL
+
+
+def _check_relations(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Rules between settings, and limits a parser cannot express; each error names what the user set."""
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{origin(key, sources[key])}: {problem}")
+
+    for key in ("socket.path", "wal.dir"):
+        if not values[key].strip():
+            fail(key, "must not be empty")
+    if len(os.fsencode(values["socket.path"])) > SUN_PATH_MAX:
+        fail("socket.path", f"{values['socket.path']!r} is {len(os.fsencode(values['socket.path']))} bytes; a Unix "
+             f"socket path must be at most {SUN_PATH_MAX}: choose a shorter path")
     if values["wal.segment_size"] < 64 * 1024:
-        raise ConfigError("wal.segment_size must be at least 64KiB")
+        fail("wal.segment_size", "must be at least 64KiB")
     if values["wal.max_size"] and values["wal.max_size"] < 2 * values["wal.segment_size"]:
-        raise ConfigError("wal.max_size must be at least twice wal.segment_size (or 0 for no cap)")
+        fail("wal.max_size", f"must be at least twice wal.segment_size ({values['wal.segment_size']} bytes), "
+             "or 0 for no cap")
+    for key in ("clickhouse.connect_timeout", "clickhouse.read_timeout", "shipper.retry_base",
+                "shipper.retry_max", "shipper.config_retry"):
+        if values[key] <= 0:
+            fail(key, "must be more than 0 (examples: 500ms, 5s)")
+    if values["agent.heartbeat_timeout"] < 2:
+        fail("agent.heartbeat_timeout", "must be at least 2s (children report about once a second)")
+    if len(os.fsencode(values["socket.control_path"])) > SUN_PATH_MAX:
+        fail("socket.control_path", f"{values['socket.control_path']!r} is longer than {SUN_PATH_MAX} bytes: "
+             "choose a shorter path")
+    if values["shipper.retry_base"] > values["shipper.retry_max"]:
+        fail("shipper.retry_base", f"{values['shipper.retry_base']:g}s is longer than shipper.retry_max "
+             f"({values['shipper.retry_max']:g}s): lower it or raise shipper.retry_max")
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Setting]:
+    """The settings whose values differ between two configurations, in table order (on SIGHUP the
+    ``live`` ones are applied and the others reported as needing a restart)."""
+    return [s for s in SETTINGS if old.get(s.key) != new.get(s.key)]

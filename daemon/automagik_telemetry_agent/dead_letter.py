@@ -9,14 +9,21 @@ Append-only JSON lines in ``<dir>/dead-letter.jsonl``, one object per span::
 the row on its own after bisection; ``row`` then holds the row exactly as sent). A batch of entries
 is written with one ``write`` per entry and one ``fsync``, before the shipper commits the WAL cursor
 past them: a crash in between can repeat entries in this file, never lose them.
+
+Every access takes an ``flock`` on the directory (not the file: ``dead-letter replay`` replaces the
+file by a rename, and a lock on the old inode would let an append land in the replaced file):
+exclusive to append or rewrite, shared to read. So a replay running next to the shipper never
+loses an entry the shipper appends meanwhile, and a reader never sees half a line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,30 +87,79 @@ class DeadLetter:
         now = time.time()
         data = b"".join(e.to_json(now) for e in entries)
         with self._lock:
-            created = not os.path.exists(self.path)
             os.makedirs(self.dir, mode=0o750, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-            try:
-                start = os.lseek(fd, 0, os.SEEK_END)
-                view = memoryview(data)
-                try:
-                    while view:
-                        view = view[os.write(fd, view):]
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, start)  # never leave a torn line
-                    raise
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if created:
-                fsync_dir(self.dir)
+            with self.locked():
+                self._append(data)
             self.count += len(entries)
+
+    def _append(self, data: bytes) -> None:
+        """Append ``data`` to the file and fsync it; the caller holds the directory lock."""
+        created = not os.path.exists(self.path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # never leave a torn line
+                raise
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_dir(self.dir)
+
+    @contextlib.contextmanager
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """Hold the directory's flock (exclusive unless ``shared``); blocks while another process holds it.
+
+        Yields without a lock when the directory does not exist (nothing to protect yet).
+        """
+        try:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def read_lines(self) -> list[bytes]:
+        """The file's non-empty lines as stored (newline stripped); call with :meth:`locked` held."""
+        try:
+            with open(self.path, "rb") as f:
+                return [line.rstrip(b"\n") for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
 
     def read(self) -> list[dict[str, Any]]:
         """Every entry in the file (for tests and tools)."""
+        with self.locked(shared=True):
+            return [orjson.loads(line) for line in self.read_lines()]
+
+    def rewrite(self, lines: list[bytes]) -> None:
+        """Replace the file by ``lines`` (stored lines, as :meth:`read_lines` returns), crash-atomically.
+
+        Writes a temp file, fsyncs it, renames it over the file and fsyncs the directory: a crash
+        leaves either the old file or the new one. Call with :meth:`locked` held (exclusive).
+        """
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
-            with open(self.path, "rb") as f:
-                return [orjson.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
+            view = memoryview(b"".join(line + b"\n" for line in lines))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, self.path)
+        fsync_dir(self.dir)

@@ -146,6 +146,7 @@ class IngestServer:
         self._last_maintain = 0.0
         self._bytes_handed = 0
         self.started_at = time.time()
+        self.last_turn = time.monotonic()  # the epoll loop's last turn: the supervisor's heartbeat (loop_age_s)
 
     # ------------------------------------------------------------------ setup
     def listen(self) -> None:
@@ -229,6 +230,7 @@ class IngestServer:
                 self._read(key.data)
         self._commit()
         now = time.monotonic()
+        self.last_turn = now
         if now - self._last_maintain >= MAINTAIN_EVERY_S:
             self._last_maintain = now
             self.writer.maintain()

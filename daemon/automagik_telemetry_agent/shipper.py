@@ -41,7 +41,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -259,6 +259,23 @@ class Shipper:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def apply_options(self, **changes: Any) -> None:
+        """Change live options (a reload): batch limits apply to the batch being collected from its next
+        read on, the rate limit to the next send. Safe from another thread: the options object and the
+        token bucket are replaced whole, never mutated under the shipper's feet."""
+        self.options = replace(self.options, **changes)
+        if "drain_rows_per_s" in changes:
+            self._bucket = TokenBucket(self.options.drain_rows_per_s)
+
+    def declare_waits(self, liveness: Any) -> None:
+        """Declare every timed wait of this shipper (polls, backoffs, config retries, the rate limit) to
+        ``liveness`` (:class:`~.report.Liveness`), so that the supervisor's heartbeat check tells a long but
+        known wait from a hang. Call before :meth:`run` and before installing signal handlers."""
+        stop = liveness.event()
+        if self._stop.is_set():
+            stop.set()
+        self._stop = stop
+
     def _abandon(self) -> bool:
         return self._stop.is_set() and time.monotonic() >= self._deadline
 
@@ -382,11 +399,11 @@ class Shipper:
 
     def _collect(self, resume_last: int | None) -> list[WalEntry]:
         assert self.reader is not None
-        o = self.options
         entries: list[WalEntry] = []
         items = size = 0
         started: float | None = None
         while not self._stop.is_set():
+            o = self.options  # re-read: apply_options (SIGHUP) may have replaced it meanwhile
             max_records = 1_000_000 if resume_last is None else max(0, resume_last - self.reader.position)
             got = self.reader.read(max_records=max_records, max_bytes=max(1, o.batch_bytes - size),
                                    max_items=max(1, o.batch_rows - items)) if max_records else []

@@ -21,6 +21,8 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..latency import FSYNC_BOUNDS_S, LatencyHistogram
+from .backlog import BacklogMarks
 from .cursor import cursor_path, read_cursor
 from .durable import append_line_durably, fsync_dir, write_atomic
 from .format import (
@@ -91,6 +93,7 @@ class WalStats:
     appended_bytes: int = 0
     fsyncs: int = 0
     fsync_seconds: float = 0.0
+    fsync_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(FSYNC_BOUNDS_S))
     segments_created: int = 0
     segments_deleted: int = 0
     dropped_records: Counter = field(default_factory=Counter)  # by reason
@@ -133,6 +136,10 @@ class WalWriter:
         self._cursor_mtime = -1.0
         self.accepting = True  # False while the disk policy refuses new records
         self._rotate_pending = False
+        # The unshipped backlog, as of the last maintain() (wal/backlog.py says how exact it is).
+        self._marks = BacklogMarks()
+        self.unshipped_bytes = 0
+        self.oldest_unshipped_time: float | None = None  # write time (epoch s) of the oldest unshipped record
 
     # ------------------------------------------------------------------ open and recovery
     def open(self) -> WalWriter:
@@ -194,6 +201,7 @@ class WalWriter:
     def _recover_segments(self) -> int:
         """Validate headers, repair the newest segment; return the last valid seq (0 if none)."""
         segments: list[_Segment] = []
+        created: dict[int, float] = {}
         for first, path in self._list_segment_files():
             try:
                 fd, header = open_segment(path)
@@ -210,6 +218,7 @@ class WalWriter:
                 self._quarantine(path, f"header says first seq {header.first_seq}, name says {first}")
                 continue
             segments.append(_Segment(first, path, os.path.getsize(path)))
+            created[first] = header.created_ns / 1e9
         last_seq = 0
         while segments:
             newest = segments[-1]
@@ -225,6 +234,8 @@ class WalWriter:
             seg.last_seq = segments[i + 1].first_seq - 1
         if segments:
             segments[-1].last_seq = last_seq
+        for seg in segments:  # records written before this start: their segment's creation time bounds their age
+            self._marks.mark(seg.first_seq, created[seg.first_seq], seg.first_seq, SEGMENT_HEADER_SIZE)
         self._sealed = segments
         return last_seq
 
@@ -262,8 +273,9 @@ class WalWriter:
         path = os.path.join(self.dir, segment_name(first))
         salt = new_salt()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        created_ns = time.time_ns()
         try:
-            header = encode_segment_header(salt, first, time.time_ns())
+            header = encode_segment_header(salt, first, created_ns)
             os.write(fd, header)
             os.fdatasync(fd)
             fsync_dir(self.dir)
@@ -277,6 +289,7 @@ class WalWriter:
         self._offset = len(header)
         self._active = _Segment(first, path, self._offset)
         self.stats.segments_created += 1
+        self._marks.mark(first, created_ns / 1e9, first, self._offset)
 
     def _rotate(self) -> None:
         """Seal the active segment (synced) and start the next one.
@@ -357,6 +370,8 @@ class WalWriter:
                     rest = rest[n:]
         except OSError as exc:
             self._rollback(exc)
+        if self._active is not None:
+            self._marks.wrote(self._buf_first_seq, self._active.first_seq, self._offset, total)
         self._offset += total
         self.stats.appended_bytes += total
         self._written_seq = self._next_seq - 1
@@ -389,8 +404,10 @@ class WalWriter:
         if fsync:
             started = time.perf_counter()
             os.fdatasync(self._fd)
+            elapsed = time.perf_counter() - started
             self.stats.fsyncs += 1
-            self.stats.fsync_seconds += time.perf_counter() - started
+            self.stats.fsync_seconds += elapsed
+            self.stats.fsync_latency.observe(elapsed)
         self.durable_seq = target
         return target
 
@@ -441,6 +458,24 @@ class WalWriter:
                 self._delete_segment(seg, reason=over)
             over = self._over_limits()
         self.accepting = not over
+        self._update_backlog()
+
+    def _update_backlog(self) -> None:
+        """Recompute :attr:`unshipped_bytes` and :attr:`oldest_unshipped_time` (read by the metrics)."""
+        oldest = self.oldest_unconsumed_seq()
+        mark = self._marks.find(oldest) if oldest is not None else None
+        if mark is None:
+            self.unshipped_bytes, self.oldest_unshipped_time = 0, None
+            return
+        unshipped = 0  # record bytes (headers and payloads) from the mark on
+        sizes = [(seg.first_seq, seg.size) for seg in self._sealed]
+        if self._active is not None:
+            sizes.append((self._active.first_seq, self._offset))
+        for first, size in sizes:
+            if first >= mark.segment:
+                unshipped += max(0, size - (mark.offset if first == mark.segment else SEGMENT_HEADER_SIZE))
+        self.unshipped_bytes = unshipped
+        self.oldest_unshipped_time = mark.time
 
     def _over_limits(self) -> str | None:
         opts = self.options

@@ -1,0 +1,344 @@
+"""``automagik-telemetry doctor``: check a host's setup end to end and say how to fix what is wrong.
+
+One line per check, ``ok``, ``warn`` or ``FAIL``, and for the last two one line saying what to do.
+Exit 0 when nothing failed (warnings allowed), 1 otherwise. The checks, in order: the configuration
+loads; the agent answers on its control socket (its children's states); the runtime facts of
+:mod:`.preflight`; the client socket (exists, mode, group); the WAL directory (exists, free space
+against ``wal.min_free``); the sink: for ClickHouse reachability, authentication, version and
+features (zstd from 21.1, deduplication tokens from 22.2), the table and its row profile, the
+schema version recorded by ``schema apply``, the INSERT privilege (an empty INSERT); for the
+embedded sink that chDB imports; finally the dead-letter file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import exitcodes
+from .config import ConfigError, load_config
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    status: str  # OK | WARN | FAIL
+    name: str
+    detail: str
+    fix: str = ""
+
+    def lines(self) -> list[str]:
+        out = [f"{self.status:<5} {self.name}: {self.detail}"]
+        if self.fix and self.status != OK:
+            out.append(f"      fix: {self.fix}")
+        return out
+
+
+class Doctor:
+    """Runs the checks in order; each appends to :attr:`checks` and may stop the ones that depend on it."""
+
+    def __init__(self, config: Mapping[str, Any], emit: Callable[[Check], None]) -> None:
+        self.config = config
+        self.emit = emit
+        self.checks: list[Check] = []
+        self.status: dict[str, Any] | None = None
+        self.agent_running = False
+
+    def add(self, status: str, name: str, detail: str, fix: str = "") -> Check:
+        check = Check(status, name, detail, fix)
+        self.checks.append(check)
+        self.emit(check)
+        return check
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == FAIL for c in self.checks)
+
+    def run(self) -> None:
+        self.check_agent()
+        self.check_preflight()
+        self.check_socket()
+        self.check_wal()
+        sink = self.config["sink"]
+        if sink == "clickhouse":
+            self.check_clickhouse()
+        elif sink == "embedded":
+            self.check_embedded()
+        else:
+            self.add(OK, "sink", "none: the agent only ingests; the WAL keeps everything")
+        self.check_dead_letters()
+
+    # ------------------------------------------------------------------ agent
+    def check_agent(self) -> None:
+        from .preflight import control_socket_path, held_by_systemd, socket_in_use
+        from .status_cli import duration_text, fetch_status
+
+        try:
+            self.status = fetch_status(self.config, timeout=3.0)
+        except RuntimeError as exc:
+            self.add(WARN, "agent", f"cannot read its status: {exc}")
+        if self.status is not None:
+            self.agent_running = True
+            s = self.status
+            self.add(OK, "agent", f"{s.get('state', 'running')}, pid {s.get('pid', '?')}, up "
+                     f"{duration_text(s.get('uptime_s'))}")
+            for name, child in sorted((s.get("children") or {}).items()):
+                child = child or {}
+                state, restarts = child.get("state", "?"), child.get("restarts", 0)
+                if state != "running":
+                    self.add(FAIL, f"agent {name}", f"{state} ({restarts} restarts)",
+                             "read the agent's log (journalctl -u automagik-telemetry) for the child's last error")
+                elif restarts:
+                    self.add(WARN, f"agent {name}", f"running, but restarted {restarts} times",
+                             "read the agent's log for why it exited")
+                else:
+                    self.add(OK, f"agent {name}", "running")
+            last_error = (s.get("metrics") or {}).get("last_error")
+            if last_error:
+                self.add(WARN, "agent last error", last_error, "see `automagik-telemetry status` and the log")
+            return
+        try:
+            live, pid = socket_in_use(self.config["socket.path"])
+        except OSError:
+            live, pid = False, None
+        if live and pid is not None and held_by_systemd(pid):
+            self.add(FAIL, "agent", "not running; systemd listens on its socket (socket activation)",
+                     "`systemctl start automagik-telemetry` (or it starts on the first client connection)")
+            return
+        if live:  # an agent without a control socket (or one this user may not reach)
+            self.agent_running = True
+            self.add(WARN, "agent", f"the socket answers{f' (pid {pid})' if pid else ''} but the control socket "
+                     f"{control_socket_path(self.config)} does not", "if the agent runs as another user, run doctor "
+                     "as root; else restart it (an agent without a control socket is an older version)")
+            return
+        self.add(FAIL, "agent", "not running", "start it: `systemctl start automagik-telemetry` (or "
+                 "`automagik-telemetry agent` in the foreground)")
+
+    # ------------------------------------------------------------------ host
+    def check_preflight(self) -> None:
+        from .preflight import problems
+
+        found = problems(self.config, allow_running=self.agent_running)
+        for problem in found:
+            self.add(FAIL, f"setup {problem.key}", problem.message)
+        if not found:
+            self.add(OK, "setup", "WAL, socket, dead-letter directories and files usable by this user")
+
+    def check_socket(self) -> None:
+        path = self.config["socket.path"]
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if self.agent_running:
+                self.add(FAIL, "socket", f"{path} does not exist although the agent runs",
+                         "is the agent configured with another --socket? clients use AUTOMAGIK_TELEMETRY_SOCKET")
+            return  # not running: already a FAIL above
+        except OSError as exc:
+            self.add(FAIL, "socket", f"cannot inspect {path}: {exc.strerror}", "fix the permissions of its directory")
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            self.add(FAIL, "socket", f"{path} is not a socket", "remove it and restart the agent")
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        owner, group = _user_name(st.st_uid), _group_name(st.st_gid)
+        detail = f"{path} mode {mode:04o} owner {owner} group {group}"
+        if not mode & 0o022:
+            self.add(WARN, "socket", f"{detail}: only {owner} can connect",
+                     f"set socket.mode = \"0660\" and add the applications' users to group {group}")
+        elif mode & 0o002:
+            self.add(WARN, "socket", f"{detail}: every local user can send spans",
+                     "set socket.mode = \"0660\" and add the applications' users to the socket's group")
+        elif mode != self.config["socket.mode"]:
+            self.add(WARN, "socket", f"{detail}, but socket.mode is {self.config['socket.mode']:04o}",
+                     "a systemd .socket unit sets the mode itself (SocketMode=): make the two agree")
+        else:
+            self.add(OK, "socket", f"{detail}: applications in group {group} can connect")
+
+    def check_wal(self) -> None:
+        wal_dir = self.config["wal.dir"]
+        if not os.path.isdir(wal_dir):
+            status = FAIL if self.agent_running else WARN
+            self.add(status, "WAL", f"{wal_dir} does not exist", "the agent creates it at start; check --wal-dir")
+            return
+        try:
+            vfs = os.statvfs(wal_dir)
+        except OSError as exc:
+            self.add(FAIL, "WAL", f"cannot stat {wal_dir}: {exc.strerror}", "check the file system")
+            return
+        free = vfs.f_bavail * vfs.f_frsize
+        size = 0
+        with contextlib.suppress(OSError), os.scandir(wal_dir) as it:
+            for entry in it:
+                if entry.name.endswith(".seg"):
+                    with contextlib.suppress(OSError):
+                        size += entry.stat().st_size
+        min_free, max_size = self.config["wal.min_free"], self.config["wal.max_size"]
+        detail = f"{wal_dir}: {_size(size)} of segments, {_size(free)} free on its file system"
+        if min_free and free < min_free:
+            self.add(FAIL, "WAL", f"{detail}, below wal.min_free ({_size(min_free)}): the disk policy "
+                     f"({self.config['wal.disk_policy']}) is losing spans", "free disk space, or lower --wal-min-free")
+        elif min_free and free < 2 * min_free:
+            self.add(WARN, "WAL", f"{detail}, close to wal.min_free ({_size(min_free)})",
+                     "free disk space before the disk policy starts dropping spans")
+        elif max_size and size > 0.8 * max_size:
+            self.add(WARN, "WAL", f"{detail}, over 80% of wal.max_size ({_size(max_size)})",
+                     "the shipper is behind: check ClickHouse (`automagik-telemetry status`)")
+        else:
+            self.add(OK, "WAL", detail)
+
+    # ------------------------------------------------------------------ sinks
+    def check_clickhouse(self) -> None:
+        from .clickhouse_errors import ErrorClass
+        from .shipper_cli import sink_from_config
+        from .sink_http import SinkError
+
+        try:
+            sink = sink_from_config(self.config)
+        except ConfigError as exc:
+            self.add(FAIL, "clickhouse", str(exc), "fix the clickhouse.* settings")
+            return
+        try:
+            self._clickhouse(sink, SinkError, ErrorClass)
+        finally:
+            sink.close()
+
+    def _clickhouse(self, sink: Any, sink_error: type[Exception], error_class: Any) -> None:
+        from .schema import render_migrations
+
+        where = sink.endpoint
+        try:
+            sink.query("SELECT 1")
+        except sink_error as exc:
+            result = exc.result  # type: ignore[attr-defined]
+            if result.status is None or result.error_class is error_class.TRANSIENT:
+                self.add(FAIL, "clickhouse reachable", str(exc),
+                         f"check that ClickHouse runs and --clickhouse-endpoint {where} is right")
+            else:
+                self.add(OK, "clickhouse reachable", f"{where} answers")
+                self.add(FAIL, "clickhouse auth", str(exc), "set the right clickhouse.username and "
+                         "clickhouse.password_file (--username, --password-file)")
+            return
+        self.add(OK, "clickhouse reachable", f"{where} answers")
+        self.add(OK, "clickhouse auth", f"user {sink.username!r} accepted")
+        try:
+            detected = sink.detect()
+        except sink_error as exc:
+            caps = sink.capabilities
+            if caps is not None:
+                self.add(OK, "clickhouse version", _features(caps))
+            self.add(FAIL, "clickhouse table", str(exc), f"run `automagik-telemetry schema apply` "
+                     f"(--clickhouse-endpoint {where} --database {sink.database} --table {sink.table})")
+            return
+        self.add(OK, "clickhouse version", _features(detected.capabilities))
+        profile = detected.profile
+        self.add(OK, "clickhouse table", f"{sink.target} exists, {profile.value} row profile")
+        try:
+            out = sink.query(f"SELECT max(version), any(profile), count() FROM {sink.database}.schema_migrations "
+                             "FORMAT TabSeparated").strip().split("\t")
+        except sink_error:
+            self.add(WARN, "clickhouse schema", f"no {sink.database}.schema_migrations: the table was not created by "
+                     "`schema apply`", "run `automagik-telemetry schema apply` (it adopts the existing table)")
+        else:
+            recorded = int(out[0]) if out and out[0].isdigit() and len(out) == 3 and out[2] != "0" else 0
+            try:
+                latest = render_migrations(profile, sink.database, sink.table, 0)[-1].version
+            except Exception:  # migrations not installed: cannot compare, not a problem of this host's setup
+                latest = recorded
+            if recorded >= latest:
+                self.add(OK, "clickhouse schema", f"version {recorded} ({out[1] or profile.value} profile), up to date")
+            else:
+                self.add(WARN, "clickhouse schema", f"version {recorded}, {latest} available",
+                         "run `automagik-telemetry schema apply`")
+        result = sink.insert(b"")  # an empty INSERT: checks the privilege, stores nothing
+        if result.ok:
+            self.add(OK, "clickhouse insert", f"user {sink.username!r} may INSERT into {sink.target}")
+        else:
+            self.add(FAIL, "clickhouse insert", sink.explain(result),
+                     "give the user INSERT on the table (and not readonly)")
+
+    def check_embedded(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("chdb") is None:
+            self.add(FAIL, "embedded", "chDB is not installed", "pip install 'automagik-telemetry[embedded]'")
+        else:
+            self.add(OK, "embedded", f"chDB importable; store in {self.config['embedded.dir']}")
+
+    def check_dead_letters(self) -> None:
+        from .dead_letter_cli import dead_letter_dir
+
+        path = os.path.join(dead_letter_dir(self.config), "dead-letter.jsonl")
+        try:
+            with open(path, "rb") as f:
+                count = sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            count = 0
+        except OSError as exc:
+            self.add(WARN, "dead letters", f"cannot read {path}: {exc.strerror}", "run doctor as the agent's user")
+            return
+        if count:
+            self.add(WARN, "dead letters", f"{count} spans in {path}", "see `automagik-telemetry dead-letter list`; "
+                     "once the cause is fixed, `automagik-telemetry dead-letter replay`")
+        else:
+            self.add(OK, "dead letters", "none")
+
+
+def _features(caps: Any) -> str:
+    zstd = "zstd yes" if caps.zstd else "zstd no (gzip instead; needs 21.1)"
+    dedup = ("dedup token yes" if caps.dedup_token
+             else "dedup token no (a retried batch may be stored twice; needs 22.2)")
+    return f"ClickHouse {caps.version}: {zstd}, {dedup}"
+
+
+def _size(n: float) -> str:
+    from .status_cli import size_text
+
+    return size_text(n)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def cmd_doctor(args: argparse.Namespace, flags: dict[str, object]) -> int:
+    def emit(check: Check) -> None:
+        print("\n".join(check.lines()), flush=True)
+
+    try:
+        config = load_config(args.config, flags)
+    except ConfigError as exc:
+        emit(Check(FAIL, "config", str(exc), "fix that setting; `automagik-telemetry config check` re-checks"))
+        return exitcodes.FAILURE
+    sources = sorted({s for s in config.sources.values() if s != "default"}) or ["defaults only"]
+    emit(Check(OK, "config", f"valid (from {', '.join(sources)}), sink {config['sink']}"))
+    doctor = Doctor(config, emit)
+    doctor.run()
+    failed = sum(c.status == FAIL for c in doctor.checks)
+    warned = sum(c.status == WARN for c in doctor.checks)
+    print(f"{failed} failed, {warned} warnings" if failed or warned else "all checks passed")
+    return exitcodes.FAILURE if failed else exitcodes.OK
+
+
+def add_parser(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser], None],
+               flags: Callable[[argparse.Namespace], dict[str, object]]) -> None:
+    doctor = sub.add_parser("doctor", help="check the setup (agent, socket, WAL, ClickHouse); exit 1 if a check fails")
+    add_setting_flags(doctor)
+    doctor.set_defaults(func=lambda a: cmd_doctor(a, flags(a)))
