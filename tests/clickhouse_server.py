@@ -188,8 +188,12 @@ class ClickHouseServer(_HTTPMixin):
 
     supports_process_control = True
 
-    def __init__(self, base_dir: str | os.PathLike[str] | None = None, binary: str | None = None):
+    def __init__(self, base_dir: str | os.PathLike[str] | None = None, binary: str | None = None,
+                 users_d: dict[str, str] | None = None):
+        """``users_d``: extra ``{file name: XML text}`` written to ``users.d/`` next to users.xml, which the
+        server merges into it (how deploy/clickhouse/users/ adds the agent's user on 18.16)."""
         self.binary = binary or find_binary()
+        self.users_d = dict(users_d or {})
         self._owns_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="clickhouse-test-"))
         self.http_port = 0
@@ -257,6 +261,10 @@ class ClickHouseServer(_HTTPMixin):
             return (f"<{name}><password>{escape(password)}</password><networks><ip>::/0</ip></networks>"
                     f"<profile>{profile}</profile><quota>default</quota></{name}>")
 
+        if self.users_d:
+            (d / "users.d").mkdir(exist_ok=True)
+            for name, text in self.users_d.items():
+                (d / "users.d" / name).write_text(text)
         (d / "users.xml").write_text(f"""<?xml version="1.0"?>
 <yandex>
     <profiles>

@@ -1,0 +1,5 @@
+-- A read-only ClickHouse user for Grafana's traces dashboard (deploy/grafana), modern servers:
+--   render.sh modern-grafana.sql grafana < grafana-password | clickhouse-client --multiquery
+-- SELECT on the traces table only; the dashboard reads nothing else.
+CREATE USER IF NOT EXISTS {user} IDENTIFIED WITH sha256_hash BY '{password_sha256}';
+GRANT SELECT ON {database}.{table} TO {user};
