@@ -143,7 +143,13 @@ def error_text(body: str | bytes, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def class_of_code(code: int) -> ErrorClass:
+def class_of_code(code: int, message: str = "") -> ErrorClass:
+    """The class of ClickHouse error ``code``; ``message`` (the server's text) refines the one code
+    that means two things: 252 is TOO_MANY_PARTS both for "merges are behind" (transient: wait) and for
+    "too many partitions for single INSERT block" (spans more than ~100 days apart in one batch: a
+    property of these rows, so bisect until each part fits, instead of retrying the same batch forever)."""
+    if code == 252 and "partitions for single insert block" in message.lower():
+        return ErrorClass.BAD_DATA
     if code in BAD_DATA_CODES:
         return ErrorClass.BAD_DATA
     if code in CONFIG_CODES:
@@ -166,7 +172,7 @@ def classify_response(status: int, headers: Mapping[str, str] | None, body: str 
         return Classified(ErrorClass.OK, None, "", status)
     message = error_text(body) or f"HTTP {status} without a body"
     if code is not None:
-        return Classified(class_of_code(code), code, message, status)
+        return Classified(class_of_code(code, message), code, message, status)
     if 200 <= status < 300:  # pragma: no cover - code None handled above
         return Classified(ErrorClass.OK, None, "", status)
     return Classified(_class_of_status(status), None, message, status)

@@ -524,7 +524,10 @@ class Shipper:
         doubt (a partial find after a bisection, a failed probe) resends: at-least-once.
         """
         caps = self.sink.capabilities
-        if not batch.rows or caps is None or caps.dedup_token or batch.rows >= 1_000_000:
+        # A token only deduplicates on a table with a dedup window: our modern schema has one, a legacy
+        # table kept on a server upgraded past 22.2 does not (the probe still guards it).
+        if not batch.rows or caps is None or batch.rows >= 1_000_000 or (
+                caps.dedup_token and batch.profile is Profile.MODERN):
             return False
         step = max(1, batch.rows // PROBE_ROWS)
         sample = [orjson.loads(batch.row(i)) for i in range(0, batch.rows, step)[:PROBE_ROWS]]

@@ -19,10 +19,11 @@ chDB's rules, and how this module keeps them:
   happen with the working directory switched to the store's own directory, under a process-wide
   lock, and a store directory holding such a file is refused.
 
-Inserts use chDB's streaming insert: the frozen body is handed over as one ``bytes`` object (no
-decode, no copy into an SQL string), ``INSERT INTO db.table SETTINGS insert_deduplication_token =
-'<batch token>'`` in format JSONEachRow. The modern table has ``non_replicated_deduplication_window``,
-so a batch re-sent after a crash of the shipper is dropped by the store: exactly once.
+Each insert is one query, ``INSERT INTO db.table SETTINGS insert_deduplication_token = '<batch
+token>' FORMAT JSONEachRow`` followed by the exact frozen body (not chDB's faster streaming inserter,
+which reports success for a block the table refused: see :meth:`EmbeddedStore.insert`). The modern
+table has ``non_replicated_deduplication_window``, so a batch re-sent after a crash of the shipper is
+dropped by the store: exactly once.
 
 Errors come back as exceptions whose text starts with (or contains) ``Code: N``; they are
 classified by the same table as the server's answers (:mod:`.clickhouse_errors`).
@@ -42,8 +43,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .clickhouse_errors import ErrorClass, class_of_code, error_text
-from .schema import _identifier, _quote, apply, detect_table_profile, render_migrations, table_columns
-from .sink_http import Capabilities, DetectResult, InsertResult, SinkError, profile_row_keys
+from .schema import _identifier, _quote, apply, render_migrations, table_columns
+from .sink_http import Capabilities, DetectResult, InsertResult, SinkError, require_row_shape
 from .transform import Profile
 
 __all__ = [
@@ -169,7 +170,7 @@ def classify_chdb_error(exc: BaseException) -> InsertResult:
     # chDB prefixes "Streaming insert finish failed: " etc.; keep the server's text from "Code:" on.
     at = text.find("Code:")
     message = error_text(text[at:] if at >= 0 else text)
-    error_class = class_of_code(code) if code is not None else ErrorClass.TRANSIENT
+    error_class = class_of_code(code, message) if code is not None else ErrorClass.TRANSIENT
     return InsertResult(False, error_class, code, message)
 
 
@@ -271,17 +272,15 @@ class EmbeddedStore:
             return bytes(self._session("_reader").query(sql, fmt).bytes())
 
     def insert(self, target: str, body: bytes, token: str | None) -> None:
-        """One streaming INSERT of a JSONEachRow ``body``, deduplicated by ``token``; raises chDB's error."""
+        """One INSERT of a JSONEachRow ``body``, deduplicated by ``token``; raises chDB's error."""
         settings = f" SETTINGS insert_deduplication_token = {_quote(token)}" if token is not None else ""
+        # One query with the rows inline, not chDB's streaming inserter (send_insert/append/finish), which
+        # is about twice as fast but loses errors raised while the block is written: chdb-core 26.9's
+        # finish() reported rows_written for a block the table refused (Code 252, too many partitions),
+        # and the rows were gone. The body is orjson output, so valid UTF-8.
+        sql = f"INSERT INTO {target}{settings} FORMAT JSONEachRow\n" + body.decode("utf-8")
         with self._writer_lock:
-            inserter = self._session("_writer").send_insert(f"INSERT INTO {target}{settings}", "JSONEachRow")
-            try:
-                inserter.append(body)
-                inserter.finish()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    inserter.cancel()  # a no-op after finish(); frees the connection after a failed append
-                raise
+            self._session("_writer").query(sql)
 
     def _session(self, attr: str) -> Any:
         session = getattr(self, attr)
@@ -391,16 +390,7 @@ class EmbeddedSink:
                 log.info("created %s in the embedded store %s (migrations applied now: %s)", self.target,
                          self.directory, ", ".join(map(str, applied)) or "none")
                 columns = table_columns(self.query, self.database, self.table)
-            profile = detect_table_profile(columns)
-            if profile is None:
-                result = InsertResult(False, ErrorClass.CONFIG, None,
-                                      f"table {self.target} has neither a Map `attributes` nor `attribute_keys`")
-                raise SinkError(result, self.explain(result))
-            missing = sorted(profile_row_keys(profile) - set(columns))
-            if missing:
-                result = InsertResult(False, ErrorClass.CONFIG, 16,
-                                      f"table {self.target} lacks columns {', '.join(missing)}")
-                raise SinkError(result, self.explain(result))
+            profile = require_row_shape(self.target, columns, self.explain)
             self.columns, self.profile = columns, profile
             return DetectResult(self.capabilities, columns, profile)
 

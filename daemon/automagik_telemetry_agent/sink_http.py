@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import logging
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -93,6 +94,21 @@ def profile_row_keys(profile: Profile) -> frozenset[str]:
     return frozenset(transform_span(span, resource, profile))
 
 
+def require_row_shape(target: str, columns: dict[str, str], explain: Callable[[InsertResult], str]) -> Profile:
+    """The profile of an existing table from its ``{column: type}``; :class:`SinkError` (CONFIG) when rows
+    of neither shape fit it (both sinks check the table they find the same way)."""
+    profile = detect_table_profile(columns)
+    if profile is None:
+        result = InsertResult(False, ErrorClass.CONFIG, None,
+                              f"table {target} has neither a Map `attributes` nor `attribute_keys`")
+        raise SinkError(result, explain(result))
+    missing = sorted(profile_row_keys(profile) - set(columns))
+    if missing:
+        result = InsertResult(False, ErrorClass.CONFIG, 16, f"table {target} lacks columns {', '.join(missing)}")
+        raise SinkError(result, explain(result))
+    return profile
+
+
 class ClickHouseHttpSink:
     def __init__(self, endpoint: str = "http://localhost:8123", database: str = "telemetry",
                  table: str = "traces", username: str = "default", password: str = "",
@@ -153,19 +169,10 @@ class ClickHouseHttpSink:
         caps = Capabilities(version, vt >= ZSTD_MIN_VERSION, vt >= DEDUP_TOKEN_MIN_VERSION)
         self.capabilities = caps
         columns = table_columns(self.query, self.database, self.table)
-        profile = detect_table_profile(columns) if columns else None
         if not columns:
             result = InsertResult(False, ErrorClass.CONFIG, 60, f"Table {self.target} doesn't exist")
             raise SinkError(result, self.explain(result))
-        if profile is None:
-            result = InsertResult(False, ErrorClass.CONFIG, None,
-                                  f"table {self.target} has neither a Map `attributes` nor `attribute_keys`")
-            raise SinkError(result, self.explain(result))
-        missing = sorted(profile_row_keys(profile) - set(columns))
-        if missing:
-            result = InsertResult(False, ErrorClass.CONFIG, 16,
-                                  f"table {self.target} lacks columns {', '.join(missing)}")
-            raise SinkError(result, self.explain(result))
+        profile = require_row_shape(self.target, columns, self.explain)
         self.columns, self.profile = columns, profile
         with_server = pick_profile(version) if vt != (0, 0) else profile
         if with_server is not profile:

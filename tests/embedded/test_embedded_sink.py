@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from automagik_telemetry_agent.sink_http import profile_row_keys
 from automagik_telemetry_agent.transform import Profile, parse_resource, transform_span
 from automagik_telemetry_agent.wal import WalReader
 
-from .conftest import span_line
+from .conftest import BASE_NS, span_line
 
 pytestmark = pytest.mark.chdb
 
@@ -168,3 +169,27 @@ def test_a_config_xml_in_the_working_directory_is_not_read(embedded_dir: Path, t
                          env=agent_env(), cwd=cwd, capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout) == (0, "1\tdefault\n"), out.stderr
     assert not elsewhere.exists()
+
+
+def test_a_batch_spanning_more_partitions_than_one_insert_may_is_split_and_every_span_ships(
+        embedded_dir: Path, tmp_path: Path) -> None:
+    """Spans from 300 different days (clients with wrong clocks) in one batch: the server refuses the block
+    (Code 252, too many partitions for a single INSERT block). That is a property of these rows, not an
+    overloaded server: the shipper bisects until each INSERT fits, instead of retrying the batch forever."""
+    day = 86_400 * 10**9
+    lines = [json.dumps({"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "skewed", "kind": 1,
+                         "startTimeUnixNano": str(BASE_NS - i * day), "endTimeUnixNano": str(BASE_NS - i * day + 9),
+                         }).encode() for i in range(300)]
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [lines], resource=RESOURCE)
+    sink = EmbeddedSink(str(embedded_dir), serve_queries=False)
+    try:
+        shipper = Shipper(str(wal), sink, fast_options(tmp_path, batch_rows=1000))
+        with ShipperThread(shipper) as running:
+            wait_for(lambda: shipper.stats.committed_seq == seqs[-1], 30, "the batch committed")
+            running.stop()
+        assert _count(sink) == (300, 300), (shipper.stats, (tmp_path / "dead-letter").exists())
+        assert shipper.stats.bisect_requests > 0 and shipper.stats.dead_lettered == 0
+        assert shipper.stats.retries_transient == 0
+    finally:
+        sink.close()

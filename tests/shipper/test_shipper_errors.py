@@ -49,6 +49,8 @@ def test_parse_code_header_wins_and_absent() -> None:
         (500, "Code: 117, e.displayText() = DB::Exception: Unknown field found", ErrorClass.BAD_DATA, 117),
         (400, "Code: 53. DB::Exception: Type mismatch", ErrorClass.BAD_DATA, 53),
         (500, "Code: 252. DB::Exception: Too many parts", ErrorClass.TRANSIENT, 252),
+        (500, "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100).",
+         ErrorClass.BAD_DATA, 252),  # the rows span too many days: bisect, do not retry the same block
         (500, "Code: 241. DB::Exception: Memory limit", ErrorClass.TRANSIENT, 241),
         (503, "Code: 209. DB::Exception: Timeout", ErrorClass.TRANSIENT, 209),
         (500, "Code: 89, e.displayText() = DB::Exception: Unknown Content-Encoding", ErrorClass.TRANSIENT, 89),

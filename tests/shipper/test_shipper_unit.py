@@ -222,3 +222,34 @@ def test_a_partial_batch_goes_at_once_after_a_quiet_spell_then_at_most_one_per_b
         assert time.monotonic() - sent_at < 5.0, "a half-full batch waited for batch_wait"
         t.stop()
     assert [len(body.splitlines()) for body, _ in sink.sent] == [1, 1, 500]
+
+
+def test_a_legacy_table_on_a_server_with_dedup_tokens_still_gets_the_restart_probe(tmp_path: Path) -> None:
+    """A token deduplicates only on a table with a dedup window: a legacy table kept after the server was
+    upgraded past 22.2 has none, so a restarted shipper must probe before re-sending its in-flight batch."""
+    from automagik_telemetry_agent.shipper import freeze_batch
+    from automagik_telemetry_agent.sink_http import Capabilities
+    from automagik_telemetry_agent.wal import WalReader
+
+    class UpgradedServerLegacyTable(FakeSink):
+        def detect(self) -> Any:
+            super().detect()
+            self.capabilities = Capabilities("23.8.1.1", True, True)
+
+        def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:
+            return len(set(span_ids) & {row["span_id"] for row in self.stored})
+
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [[span(i) for i in range(20)]])
+    reader = WalReader(str(wal))
+    batch = freeze_batch(reader.read(max_records=10), Profile.LEGACY, (wal / "agent_id").read_text().strip())
+    reader.close()
+    sink = UpgradedServerLegacyTable()
+    sink.stored = [orjson.loads(line) for line in batch.body.splitlines()]  # stored before the crash ...
+    shipper = Shipper(str(wal), sink, fast_options(tmp_path))
+    shipper._write_inflight(batch)  # ... while the cursor had not moved
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: read_cursor(str(wal)).seq == seqs[-1], 10, "committed")
+        t.stop()
+    assert sink.sent == [] and len(sink.stored) == 20
+    assert shipper.stats.resumed_batches_skipped == 1
