@@ -7,7 +7,6 @@ asserts the exact set of failed checks, so a FAIL cannot come from somewhere els
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -21,8 +20,6 @@ from shipper.shipper_helpers import apply_schema
 
 from automagik_telemetry_agent.dead_letter import DeadLetter, DeadLetterEntry
 from automagik_telemetry_agent.status_cli import render
-
-HAS_SUPERVISOR = importlib.util.find_spec("automagik_telemetry_agent.supervisor") is not None
 
 
 def flags(agent: AgentProcess, *extra: str) -> list[str]:
@@ -195,7 +192,6 @@ def test_status_without_an_agent_exits_3(tmp_path: Path) -> None:
     assert "the agent is not running" in line and str(tmp_path / "control.sock") in line
 
 
-@pytest.mark.skipif(not HAS_SUPERVISOR, reason="needs the supervisor's control socket (supervisor.py, helper S)")
 def test_status_of_a_running_agent(tmp_path: Path) -> None:
     with AgentProcess(tmp_path / "agent", metrics_listen="") as agent:
         result = run_cli("status", *flags(agent), "--json")
