@@ -25,8 +25,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import ConfigError
-
 __all__ = ["ControlError", "ControlServer", "request"]
 
 MAX_ANSWER = 4 * 1024 * 1024
@@ -191,35 +189,9 @@ class ControlServer:
 
 def _bind(path: str) -> socket.socket:
     """Listen on ``path`` (mode 0600), replacing a stale socket; ConfigError (exit 2) if it cannot."""
-    directory = os.path.dirname(path) or "."
-    try:
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the control socket's directory {directory}: {exc.strerror}") from None
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise ConfigError(f"control socket path {path} exists and is not a socket: remove it or set "
-                              "socket.control_path")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # stale
-        else:
-            raise ConfigError(f"control socket {path} is in use by another running agent: stop it first")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # born 0600: never briefly readable by others
-    try:
-        sock.bind(path)
-        sock.listen(16)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on the control socket {path}: {exc.strerror}") from None
-    finally:
-        os.umask(old)
+    from .listen_socket import bind_unix
+
+    sock = bind_unix(path, socket.SOCK_STREAM, 0o600, what="control socket", setting="socket.control_path",
+                     dir_mode=0o750, backlog=MAX_CONNECTIONS)
     sock.setblocking(False)
     return sock

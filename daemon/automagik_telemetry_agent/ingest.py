@@ -19,7 +19,6 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -164,33 +163,13 @@ class IngestServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
 
     def _bind(self, path: str) -> socket.socket:
-        directory = os.path.dirname(path) or "."
+        from .config import ConfigError
+        from .listen_socket import bind_unix
+
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise IngestSetupError(f"cannot create socket directory {directory}: {exc.strerror}") from None
-        if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise IngestSetupError(f"socket path {path} exists and is not a socket: remove it or choose "
-                                       "another --socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # stale: nobody is listening
-            else:
-                raise IngestSetupError(f"socket path {path} is in use by another running agent")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.bind(path)
-            os.chmod(path, self.options.socket_mode)
-            sock.listen(4096)
-        except OSError as exc:
-            sock.close()
-            raise IngestSetupError(f"cannot listen on {path}: {exc.strerror}") from None
-        return sock
+            return bind_unix(path, socket.SOCK_SEQPACKET, self.options.socket_mode)
+        except ConfigError as exc:
+            raise IngestSetupError(str(exc)) from None
 
     # ------------------------------------------------------------------ main loop
     def request_stop(self) -> None:

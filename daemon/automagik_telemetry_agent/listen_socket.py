@@ -55,30 +55,47 @@ def from_systemd(fds: list[int], path: str) -> ListenSocket:
 
 def create(path: str, mode: int) -> ListenSocket:
     """Bind ``path`` (replacing a stale socket file nobody listens on) with ``mode``; ConfigError on failure."""
+    return ListenSocket(bind_unix(path, socket.SOCK_SEQPACKET, mode), path, activated=False)
+
+
+def bind_unix(path: str, kind: int, mode: int, *, what: str = "socket", setting: str = "--socket",
+              dir_mode: int = 0o755, backlog: int = BACKLOG) -> socket.socket:
+    """Listen on a Unix socket of type ``kind`` at ``path``, born with ``mode``; ConfigError (one line) if not.
+
+    Creates the directory if needed. A socket file nobody listens on is stale (a crashed agent's) and is
+    replaced; a live listener or a file that is not a socket is refused, naming ``setting`` as the way
+    out. The umask is set around bind() so the socket never exists with wider permissions than ``mode``.
+    The clients' socket, the control socket and a standalone ingest all bind this way.
+    """
     directory = os.path.dirname(path) or "."
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        os.makedirs(directory, mode=dir_mode, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the socket directory {directory}: {exc.strerror}") from None
+        raise ConfigError(f"cannot create the {what} directory {directory}: {exc.strerror}") from None
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise ConfigError(f"socket path {path} exists and is not a socket: remove it or choose another --socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            raise ConfigError(f"{what} path {path} exists and is not a socket: remove it or choose another "
+                              f"{setting}")
+        probe = socket.socket(socket.AF_UNIX, kind)
+        probe.settimeout(1.0)
         try:
             probe.connect(path)
         except OSError:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # stale: nobody listens
         else:
-            raise ConfigError(f"socket path {path} is in use by another running agent: stop it first")
+            raise ConfigError(f"{what} path {path} is in use by another running agent: stop it first")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    old = os.umask(0o777 & ~mode)
     try:
         sock.bind(path)
-        os.chmod(path, mode)
-        sock.listen(BACKLOG)
+        os.chmod(path, mode)  # the umask cannot grant bits; chmod makes the mode exact
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {path}: {exc.strerror}") from None
-    return ListenSocket(sock, path, activated=False)
+        raise ConfigError(f"cannot listen on the {what} {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    return sock
