@@ -15,10 +15,7 @@ from collections.abc import Sequence
 from . import exitcodes
 from .config import SETTINGS, AgentConfig, ConfigError, load_config
 
-
-def _die(code: int, message: str) -> int:
-    print(f"automagik-telemetry: {message}", file=sys.stderr)
-    return code
+_die = exitcodes.die
 
 
 # ---------------------------------------------------------------------------- agent
@@ -86,22 +83,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from .ingest import IngestOptions, IngestServer, IngestSetupError
     from .logs import set_level, setup_logging
-    from .report import SupervisorGone, connect
+    from .report import ChildStart, SupervisorGone
     from .wal import WalError, WalOptions, WalWriter
 
     try:
-        link = connect("ingest")
+        start = ChildStart("ingest")
     except SupervisorGone:
         return exitcodes.FAILURE
-
-    def fail(code: int, message: str) -> int:
-        if link is not None:
-            link.fail(message)
-        return _die(code, message)
-
+    link, fail = start.link, start.fail
     try:
-        config = link.config if link is not None and link.config is not None else load_config(args.config,
-                                                                                                _flags(args))
+        config = start.config(lambda: load_config(args.config, _flags(args)))
     except ConfigError as exc:
         return fail(exitcodes.CONFIG, f"config error: {exc}")
     setup_logging(config["log.level"], "ingest")

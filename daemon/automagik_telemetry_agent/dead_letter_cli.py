@@ -26,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,9 +38,7 @@ REPLAY_LOCK_FILE = ".replay.lock"
 ERROR_WIDTH = 80
 
 
-def _die(code: int, message: str) -> int:
-    print(f"automagik-telemetry: {message}", file=sys.stderr)
-    return code
+_die = exitcodes.die
 
 
 def dead_letter_dir(config: Mapping[str, Any]) -> str:

@@ -19,10 +19,7 @@ from typing import Any
 from . import exitcodes
 from .config import ConfigError, load_config
 
-
-def _die(code: int, message: str) -> int:
-    print(f"automagik-telemetry: {message}", file=sys.stderr)
-    return code
+_die = exitcodes.die
 
 
 def cmd_query(args: argparse.Namespace, flags: dict[str, object]) -> int:

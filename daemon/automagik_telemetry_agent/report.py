@@ -247,6 +247,30 @@ def connect(child: str, env: dict[str, str] | None = None) -> SupervisorLink | N
     return link
 
 
+class ChildStart:
+    """How a child process (``ingest``, ``shipper``) begins: find its supervisor, take the configuration it
+    hands over (or load its own when started by hand), and end a failed start with the reason told to the
+    supervisor as well as printed. Raises :class:`SupervisorGone` if the supervisor is already gone.
+    """
+
+    def __init__(self, child: str) -> None:
+        self.link = connect(child)
+
+    def config(self, load: Callable[[], Mapping[str, Any]]) -> Mapping[str, Any]:
+        """The supervisor's effective configuration, else ``load()`` (may raise ConfigError)."""
+        if self.link is not None and self.link.config is not None:
+            return self.link.config
+        return load()
+
+    def fail(self, code: int, message: str) -> int:
+        """The supervisor quotes ``message`` when it gives up on this child; returns ``code`` to exit with."""
+        from .exitcodes import die
+
+        if self.link is not None:
+            self.link.fail(message)
+        return die(code, message)
+
+
 class Reporter(threading.Thread):
     """The child's reporter thread: a report about every second; configuration updates handed to ``on_config``.
 

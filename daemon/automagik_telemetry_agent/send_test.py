@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -27,8 +26,7 @@ POLL_INTERVAL_S = 0.2
 
 
 def _die(code: int, message: str) -> int:
-    print(f"automagik-telemetry: send-test: {message}", file=sys.stderr)
-    return code
+    return exitcodes.die(code, f"send-test: {message}")
 
 
 def _reachable(path: str) -> str | None:

@@ -17,9 +17,7 @@ if TYPE_CHECKING:
     from .sink import Sink
 
 
-def _die(code: int, message: str) -> int:
-    print(f"automagik-telemetry: {message}", file=sys.stderr)
-    return code
+_die = exitcodes.die
 
 
 def read_password(config: Mapping[str, Any]) -> str:
@@ -98,22 +96,17 @@ def cmd_shipper(args: argparse.Namespace, flags: dict[str, object]) -> int:
 
     from .config import changed_settings
     from .logs import set_level, setup_logging
-    from .report import Liveness, SupervisorGone, connect
+    from .report import ChildStart, Liveness, SupervisorGone
     from .shipper import Shipper
     from .sink_chdb import ChdbUnavailable
 
     try:
-        link = connect("shipper")
+        start = ChildStart("shipper")
     except SupervisorGone:
         return exitcodes.FAILURE
-
-    def fail(code: int, message: str) -> int:
-        if link is not None:
-            link.fail(message)
-        return _die(code, message)
-
+    link, fail = start.link, start.fail
     try:
-        config = link.config if link is not None and link.config is not None else load_config(args.config, flags)
+        config = start.config(lambda: load_config(args.config, flags))
         sink = sink_from_config(config, serve_queries=True)
     except ConfigError as exc:
         return fail(exitcodes.CONFIG, f"config error: {exc}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,9 +24,7 @@ NOT_RUNNING = 3  # like `systemctl status`: the unit is not active
 MAX_ERROR = 240  # characters of the last error shown (`--json` has all of it)
 
 
-def _die(code: int, message: str) -> int:
-    print(f"automagik-telemetry: {message}", file=sys.stderr)
-    return code
+_die = exitcodes.die
 
 
 def fetch_status(config: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
