@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+from doc_links import broken_links
 from shipper.shipper_helpers import apply_schema
 
 from automagik_telemetry_agent.schema import apply, pick_profile, split_statements, table_columns
@@ -227,24 +228,8 @@ def test_example_queries_are_labelled_and_cover_both_profiles() -> None:
     assert doc_trace_ids(), "the trace lookup example names no trace id"
 
 
-def _anchors(path: Path) -> set[str]:
-    out = set()
-    for line in path.read_text().splitlines():
-        m = re.match(r"#{1,6}\s+(.*)", line)
-        if m:
-            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
-    return out
-
-
 def test_relative_links_resolve() -> None:
-    for target in re.findall(r"\]\(([^)\s]+)\)", DOC.read_text()):
-        if re.match(r"[a-z]+:", target):
-            continue
-        path, _, anchor = target.partition("#")
-        resolved = (DOC.parent / path).resolve() if path else DOC
-        assert resolved.exists(), f"link {target} points nowhere"
-        if anchor:
-            assert anchor in _anchors(resolved), f"link {target}: no such section in {resolved.name}"
+    assert broken_links(DOC) == []
 
 
 # ------------------------------------------------------------------------- legacy: ClickHouse 18.16

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from agent_process import run_cli
+from doc_links import anchors
 
 from .deploy_helpers import (
     AGENT_DASHBOARD,
@@ -100,23 +101,12 @@ def test_every_alert_says_how_bad_what_happened_and_what_to_do() -> None:
         assert "AutomagikTelemetry" + required in names
 
 
-def _anchors(markdown: str) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    out = set()
-    for line in markdown.splitlines():
-        m = re.match(r"#{1,6}\s+(.*)", line)
-        if m:
-            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
-            out.add(slug)
-    return out
-
-
 def test_runbook_links_point_at_existing_doc_sections() -> None:
     for rule in rules():
         path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
         doc = REPO / path
         assert doc.is_file(), f"{rule['alert']}: {path} does not exist"
-        assert anchor in _anchors(doc.read_text()), f"{rule['alert']}: no section #{anchor} in {path}"
+        assert anchor in anchors(doc), f"{rule['alert']}: no section #{anchor} in {path}"
 
 
 def test_commands_named_in_runbooks_exist() -> None:

@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
+from doc_links import broken_links
 
 from .deploy_helpers import DEPLOY, PROMETHEUS
 
 README = DEPLOY / "README.md"
 
 
-def _anchors(path: Path) -> set[str]:
-    out = set()
-    for line in path.read_text().splitlines():
-        m = re.match(r"#{1,6}\s+(.*)", line)
-        if m:
-            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
-    return out
-
-
 def test_relative_links_resolve() -> None:
     for doc in (README, DEPLOY / "clickhouse" / "README.md"):
-        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
-            if re.match(r"[a-z]+:", target):
-                continue
-            path, _, anchor = target.partition("#")
-            resolved = (doc.parent / path).resolve() if path else doc
-            assert resolved.exists(), f"{doc.name}: link {target} points nowhere"
-            if anchor:
-                assert anchor in _anchors(resolved), f"{doc.name}: no section #{anchor} in {resolved.name}"
+        assert broken_links(doc) == []
 
 
 def test_alert_table_lists_every_alert_with_its_for_and_severity() -> None:
