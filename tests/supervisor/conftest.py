@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess
+from agent_process import AgentProcess, wait_until
 
 
 class NotifyListener:
@@ -111,10 +112,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
+def freeze(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and wait until the kernel reports it stopped.
+
+    A signal sent while the process is still in the kernel (e.g. mid-exec) is only acted on when it returns
+    to user space, lowest signal number first; a SIGTERM sent in that window would be delivered before the
+    SIGSTOP (15 < 19). Waiting for state ``T`` makes "it is frozen" a fact before the test goes on.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: _proc_state(pid) in ("T", "t"), timeout, message=f"pid {pid} to be stopped")
+
+
+def _proc_state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    return _proc_state(pid) not in ("", "Z")

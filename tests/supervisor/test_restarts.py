@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent_process import AgentProcess, RawClient, dumped_names, record_line, wait_until
 
-from .conftest import NotifyListener, pid_alive
+from .conftest import NotifyListener, freeze, pid_alive
 
 
 def _send(client: RawClient, names: list[str], first_seq: int) -> int:
@@ -50,7 +50,7 @@ def test_a_client_queued_while_ingest_is_down_is_served_by_the_next_ingest(
     """The supervisor owns the listening socket: a connection waiting in its backlog survives ingest."""
     agent = supervised().start()
     old = agent.child_pid("ingest")
-    os.kill(old, signal.SIGSTOP)  # this ingest will never accept again
+    freeze(old)  # this ingest will never accept again
     queued = [f"queued-{i}" for i in range(20)]
     with RawClient(agent.socket_path, timeout=10) as waiting:  # connect() completes in the backlog
         last = _send(waiting, queued, 1)
@@ -96,7 +96,7 @@ def test_a_hung_child_is_killed_and_restarted_and_watchdog_pings_stop_meanwhile(
     wait_until(lambda: len(notify_socket.times("WATCHDOG")) >= 3, 5, message="regular watchdog pings")
     old = agent.child_pid("ingest")
     frozen = time.monotonic()
-    os.kill(old, signal.SIGSTOP)  # alive to waitpid(), silent to the supervisor
+    freeze(old)  # alive to waitpid(), silent to the supervisor
     new = wait_until(lambda: (pid := agent.children().get("ingest")) not in (None, old) and pid, 15,
                      message="the hung ingest to be replaced")
     replaced = time.monotonic()
@@ -127,7 +127,9 @@ def test_sigterm_kills_a_child_that_does_not_stop_by_the_deadline_and_still_exit
         supervised: Callable[..., AgentProcess]) -> None:
     agent = supervised(sink="clickhouse", clickhouse_endpoint="http://127.0.0.1:9", stop_timeout="1s").start()
     shipper = agent.child_pid("shipper")
-    os.kill(shipper, signal.SIGSTOP)  # it cannot act on the SIGTERM
+    wait_until(lambda: f"shipper ready (pid {shipper})" in agent.stderr_text, 10,
+               message="the shipper to report ready (its SIGTERM handler installed)")
+    freeze(shipper)  # it cannot act on the SIGTERM
     started = time.monotonic()
     agent.signal(signal.SIGTERM)
     assert agent.wait_exit(15) == 0
