@@ -72,14 +72,14 @@ def test_flush_true_once_the_agent_acked_everything(sock_path: str, make_client:
 def test_flush_without_records_returns_true_at_once_even_without_agent(make_client: MakeClient) -> None:
     client = make_client()
     ok, elapsed = timed_flush(client, 5.0)
-    assert ok and elapsed < 0.05
+    assert ok and elapsed < 0.5  # nowhere near the 5 s timeout (slack for a loaded CI machine)
 
 
 def test_flush_false_at_the_timeout_when_the_agent_is_absent(make_client: MakeClient) -> None:
     client = make_client()
     record(client, 5)
     ok, elapsed = timed_flush(client, 0.3)
-    assert not ok and 0.3 <= elapsed < 0.45
+    assert not ok and 0.3 <= elapsed < 1.0  # at the timeout, not later (slack for a loaded CI machine)
     assert client.stats()["queue_depth"] == 5 and client.stats()["connected"] is False
 
 
@@ -89,7 +89,7 @@ def test_flush_false_at_the_timeout_when_the_agent_never_acks(
         client = make_client()
         record(client, 5)
         ok, elapsed = timed_flush(client, 0.3)
-        assert not ok and 0.3 <= elapsed < 0.45
+        assert not ok and 0.3 <= elapsed < 1.0  # at the timeout, not later (slack for a loaded machine)
         assert len(agent.spans()) == 5 and client.stats()["acked_records"] == 0
 
 
