@@ -90,6 +90,8 @@ def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
     if config:
         rows.append(("sink", f"{config.get('sink', '?')}  (socket {config.get('socket.path', '?')}, "
                              f"WAL {config.get('wal.dir', '?')})"))
+    if status.get("metrics_unavailable"):
+        rows.append(("counters", f"unavailable: {status['metrics_unavailable']}"))
     if m:
         rows.append(("received", f"{m.get('spans_received', 0)} spans in {m.get('records_received', 0)} records, "
                                  f"{m.get('rejected_messages', 0)} messages rejected"))

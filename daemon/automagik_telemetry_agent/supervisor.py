@@ -460,6 +460,7 @@ class Supervisor:
                                 **({"error": c.why} if c.why else {})}
                          for name, c in self.children.items()},
             "metrics": self.summary(),
+            **({"metrics_unavailable": NO_METRICS} if self.metrics is None else {}),
             "config": {"socket.path": self.config["socket.path"], "wal.dir": self.config["wal.dir"],
                        "sink": self.config["sink"]},
             "socket_activated": self.listener.activated,
@@ -559,7 +560,12 @@ def _agent_metrics(listen: str) -> Any:
         if listen:
             raise MissingExtra(f"metrics.listen is {listen!r} but prometheus-client is not installed: install "
                                "'automagik-telemetry[agent]', or set metrics.listen = \"\"") from None
+        log.warning("%s: `status` shows no counters", NO_METRICS)
         return None
+
+
+#: Why ``status`` has no counters when the agent runs without prometheus-client (metrics.listen = "").
+NO_METRICS = "prometheus-client is not installed (install 'automagik-telemetry[agent]')"
 
 
 class MissingExtra(RuntimeError):

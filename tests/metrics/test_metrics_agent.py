@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, AgentStartError, run_cli, wait_until
+from agent_process import SOURCE_PATHS, AgentProcess, AgentStartError, run_cli, wait_until
 from shipper.shipper_helpers import apply_schema, count
 
 from .test_metrics_ingest import check_ingest_counters
@@ -109,3 +109,45 @@ def test_agent_exits_2_with_one_line_when_the_metrics_port_is_taken(tmp_path: Pa
     lines = [line for line in agent.stderr_text.splitlines() if "metrics" in line and not line.startswith("---")]
     assert lines == [f"automagik-telemetry: config error: cannot serve metrics on {listen}: Address already in use: "
                      "choose another --metrics-listen (metrics.listen), or \"\" to turn the endpoint off"]
+
+
+def _env_without_prometheus_client(tmp_path: Path) -> dict[str, str]:
+    """Extra environment in which `import prometheus_client` fails, as when the agent extra is incomplete."""
+    site = tmp_path / "no-prometheus-client"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['prometheus_client'] = None  # import fails\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), *SOURCE_PATHS])}
+
+
+def test_without_prometheus_client_an_agent_asked_for_metrics_exits_69_saying_what_to_install(
+        tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, metrics_listen="127.0.0.1:0", env=_env_without_prometheus_client(tmp_path))
+    with pytest.raises(AgentStartError) as err:
+        agent.start()
+    assert "exited with code 69" in str(err.value)
+    lines = [line for line in agent.stderr_text.splitlines() if "prometheus-client" in line]
+    assert lines == ["automagik-telemetry: metrics.listen is '127.0.0.1:0' but prometheus-client is not installed: "
+                     "install 'automagik-telemetry[agent]', or set metrics.listen = \"\""]
+    assert "Traceback" not in agent.stderr_text
+
+
+def test_without_prometheus_client_and_no_endpoint_the_agent_still_stores_and_reports_status(
+        tmp_path: Path) -> None:
+    with AgentProcess(tmp_path, metrics_listen="", env=_env_without_prometheus_client(tmp_path)).start() as agent:
+        traffic = send_known_traffic(agent.socket_path, valid=10)  # every accepted message was ACKed (durable)
+        assert traffic.records == 10
+        report = status(agent)
+        assert sorted(report["children"]) == ["ingest"]  # the `none` sink of the default settings: no shipper
+        assert all(child["state"] == "running" for child in report["children"].values())
+        assert not report.get("metrics")  # nothing to aggregate without prometheus-client, and no crash
+        assert report["metrics_unavailable"] == ("prometheus-client is not installed "
+                                                 "(install 'automagik-telemetry[agent]')")
+        human = run_cli("status", "--config", agent.config_path, "--socket", agent.socket_path, timeout=30)
+        assert human.returncode == 0, human.stderr
+        assert ("\ncounters:  unavailable: prometheus-client is not installed (install "
+                "'automagik-telemetry[agent]')\n") in human.stdout
+        assert agent.terminate() == 0
+    dumped = run_cli("wal", "dump", agent.wal_dir, timeout=30)
+    assert dumped.returncode == 0, dumped.stderr
+    assert dumped.stdout.count("\n") >= traffic.records  # the records are in the WAL, not just ACKed
+    assert "Traceback" not in agent.stderr_text
