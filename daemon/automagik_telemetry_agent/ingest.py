@@ -141,6 +141,7 @@ class IngestServer:
         self._view = memoryview(self._buf)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
+        self._storage_error: WalWriteError | None = None  # a write failed, not for a full disk: stop
         self._committer: GroupCommitter | None = None
         self._last_maintain = 0.0
         self._bytes_handed = 0
@@ -208,6 +209,8 @@ class IngestServer:
             else:
                 self._read(key.data)
         self._commit()
+        if self._storage_error is not None:
+            self._stop_for_storage_error(self._storage_error)
         now = time.monotonic()
         self.last_turn = now
         if now - self._last_maintain >= MAINTAIN_EVERY_S:
@@ -282,6 +285,8 @@ class IngestServer:
             self._reject(conn, _raw_seq(view), exc.reason, _rejected_items(view, exc.reason))
 
     def _append(self, conn: _Connection, header: protocol.Header, payload: bytes) -> None:
+        if self._storage_error is not None:  # stopping at the end of this turn; write nothing more
+            raise ProtocolError(RejectReason.WAL_ERROR)
         if not self.writer.accepting:  # re-evaluated by maintain() about once a second
             raise ProtocolError(RejectReason.DISK_FULL)
         try:
@@ -320,8 +325,15 @@ class IngestServer:
         return True
 
     def _rollback_from(self, exc: WalWriteError) -> None:
-        """Records from exc.first_failed_seq on never reached the file: reject them."""
+        """Records from exc.first_failed_seq on never reached the file: reject them.
+
+        A full disk (ENOSPC, EDQUOT, EFBIG) is the disk policy's business and ingest goes on. Any other
+        write error (EIO, EROFS, the WAL directory removed...) means the storage cannot be trusted: the
+        loop stops at the end of this turn (:meth:`_stop_for_storage_error`).
+        """
         log.error("%s", exc)
+        if not exc.disk_full and self._storage_error is None:
+            self._storage_error = exc
         reason = RejectReason.DISK_FULL if exc.disk_full else RejectReason.WAL_ERROR
         for conn in list(self._awaiting_ack):
             while conn.pending and conn.pending[-1][0] >= exc.first_failed_seq:
@@ -351,6 +363,17 @@ class IngestServer:
                 raise self._committer.error
             self._wait_for_fsync_if_behind()
         self._send_acks()
+
+    def _stop_for_storage_error(self, exc: WalWriteError) -> None:
+        """ACK what is already durable if the storage still allows it, then raise: the process exits 74
+        (EX_IOERR), the supervisor stops the agent, and the next start recovers what is on disk. Retrying
+        writes on storage that failed would only flood the log and reject every message."""
+        with contextlib.suppress(OSError):
+            self.writer.sync(fsync=self.options.fsync != "off")
+            self._send_acks()
+        for conn in list(self._awaiting_ack):
+            self._flush_outbox(conn)  # the REJECTs of the messages that were not written
+        raise OSError(exc.errno, str(exc))
 
     def _wait_for_fsync_if_behind(self) -> None:
         writer = self.writer

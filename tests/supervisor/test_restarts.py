@@ -6,8 +6,10 @@ Real processes throughout: ``automagik-telemetry agent`` with its ingest (and sh
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -137,3 +139,30 @@ def test_sigterm_kills_a_child_that_does_not_stop_by_the_deadline_and_still_exit
     assert 2.5 < elapsed < 5, f"{elapsed:.1f} s: the deadline is agent.stop_timeout 1 s + 2 s"
     assert f"shipper (pid {shipper}) did not stop within 3 s; killing it" in agent.stderr_text
     assert not pid_alive(shipper)
+
+
+def test_a_wal_write_error_that_is_not_a_full_disk_stops_the_agent_with_exit_74_and_a_restart_recovers(
+        supervised: Callable[..., AgentProcess]) -> None:
+    """EIO, EROFS, or here the WAL directory removed under the running agent: the storage cannot be
+    trusted, so ingest stops (one error line, not one per message forever), the agent exits 74 (EX_IOERR,
+    which systemd's Restart=on-failure restarts), and the next start has a working WAL again."""
+    agent = supervised(segment_size="64KiB").start()
+    with RawClient(agent.socket_path) as client:
+        assert client.wait_ack(_send(client, ["before"], 1))
+        shutil.rmtree(agent.wal_dir)
+        seq = 1
+        with contextlib.suppress(OSError):  # the agent may be gone before the last send
+            while not client.rejected and seq < 100:
+                seq += 1  # ~20 KiB a message: the fourth needs a new segment file, in a directory gone
+                client.send_records([record_line(f"during-{seq}-{i}", pad=400) for i in range(50)], seq=seq)
+                client.wait_ack(seq, timeout=2)
+        assert agent.wait_exit(15) == 74
+        client.drain()
+    assert client.rejected and set(client.rejected.values()) == {"wal_error"}, client.replies
+    assert agent.stderr_text.count("automagik_telemetry_agent.ingest: WAL write failed") == 1  # not one per message
+    assert "ingest: the WAL's storage failed; stopping the agent (exit 74)" in agent.stderr_text
+    agent.start()
+    with RawClient(agent.socket_path) as client:
+        assert client.wait_ack(_send(client, ["after"], 1))
+    assert agent.terminate() == 0
+    assert dumped_names(agent.dump()) == ["after"]
