@@ -44,7 +44,7 @@ from typing import Any
 
 from .clickhouse_errors import ErrorClass, class_of_code, error_text
 from .schema import _identifier, _quote, apply, render_migrations, table_columns
-from .sink_http import Capabilities, DetectResult, InsertResult, SinkError, require_row_shape
+from .sink_http import Capabilities, DetectResult, InsertResult, SinkError, count_present_sql, require_row_shape
 from .transform import Profile
 
 __all__ = [
@@ -408,11 +408,7 @@ class EmbeddedSink:
         return InsertResult(True, ErrorClass.OK, None, "", None, len(body), len(body), "none")
 
     def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:
-        ids = ", ".join("'" + s + "'" for s in span_ids if s.isalnum()) or "''"
-        lo, hi = min_ns // 1_000_000_000, max_ns // 1_000_000_000 + 1
-        out = self.query(f"SELECT count() FROM {self.target} WHERE timestamp >= toDateTime({lo}) "
-                         f"AND timestamp <= toDateTime({hi}) AND span_id IN ({ids}) FORMAT TabSeparated")
-        return int(out.strip() or 0)
+        return int(self.query(count_present_sql(self.target, span_ids, min_ns, max_ns)).strip() or 0)
 
     def explain(self, r: InsertResult) -> str:
         """One actionable line for an operator."""

@@ -109,6 +109,15 @@ def require_row_shape(target: str, columns: dict[str, str], explain: Callable[[I
     return profile
 
 
+def count_present_sql(target: str, span_ids: list[str], min_ns: int, max_ns: int) -> str:
+    """The restart probe's query: how many of ``span_ids`` (hex, so nothing to escape; anything else is
+    left out), started within ``[min_ns, max_ns]``, ``target`` holds. The time range prunes partitions."""
+    ids = ", ".join("'" + s + "'" for s in span_ids if s.isalnum()) or "''"
+    lo, hi = min_ns // 1_000_000_000, max_ns // 1_000_000_000 + 1
+    return (f"SELECT count() FROM {target} WHERE timestamp >= toDateTime({lo}) AND timestamp <= toDateTime({hi}) "
+            f"AND span_id IN ({ids}) FORMAT TabSeparated")
+
+
 class ClickHouseHttpSink:
     def __init__(self, endpoint: str = "http://localhost:8123", database: str = "telemetry",
                  table: str = "traces", username: str = "default", password: str = "",
@@ -182,11 +191,7 @@ class ClickHouseHttpSink:
 
     def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:
         """How many of ``span_ids`` (started within ``[min_ns, max_ns]``) the table holds (restart probe)."""
-        ids = ", ".join("'" + s + "'" for s in span_ids if s.isalnum()) or "''"
-        lo, hi = min_ns // 1_000_000_000, max_ns // 1_000_000_000 + 1
-        out = self.query(f"SELECT count() FROM {self.target} WHERE timestamp >= toDateTime({lo}) "
-                         f"AND timestamp <= toDateTime({hi}) AND span_id IN ({ids}) FORMAT TabSeparated")
-        return int(out.strip() or 0)
+        return int(self.query(count_present_sql(self.target, span_ids, min_ns, max_ns)).strip() or 0)
 
     # ------------------------------------------------------------------ inserts
     def choose_encoding(self, size: int) -> str:
