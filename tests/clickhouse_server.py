@@ -39,6 +39,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -111,6 +112,20 @@ class _HTTPMixin:
     url: str
     default_user: str = "default"
     default_password: str = ""
+
+    def ensure_running(self) -> None:  # each server says what "running" takes
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def scratch_database(self, prefix: str = "test") -> Iterator[str]:
+        """A fresh, uniquely named database, dropped on exit (after restarting a server a test stopped)."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.query(f"CREATE DATABASE {name}")
+        try:
+            yield name
+        finally:
+            self.ensure_running()
+            self.query(f"DROP DATABASE IF EXISTS {name}")
 
     def request(
         self,

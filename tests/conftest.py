@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,13 +64,8 @@ def _clickhouse_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def clickhouse_db(clickhouse: ClickHouseServer | ExternalClickHouse) -> Iterator[str]:
     """A fresh, uniquely named database on `clickhouse`; dropped after the test."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    clickhouse.query(f"CREATE DATABASE {name}")
-    try:
+    with clickhouse.scratch_database() as name:
         yield name
-    finally:
-        clickhouse.ensure_running()
-        clickhouse.query(f"DROP DATABASE IF EXISTS {name}")
 
 
 # ---- chdb (chdb-core, the embedded modern engine) -----------------------------------------------

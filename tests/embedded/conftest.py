@@ -110,8 +110,9 @@ def wait_count(directory: str | Path, expected: int, timeout: float = 30.0, wher
 
 
 @pytest.fixture
-def embedded_dir(chdb_session_factory: Callable[..., Any]) -> Iterator[Path]:
-    chdb_session_factory("released").close()  # chDB: one data path per process
+def store_dir() -> Iterator[Path]:
+    """A path for an embedded store (not created), in a scratch directory removed after the test."""
+    pytest.importorskip("chdb", reason="the embedded sink needs chdb-core")
     path = Path(tempfile.mkdtemp(prefix="at-emb-", dir="/tmp"))
     try:
         yield path / "store"
@@ -120,13 +121,11 @@ def embedded_dir(chdb_session_factory: Callable[..., Any]) -> Iterator[Path]:
 
 
 @pytest.fixture
-def store_dir() -> Iterator[Path]:
-    pytest.importorskip("chdb", reason="the embedded sink needs chdb-core")
-    path = Path(tempfile.mkdtemp(prefix="at-emb-", dir="/tmp"))
-    try:
-        yield path / "store"
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def embedded_dir(chdb_session_factory: Callable[..., Any], store_dir: Path) -> Path:
+    """:func:`store_dir` for a sink opened in this test process: the session fixture's chDB session is
+    closed first, since chDB allows one data path per process."""
+    chdb_session_factory("released").close()
+    return store_dir
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,8 @@ DEB_DIR = "/srv/automagik-telemetry-test"
 
 @pytest.fixture(scope="module")
 def ch_database(clickhouse: Any) -> Iterator[str]:
-    name = f"pkg_{uuid.uuid4().hex[:10]}"
-    clickhouse.query(f"CREATE DATABASE {name}")
-    try:
+    with clickhouse.scratch_database("pkg") as name:
         yield name
-    finally:
-        clickhouse.ensure_running()
-        clickhouse.query(f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture(scope="module")
