@@ -98,10 +98,12 @@ def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m automagik_telemetry_agent ARGS`` to completion (text output captured)."""
-    return subprocess.run([sys.executable, "-m", "automagik_telemetry_agent", *args], env=agent_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None,
+            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m automagik_telemetry_agent ARGS`` to completion (text output captured); ``env``
+    replaces :func:`agent_env` (build on it)."""
+    return subprocess.run([sys.executable, "-m", "automagik_telemetry_agent", *args], env=env or agent_env(),
+                          capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd)
 
 
 def settings_to_flags(settings: dict[str, Any]) -> list[str]:

@@ -30,11 +30,15 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
     return {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("setting:")}
 
 
-def missing_agent_extras() -> list[str]:
-    """Packages of the ``agent`` extra the shipper needs that are not importable here."""
+#: Import names of the ``agent`` extra's packages (pip names use "-" for "_").
+AGENT_EXTRA = ("orjson", "requests", "zstandard", "prometheus_client")
+
+
+def missing_agent_extras(names: Sequence[str] = ("orjson", "requests", "zstandard")) -> list[str]:
+    """Packages of the ``agent`` extra (by default those the shipper needs) not importable here."""
     import importlib.util
 
-    return [name for name in ("orjson", "requests", "zstandard") if importlib.util.find_spec(name) is None]
+    return [name for name in names if importlib.util.find_spec(name) is None]
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -289,3 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:  # `pip install automagik-telemetry` without the agent extra
+        if exc.name not in AGENT_EXTRA:
+            raise
+        missing = [name.replace("_", "-") for name in missing_agent_extras(AGENT_EXTRA) or [exc.name]]
+        return _die(exitcodes.UNAVAILABLE, f"`automagik-telemetry {args.command}` needs {', '.join(missing)} "
+                    "(not installed): install 'automagik-telemetry[agent]'")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, agent_env, wait_until
+from agent_process import AgentProcess, wait_until
 
 from automagik_telemetry_agent.embedded_query import QueryError, _ask, socket_path
 
@@ -56,12 +54,6 @@ def ask(directory: str | Path, sql: str, fmt: str = "TabSeparated") -> str | Non
     except (QueryError, OSError):  # e.g. the shipper was killed while answering
         return None
     return None if out is None else out.decode()
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "automagik_telemetry_agent", *args], env=env or agent_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd)
 
 
 def children(pid: int) -> list[int]:

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_process import AgentProcess, RawClient, agent_env, wait_until
+from agent_process import AgentProcess, RawClient, agent_env, run_cli, wait_until
 
 from automagik_telemetry_agent.embedded_query import SOCKET_NAME
 from automagik_telemetry_agent.sink_chdb import lock_holder
 from automagik_telemetry_agent.wal.cursor import read_cursor
 
-from .conftest import ask, run_cli, shipper_pid, span_id, span_line, wait_count, wait_gone
+from .conftest import ask, shipper_pid, span_id, span_line, wait_count, wait_gone
 
 pytestmark = pytest.mark.chdb
 

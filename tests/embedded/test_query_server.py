@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from .conftest import run_cli
+from agent_process import run_cli
 
 pytestmark = pytest.mark.clickhouse
 
