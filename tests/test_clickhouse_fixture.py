@@ -131,6 +131,22 @@ def test_observed_18_16_errors(clickhouse, clickhouse_db):
     assert ch.query("SELECT 1", user=READONLY_USER, password=READONLY_PASSWORD).strip() == "1"
 
 
+def test_every_query_answer_carries_an_x_clickhouse_header(clickhouse, clickhouse_db):
+    """What the shipper relies on to tell ClickHouse from another service on the port (a 200 from something
+    else must never count as a stored batch): successes, errors and INSERT answers all carry one."""
+    table = _make_table(clickhouse, clickhouse_db)
+    answers = [
+        clickhouse.request(body="SELECT version()"),
+        clickhouse.request(body="SELECT nosuch()"),
+        clickhouse.request(body="SELECT 1", password="wrong-password"),
+        clickhouse.request(params={"query": f"INSERT INTO {table} FORMAT JSONEachRow"}, body=_rows(1)),
+        clickhouse.request(params={"query": f"INSERT INTO {table} FORMAT JSONEachRow"}, body=b"{not json}\n"),
+    ]
+    assert [a.status == 200 for a in answers] == [True, False, False, True, False]
+    for answer in answers:
+        assert any(name.lower().startswith("x-clickhouse-") for name in answer.headers), answer
+
+
 def test_kill_and_restart_keep_data(clickhouse, clickhouse_db):
     table = _make_table(clickhouse, clickhouse_db)
     clickhouse.query(f"INSERT INTO {table} FORMAT JSONEachRow", data=_rows(5))

@@ -13,6 +13,12 @@ The error code is parsed from ``X-ClickHouse-Exception-Code`` (modern servers) o
 which starts with ``Code: N`` in both the modern (``Code: 60. DB::Exception: ...``) and the 18.16
 (``Code: 60, e.displayText() = DB::Exception: ...``) format. The HTTP status is used only when no
 code is known: 18.16 answers an unknown setting with 404 and a bad value with 500.
+
+Every answer from ClickHouse's HTTP interface carries ``X-ClickHouse-*`` headers (18.16:
+``X-ClickHouse-Server-Display-Name``). An answer without them and without a ``Code:`` is from
+something else (another service on that port, a proxy's own error page): it is never OK, so the
+cursor never moves on it, and never BAD_DATA (ClickHouse did not judge the rows), except 413: a proxy's
+body-size limit, which smaller INSERTs (bisection) get under.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from dataclasses import dataclass
 __all__ = [
     "BAD_DATA_CODES",
     "CONFIG_CODES",
+    "NOT_CLICKHOUSE",
     "TRANSIENT_CODES",
     "Classified",
     "ErrorClass",
+    "answered_by_clickhouse",
     "classify_exception",
     "classify_response",
     "error_text",
@@ -165,9 +173,37 @@ def _class_of_status(status: int) -> ErrorClass:
     return ErrorClass.TRANSIENT  # 408, 429, 5xx, anything else
 
 
+#: How the message of an answer that did not come from ClickHouse starts.
+NOT_CLICKHOUSE = "not ClickHouse:"
+
+
+def answered_by_clickhouse(headers: Mapping[str, str]) -> bool:
+    """True when the answer carries ClickHouse's ``X-ClickHouse-*`` response headers."""
+    return any(name.lower().startswith("x-clickhouse-") for name in headers)
+
+
+def _not_clickhouse(status: int, body: str | bytes) -> Classified:
+    if isinstance(body, bytes | bytearray | memoryview):
+        body = bytes(body[:4 * MAX_MESSAGE]).decode("utf-8", "replace")
+    page = error_text(re.sub(r"<[^>]*>", " ", body), limit=200)  # an HTML error page, without its tags
+    message = f"{NOT_CLICKHOUSE} HTTP {status} without X-ClickHouse-* headers" + (f": {page}" if page else "")
+    if status == 413:
+        error_class = ErrorClass.BAD_DATA  # a proxy's body-size limit: smaller INSERTs get through
+    elif status in (408, 429, 500, 502, 503, 504):
+        error_class = ErrorClass.TRANSIENT  # a proxy whose upstream (ClickHouse) is down or busy
+    else:
+        error_class = ErrorClass.CONFIG
+    return Classified(error_class, None, message, status)
+
+
 def classify_response(status: int, headers: Mapping[str, str] | None, body: str | bytes) -> Classified:
-    """Classify one HTTP answer to an INSERT. A 2xx carrying an exception is a failure."""
+    """Classify one HTTP answer to an INSERT. A 2xx carrying an exception is a failure.
+
+    ``headers=None`` skips the check that the answer came from ClickHouse (callers that have none).
+    """
     code = parse_code(body, headers)
+    if code is None and headers is not None and not answered_by_clickhouse(headers):
+        return _not_clickhouse(status, body)
     if 200 <= status < 300 and code is None:
         return Classified(ErrorClass.OK, None, "", status)
     message = error_text(body) or f"HTTP {status} without a body"

@@ -211,6 +211,7 @@ class Doctor:
             sink.close()
 
     def _clickhouse(self, sink: Any, sink_error: type[Exception], error_class: Any) -> None:
+        from .clickhouse_errors import NOT_CLICKHOUSE
         from .schema import render_migrations
 
         where = sink.endpoint
@@ -218,7 +219,11 @@ class Doctor:
             sink.query("SELECT 1")
         except sink_error as exc:
             result = exc.result  # type: ignore[attr-defined]
-            if result.status is None or result.error_class is error_class.TRANSIENT:
+            if result.message.startswith(NOT_CLICKHOUSE):
+                self.add(FAIL, "clickhouse reachable", str(exc), f"{where} answers, but it is not ClickHouse: "
+                         "set --clickhouse-endpoint (clickhouse.endpoint) to its HTTP interface, e.g. "
+                         "http://host:8123")
+            elif result.status is None or result.error_class is error_class.TRANSIENT:
                 self.add(FAIL, "clickhouse reachable", str(exc),
                          f"check that ClickHouse runs and --clickhouse-endpoint {where} is right")
             else:

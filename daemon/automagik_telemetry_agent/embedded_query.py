@@ -301,7 +301,7 @@ def _query_server(config: Mapping[str, Any], sql: str, fmt: str) -> bytes:
     """``sql`` on the configured ClickHouse server over HTTP, read-only."""
     import requests
 
-    from .clickhouse_errors import classify_exception, classify_response
+    from .clickhouse_errors import ErrorClass, classify_exception, classify_response
     from .config import ConfigError
     from .shipper_cli import sink_from_config
     from .sink_http import InsertResult
@@ -318,7 +318,7 @@ def _query_server(config: Mapping[str, Any], sql: str, fmt: str) -> bytes:
     finally:
         sink.close()
     c = classify_response(r.status_code, r.headers, r.content)
-    if c.code is not None or not 200 <= r.status_code < 300:
+    if c.error_class is not ErrorClass.OK:  # also an answer that did not come from ClickHouse
         if c.code == READONLY_CODE:
             raise _failure(c.message, c.code)
         raise QueryError(sink.explain(InsertResult.of(c)))

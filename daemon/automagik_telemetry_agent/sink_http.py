@@ -25,7 +25,7 @@ from functools import cache
 
 import requests
 
-from .clickhouse_errors import Classified, ErrorClass, classify_exception, classify_response
+from .clickhouse_errors import NOT_CLICKHOUSE, Classified, ErrorClass, classify_exception, classify_response
 from .schema import _identifier, detect_table_profile, pick_profile, table_columns
 from .transform import Profile, parse_resource, transform_span
 
@@ -269,6 +269,9 @@ class ClickHouseHttpSink:
             return f"user {self.username!r} is read-only on {where}: use a user allowed to INSERT{detail}"
         if code == 115:
             return f"{where} ({self._version()}) does not know a setting the shipper sent{detail}"
+        if r.message.startswith(NOT_CLICKHOUSE):
+            return (f"the server at {self.endpoint} is not ClickHouse's HTTP interface: point "
+                    f"--clickhouse-endpoint at it (port 8123 by default, 8443 with TLS){detail}")
         if r.error_class is ErrorClass.CONFIG and r.status is None:
             return f"cannot talk to {where}: {r.message} (check --ca-bundle / --verify-tls / the URL)"
         if r.error_class is ErrorClass.TRANSIENT:

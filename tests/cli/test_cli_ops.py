@@ -7,8 +7,10 @@ asserts the exact set of failed checks, so a FAIL cannot come from somewhere els
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,37 @@ def test_doctor_unreachable_endpoint_fails(clickhouse: Any, clickhouse_db: str, 
     assert failed(checks) == {"clickhouse reachable"}
     assert "clickhouse table" not in checks  # nothing past an unreachable server
     assert "fix: check that ClickHouse runs" in out
+
+
+class _NotClickHouse(http.server.BaseHTTPRequestHandler):
+    """Another HTTP service: it answers every POST with ``200 Ok.`` and no X-ClickHouse-* headers."""
+
+    def do_POST(self) -> None:  # the http.server API names it
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        self.wfile.write(b"Ok.\n")
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.mark.clickhouse
+def test_doctor_says_when_the_endpoint_is_not_clickhouse(clickhouse: Any, clickhouse_db: str,
+                                                         ingest_agent: AgentProcess) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotClickHouse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db, "--clickhouse-endpoint",
+                                   f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    assert failed(checks) == {"clickhouse reachable"}, out
+    assert "is not ClickHouse's HTTP interface" in out and "HTTP 200 without X-ClickHouse-* headers" in out
+    assert "answers, but it is not ClickHouse: set --clickhouse-endpoint" in out
 
 
 @pytest.mark.clickhouse

@@ -15,6 +15,8 @@ Faults (:class:`Fault`; constructors below):
 * ``status_503()``: answer 503 without forwarding.
 * ``status_200_with_exception()``: answer 200 with a ``Code: 241`` body without forwarding (an exception
   written after the headers went out).
+* ``status_200_not_clickhouse()``: answer ``200 Ok.`` itself, without forwarding and without ClickHouse's
+  ``X-ClickHouse-*`` headers (another service on the port, a misrouting proxy).
 * ``reset_mid_body()``: answer a 200 whose ``Content-Length`` promises more than is sent, then RST.
 * ``reset_before_response(forward)``: RST without answering; with ``forward=True`` the server got the
   request and answered first (it committed, the client saw a reset).
@@ -40,7 +42,8 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "co
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # pass | delay | status_503 | status_200_with_exception | reset_mid_body | reset_before_response
+    kind: str  # pass | delay | status_503 | status_200_with_exception | status_200_not_clickhouse | reset_mid_body
+    #          | reset_before_response
     seconds: float = 0.0
     forward: bool = False
 
@@ -58,6 +61,10 @@ def status_503() -> Fault:
 
 def status_200_with_exception() -> Fault:
     return Fault("status_200_with_exception")
+
+
+def status_200_not_clickhouse() -> Fault:
+    return Fault("status_200_not_clickhouse")
 
 
 def reset_mid_body() -> Fault:
@@ -194,6 +201,8 @@ class FaultProxy:
             return _answer(conn, 503, b"Service Unavailable\n")
         if fault.kind == "status_200_with_exception":
             return _answer(conn, 200, b"Code: 241. DB::Exception: Memory limit exceeded\n")
+        if fault.kind == "status_200_not_clickhouse":
+            return _answer(conn, 200, b"Ok.\n", [("Content-Type", "text/plain")])
         if fault.kind == "reset_mid_body":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 30)
             time.sleep(0.05)  # let the headers arrive before the reset

@@ -13,6 +13,7 @@ from automagik_telemetry_agent.clickhouse_errors import (
     parse_code,
 )
 
+FROM_CLICKHOUSE = {"X-ClickHouse-Server-Display-Name": "ch1"}  # on every answer, also from 18.16
 LEGACY_60 = ("Code: 60, e.displayText() = DB::Exception: Table default.nope doesn't exist., "
              "e.what() = DB::Exception\n")
 MODERN_60 = "Code: 60. DB::Exception: Table default.nope does not exist. (UNKNOWN_TABLE) (version 25.3.1.1)\n"
@@ -62,12 +63,39 @@ def test_parse_code_header_wins_and_absent() -> None:
     ],
 )
 def test_classify_response(status: int, body: str | bytes, expected: ErrorClass, code: int | None) -> None:
-    c = classify_response(status, {}, body)
+    c = classify_response(status, FROM_CLICKHOUSE, body)
     assert c.error_class is expected
     assert c.code == code
     assert c.status == status
     if expected is not ErrorClass.OK:
         assert c.message
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, b"OK", ErrorClass.CONFIG),  # another service took the POST: never a success, the cursor stays
+        (200, b"", ErrorClass.CONFIG),
+        (400, b"<html><body><h1>400 Bad Request</h1></body></html>", ErrorClass.CONFIG),  # not a row verdict
+        (404, b"Not Found", ErrorClass.CONFIG),
+        (501, b"<p>Unsupported method ('POST')</p>", ErrorClass.CONFIG),
+        (502, b"<html>Bad gateway</html>", ErrorClass.TRANSIENT),  # a proxy whose ClickHouse is down
+        (503, b"", ErrorClass.TRANSIENT),
+        (429, b"slow down", ErrorClass.TRANSIENT),
+        (413, b"<h1>413 Request Entity Too Large</h1>", ErrorClass.BAD_DATA),  # bisecting gets under the limit
+    ],
+)
+def test_an_answer_without_clickhouse_headers_is_never_ok_and_never_a_verdict_on_the_rows(
+        status: int, body: bytes, expected: ErrorClass) -> None:
+    c = classify_response(status, {"Content-Type": "text/html", "Server": "nginx"}, body)
+    assert (c.error_class, c.code, c.status) == (expected, None, status)
+    assert c.message.startswith(f"not ClickHouse: HTTP {status} without X-ClickHouse-* headers")
+    assert "<" not in c.message  # an HTML page is shown as its text
+
+
+def test_a_code_body_counts_as_clickhouse_even_without_headers() -> None:
+    c = classify_response(500, {}, "Code: 27, e.displayText() = DB::Exception: Cannot parse input")
+    assert (c.error_class, c.code) == (ErrorClass.BAD_DATA, 27)
 
 
 def test_2xx_with_exception_header_is_failure() -> None:

@@ -132,6 +132,33 @@ def test_fault_is_retried_with_identical_bytes_then_every_span_arrives_once(
     assert s.retries_transient == len(inserts) - 1 and s.requests == len(inserts)
 
 
+def test_a_200_that_did_not_come_from_clickhouse_does_not_move_the_cursor(
+        clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
+    """Something else answers the INSERT with 200 itself (another service on the port, a misrouting proxy):
+    the rows are not in ClickHouse, so taking that 200 as success would lose them. The answer has no
+    X-ClickHouse-* headers: a configuration error, retried slowly, and every span arrives once ClickHouse
+    answers again."""
+    apply_schema(clickhouse, clickhouse_db)
+    wal = tmp_path / "wal"
+    lines = [span(i) for i in range(N)]
+    seqs = write_wal(wal, [lines[:150], lines[150:]])
+    with FaultProxy(clickhouse.url) as proxy:
+        proxy.mode = fault_proxy.status_200_not_clickhouse()
+        shipper = Shipper(str(wal), _proxied_sink(proxy, clickhouse_db), fast_options(tmp_path))
+        with ShipperThread(shipper) as t:
+            wait_for(lambda: shipper.stats.retries_config >= 2, 20, "configuration retries")
+            assert _cursor(wal) == 0, "the cursor moved on a 200 that did not come from ClickHouse"
+            assert shipper.stats.rows == 0 and shipper.stats.dead_lettered == 0
+            assert "is not ClickHouse's HTTP interface" in shipper.stats.last_error
+            assert "HTTP 200 without X-ClickHouse-* headers: Ok." in shipper.stats.last_error
+            proxy.mode = PASS
+            wait_for(lambda: _cursor(wal) == seqs[-1], 20, "cursor at the last record once ClickHouse answers")
+            t.stop()
+        kinds = [s.fault.kind for s in proxy.inserts()]
+    assert kinds[-1] == "pass" and kinds.count("pass") == 1, kinds
+    assert count(clickhouse, clickhouse_db) == N and _distinct(clickhouse, clickhouse_db) == N
+
+
 def test_reset_after_server_commit_is_not_resent_on_1816(clickhouse: Any, clickhouse_db: str,
                                                          tmp_path: Path) -> None:
     """The server stores the batch, the client sees a reset instead of the answer (one ambiguous failure).
