@@ -90,7 +90,7 @@ BAD_DATA_CODES = frozenset({
     69,   # ARGUMENT_OUT_OF_BOUND
     70,   # CANNOT_CONVERT_TYPE
     72,   # CANNOT_PARSE_NUMBER
-    117,  # INCORRECT_DATA (also: unknown JSON field; the shipper checks columns first)
+    117,  # INCORRECT_DATA (but "Unknown field found" is CONFIG: see class_of_code)
     128,  # TOO_LARGE_ARRAY_SIZE
     131,  # TOO_LARGE_STRING_SIZE
     190,  # SIZES_OF_ARRAYS_DOESNT_MATCH
@@ -152,12 +152,21 @@ def error_text(body: str | bytes, limit: int = MAX_MESSAGE) -> str:
 
 
 def class_of_code(code: int, message: str = "") -> ErrorClass:
-    """The class of ClickHouse error ``code``; ``message`` (the server's text) refines the one code
-    that means two things: 252 is TOO_MANY_PARTS both for "merges are behind" (transient: wait) and for
-    "too many partitions for single INSERT block" (spans more than ~100 days apart in one batch: a
-    property of these rows, so bisect until each part fits, instead of retrying the same batch forever)."""
-    if code == 252 and "partitions for single insert block" in message.lower():
+    """The class of ClickHouse error ``code``; ``message`` (the server's text) refines the two codes
+    that mean two things:
+
+    * 252 is TOO_MANY_PARTS both for "merges are behind" (transient: wait) and for "too many partitions
+      for single INSERT block" (spans more than ~100 days apart in one batch: a property of these rows,
+      so bisect until each part fits, instead of retrying the same batch forever);
+    * 117 is INCORRECT_DATA for a bad value, but "Unknown field found" means the table lacks a column
+      every row carries (dropped while the shipper runs): a table problem, not bad rows, so the data
+      waits instead of being dead-lettered row by row.
+    """
+    lowered = message.lower()
+    if code == 252 and "partitions for single insert block" in lowered:
         return ErrorClass.BAD_DATA
+    if code == 117 and "unknown field found" in lowered:
+        return ErrorClass.CONFIG
     if code in BAD_DATA_CODES:
         return ErrorClass.BAD_DATA
     if code in CONFIG_CODES:

@@ -632,13 +632,30 @@ class Shipper:
             self._sleep(o.config_retry_s)
             if self._abandon():
                 return None
-            try:
-                self.sink.detect()
-            except SinkError as exc:
-                self._problem(str(exc), exc.result.error_class)
-                continue
+            if not self._redetect_while_misconfigured():
+                if self._abandon():
+                    return None
+                continue  # the server is unreachable now: the INSERT's retry takes the transient path
             if self.sink.profile is not profile:
                 raise _ProfileChanged()
+
+    def _redetect_while_misconfigured(self) -> bool:
+        """After a configuration error, detect until the server and table are usable (True). The INSERT is
+        retried only then, so a table changed under the shipper (a column dropped) gives the table's
+        diagnosis every ``config_retry`` instead of the INSERT's and the table's error in turn. False when
+        detection fails for another reason (server unreachable) or the stop deadline passed."""
+        while True:
+            try:
+                self.sink.detect()
+                return True
+            except SinkError as exc:
+                self._problem(str(exc), exc.result.error_class)
+                if exc.result.error_class is not ErrorClass.CONFIG:
+                    return False
+            self.stats.retries_config += 1
+            self._sleep(self.options.config_retry_s)
+            if self._abandon():
+                return False
 
     # ------------------------------------------------------------------ in-flight identity
     @property

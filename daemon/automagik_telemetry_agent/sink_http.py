@@ -253,7 +253,7 @@ class ClickHouseHttpSink:
             return (f"table {self.target} does not exist on {where}: run `automagik-telemetry schema apply "
                     f"--clickhouse-endpoint {self.endpoint} --database {self.database} --table {self.table}`"
                     f"{detail}")
-        if code == 16 or (r.error_class is ErrorClass.CONFIG and "lacks columns" in r.message):
+        if code in (16, 117) or (r.error_class is ErrorClass.CONFIG and "lacks columns" in r.message):
             return (f"table {self.target} on {where} does not match the rows: run `automagik-telemetry schema "
                     f"apply` or point --table at an automagik-telemetry table{detail}")
         if code in (193, 194, 516) or (code is None and r.status == 401):

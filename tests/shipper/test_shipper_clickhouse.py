@@ -226,6 +226,33 @@ def test_bad_rows_are_dead_lettered_and_the_rest_ships(clickhouse: Any, clickhou
     assert s.bisect_requests > 0 and s.rows == 36
 
 
+def test_a_column_dropped_from_the_table_while_shipping_is_a_table_problem_not_bad_rows(
+        clickhouse: Any, clickhouse_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator drops a column the rows carry while the shipper runs. Every row then fails with
+    "Unknown field found" (code 117), but no row is at fault: the batch must wait in the WAL with one line
+    saying what to fix, not be bisected into the dead-letter file row by row."""
+    apply_schema(clickhouse, clickhouse_db)
+    wal = tmp_path / "wal"
+    first = write_wal(wal, [[span(i) for i in range(20)]])
+    caplog.set_level(logging.INFO, logger="automagik_telemetry_agent")
+    shipper = Shipper(str(wal), make_sink(clickhouse, clickhouse_db), fast_options(tmp_path))
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: _cursor(wal) == first[-1], 20, "the first batch shipped")
+        clickhouse.query(f"ALTER TABLE {clickhouse_db}.traces DROP COLUMN events")
+        second = write_wal(wal, [[span(i) for i in range(20, 40)]])
+        wait_for(lambda: shipper.stats.retries_config >= 2, 20, "configuration retries")
+        assert _cursor(wal) == first[-1] and shipper.stats.dead_lettered == 0
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 2, errors  # the INSERT's error, then the table's diagnosis (not repeated)
+        assert "Unknown field found" in errors[0] and "lacks columns events" in errors[1]
+        assert all("does not match the rows: run `automagik-telemetry schema apply`" in e for e in errors)
+        clickhouse.query(f"ALTER TABLE {clickhouse_db}.traces ADD COLUMN events String")
+        wait_for(lambda: _cursor(wal) == second[-1], 20, "shipped once the column is back")
+        t.stop()
+    assert count(clickhouse, clickhouse_db) == 40 and shipper.stats.dead_lettered == 0
+    assert not os.path.exists(tmp_path / "dead-letter" / "dead-letter.jsonl")
+
+
 # ------------------------------------------------------------------------------------- end to end
 
 

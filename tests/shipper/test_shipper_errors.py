@@ -47,7 +47,8 @@ def test_parse_code_header_wins_and_absent() -> None:
         (403, "Code: 516. DB::Exception: Authentication failed", ErrorClass.CONFIG, 516),
         (500, "Code: 27, e.displayText() = DB::Exception: Cannot parse input", ErrorClass.BAD_DATA, 27),
         (400, "Code: 26, e.displayText() = DB::Exception: Cannot parse JSON string", ErrorClass.BAD_DATA, 26),
-        (500, "Code: 117, e.displayText() = DB::Exception: Unknown field found", ErrorClass.BAD_DATA, 117),
+        (500, "Code: 117, e.displayText() = DB::Exception: Unknown field found", ErrorClass.CONFIG, 117),  # table
+        (500, "Code: 117. DB::Exception: Cannot parse JSON object here", ErrorClass.BAD_DATA, 117),  # a row
         (400, "Code: 53. DB::Exception: Type mismatch", ErrorClass.BAD_DATA, 53),
         (500, "Code: 252. DB::Exception: Too many parts", ErrorClass.TRANSIENT, 252),
         (500, "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100).",
