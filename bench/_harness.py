@@ -50,17 +50,34 @@ class Agent:
     process stays single-threaded and can fork its sender processes safely).
     """
 
-    def __init__(self, workdir: str, fsync: str = "interval", extra_args: list[str] | None = None,
-                 profile_to: str | None = None) -> None:
+    def __init__(
+        self, workdir: str, fsync: str = "interval", extra_args: list[str] | None = None, profile_to: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.socket_path = os.path.join(workdir, "agent.sock")
         self.wal_dir = os.path.join(workdir, "wal")
         self.log_path = os.path.join(workdir, "agent.log")
         profiler = ["-m", "cProfile", "-o", profile_to] if profile_to else []
-        self.args = [sys.executable, *profiler, "-m", "automagik_telemetry_agent", "agent",
-                     "--socket", self.socket_path, "--wal-dir", self.wal_dir,
-                     "--fsync", fsync, "--wal-min-free", "0", "--log-level", "warning", "--sink", "none",
-                     *(extra_args or [])]
+        self.args = [
+            sys.executable,
+            *profiler,
+            "-m",
+            "automagik_telemetry_agent",
+            "agent",
+            "--socket",
+            self.socket_path,
+            "--wal-dir",
+            self.wal_dir,
+            "--fsync",
+            fsync,
+            "--wal-min-free",
+            "0",
+            "--log-level",
+            "warning",
+            "--sink",
+            "none",
+            *(extra_args or []),
+        ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -73,8 +90,9 @@ class Agent:
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=agent_env(), cwd=self.workdir)
+            self.proc = subprocess.Popen(
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=agent_env(), cwd=self.workdir
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if b"ready" in Path(self.log_path).read_bytes().splitlines():
@@ -114,7 +132,7 @@ def request_stats(socket_path: str, timeout: float = 5.0) -> dict:
             reply = sock.recv(protocol.MAX_MESSAGE_SIZE)
             header = protocol.decode_header(reply)
             if header.type == protocol.MessageType.STATS:
-                return json.loads(reply[protocol.HEADER_SIZE:])
+                return json.loads(reply[protocol.HEADER_SIZE :])
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -141,8 +159,7 @@ def machine_line() -> str:
         fs = out.splitlines()[1].split()[1]
     except (OSError, IndexError):
         pass
-    return (f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-            f"scratch dir {tmp} on {fs}")
+    return f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, scratch dir {tmp} on {fs}"
 
 
 class CpuMeter:
@@ -174,5 +191,7 @@ class CpuMeter:
         wall_cpu = max(total1 - total0, 1e-9)
         other = max(0.0, (busy1 - busy0) - (own1 - own0))
         note = "" if other / wall_cpu < 0.1 else "  <- other load on the machine: numbers are skewed"
-        return (f"CPU during the measurements: this benchmark {own1 - own0:.1f} CPU-s, other processes "
-                f"{other:.1f} CPU-s ({100 * other / wall_cpu:.0f}% of the machine){note}")
+        return (
+            f"CPU during the measurements: this benchmark {own1 - own0:.1f} CPU-s, other processes "
+            f"{other:.1f} CPU-s ({100 * other / wall_cpu:.0f}% of the machine){note}"
+        )

@@ -37,12 +37,19 @@ from _harness import Agent, CpuMeter, machine_line, percentile
 TARGET_MEDIAN_US = 2.0
 TARGET_SPEEDUP = 10.0
 SPAN_NAME = "GET /api/items/{id}"
-ATTRIBUTES = [{"http.method": method, "http.route": route, "http.status_code": status}
-              for method, route, status in (("GET", "/api/items/{id}", 200), ("POST", "/api/items", 201),
-                                            ("GET", "/api/search", 200), ("PUT", "/api/items/{id}", 204),
-                                            ("GET", "/healthz", 200))]
+ATTRIBUTES = [
+    {"http.method": method, "http.route": route, "http.status_code": status}
+    for method, route, status in (
+        ("GET", "/api/items/{id}", 200),
+        ("POST", "/api/items", 201),
+        ("GET", "/api/search", 200),
+        ("PUT", "/api/items/{id}", 204),
+        ("GET", "/healthz", 200),
+    )
+]
 CATCH_UP_TIMEOUT_S = 30.0
 FLOOR = "empty with-block (timer floor)"
+
 
 # ------------------------------------------------------------------------------------------ timed loops
 def span_loop(span: Callable, n: int) -> list[int]:
@@ -84,8 +91,7 @@ def empty_loop(n: int) -> list[int]:
     return samples
 
 
-def in_bursts(loop: Callable[[int], list[int]], n: int, burst: int,
-              catch_up: Callable[[], None]) -> list[int]:
+def in_bursts(loop: Callable[[int], list[int]], n: int, burst: int, catch_up: Callable[[], None]) -> list[int]:
     """Run ``loop`` for ``n`` iterations in bursts; the background thread catches up between them."""
     if burst <= 0:
         samples = loop(n)
@@ -105,8 +111,9 @@ class Ours:
     def __init__(self, socket_path: str) -> None:
         from automagik_telemetry import AutomagikTelemetry, TelemetryConfig
 
-        self.client = AutomagikTelemetry(config=TelemetryConfig(
-            project_name="bench-client", version="1.0.0", socket_path=socket_path))
+        self.client = AutomagikTelemetry(
+            config=TelemetryConfig(project_name="bench-client", version="1.0.0", socket_path=socket_path)
+        )
 
     def catch_up(self) -> None:
         """Wait (untimed) until the sender thread has serialized and sent everything queued."""
@@ -173,35 +180,48 @@ class Summary:
     @classmethod
     def of(cls, samples: list[int], wall_s: float) -> Summary:
         ordered = sorted(samples)
-        return cls(percentile(ordered, 0.5) / 1e3, percentile(ordered, 0.99) / 1e3,
-                   percentile(ordered, 0.999) / 1e3, statistics.fmean(ordered) / 1e3, len(samples) / wall_s)
+        return cls(
+            percentile(ordered, 0.5) / 1e3,
+            percentile(ordered, 0.99) / 1e3,
+            percentile(ordered, 0.999) / 1e3,
+            statistics.fmean(ordered) / 1e3,
+            len(samples) / wall_s,
+        )
 
     @classmethod
     def median_of(cls, summaries: list[Summary]) -> Summary:
-        return cls(*(statistics.median(getattr(s, f) for s in summaries)
-                     for f in ("median_us", "p99_us", "p999_us", "mean_us", "sustained_per_s")))
+        return cls(
+            *(
+                statistics.median(getattr(s, f) for s in summaries)
+                for f in ("median_us", "p99_us", "p999_us", "mean_us", "sustained_per_s")
+            )
+        )
 
 
 def variants(ours: Ours, otel: OTel, disabled: Disabled, burst: int) -> dict[str, Callable[[int], list[int]]]:
     """label -> run(n): the timed samples of n spans (catching up between bursts, untimed)."""
+
     def nothing() -> None:
         return None
 
     return {
         FLOOR: lambda n: empty_loop(n),
         "OpenTelemetry SDK span (reference)": lambda n: in_bursts(
-            lambda k: span_loop(otel.tracer.start_as_current_span, k), n, burst, otel.catch_up),
-        "ours: client.span": lambda n: in_bursts(
-            lambda k: span_loop(ours.client.span, k), n, burst, ours.catch_up),
+            lambda k: span_loop(otel.tracer.start_as_current_span, k), n, burst, otel.catch_up
+        ),
+        "ours: client.span": lambda n: in_bursts(lambda k: span_loop(ours.client.span, k), n, burst, ours.catch_up),
         "ours: client.track_event": lambda n: in_bursts(
-            lambda k: event_loop(ours.client.track_event, k), n, burst, ours.catch_up),
+            lambda k: event_loop(ours.client.track_event, k), n, burst, ours.catch_up
+        ),
         "ours: disabled client.span": lambda n: in_bursts(
-            lambda k: span_loop(disabled.client.span, k), n, burst, nothing),
+            lambda k: span_loop(disabled.client.span, k), n, burst, nothing
+        ),
     }
 
 
-def measure(runs: dict[str, Callable[[int], list[int]]], spans: int, warmup: int,
-            repeats: int) -> dict[str, list[Summary]]:
+def measure(
+    runs: dict[str, Callable[[int], list[int]]], spans: int, warmup: int, repeats: int
+) -> dict[str, list[Summary]]:
     for run in runs.values():
         run(warmup)
     results: dict[str, list[Summary]] = {label: [] for label in runs}
@@ -222,21 +242,30 @@ def report(results: dict[str, list[Summary]], args: argparse.Namespace) -> None:
     ours = medians["ours: client.span"]
     print(f"{machine_line()}, opentelemetry-sdk {_otel_version()}")
     burst = f"bursts of {args.burst}" if args.burst > 0 else "one continuous run (no catch-up pauses)"
-    print(f"workload: {args.spans:,} flat spans per measurement (name + 3 attributes), {burst}, "
-          f"{args.warmup:,} warm-up spans; median of {args.repeats} runs of each statistic\n")
-    print(f"{'variant':<38}{'median us':>10}{'p99 us':>9}{'p99.9 us':>10}{'mean us':>9}{'OTel/x':>8}"
-          f"{'sustained/s':>13}")
+    print(
+        f"workload: {args.spans:,} flat spans per measurement (name + 3 attributes), {burst}, "
+        f"{args.warmup:,} warm-up spans; median of {args.repeats} runs of each statistic\n"
+    )
+    print(
+        f"{'variant':<38}{'median us':>10}{'p99 us':>9}{'p99.9 us':>10}{'mean us':>9}{'OTel/x':>8}{'sustained/s':>13}"
+    )
     for label, s in medians.items():
         ratio = reference.median_us / s.median_us if s.median_us else float("inf")
         sustained = "-" if label == FLOOR else f"{s.sustained_per_s:,.0f}"
-        print(f"{label:<38}{s.median_us:>10.2f}{s.p99_us:>9.2f}{s.p999_us:>10.2f}{s.mean_us:>9.2f}{ratio:>8.1f}"
-              f"{sustained:>13}")
-    print("(OTel/x: the reference's median over this one's; sustained/s: spans per second of the whole "
-          "run, background catch-up included)")
+        print(
+            f"{label:<38}{s.median_us:>10.2f}{s.p99_us:>9.2f}{s.p999_us:>10.2f}{s.mean_us:>9.2f}{ratio:>8.1f}"
+            f"{sustained:>13}"
+        )
+    print(
+        "(OTel/x: the reference's median over this one's; sustained/s: spans per second of the whole "
+        "run, background catch-up included)"
+    )
     speedup = reference.median_us / ours.median_us
-    print(f"\ntargets (client.span): median <= {TARGET_MEDIAN_US} us -> {ours.median_us:.2f} us "
-          f"{_verdict(ours.median_us <= TARGET_MEDIAN_US)}; >= {TARGET_SPEEDUP:.0f}x cheaper than OTel "
-          f"(median) -> {speedup:.1f}x {_verdict(speedup >= TARGET_SPEEDUP)}")
+    print(
+        f"\ntargets (client.span): median <= {TARGET_MEDIAN_US} us -> {ours.median_us:.2f} us "
+        f"{_verdict(ours.median_us <= TARGET_MEDIAN_US)}; >= {TARGET_SPEEDUP:.0f}x cheaper than OTel "
+        f"(median) -> {speedup:.1f}x {_verdict(speedup >= TARGET_SPEEDUP)}"
+    )
 
 
 def report_delivery(ours: Ours, otel: OTel, agent: Agent, otel_spans: int) -> None:
@@ -244,13 +273,17 @@ def report_delivery(ours: Ours, otel: OTel, agent: Agent, otel_spans: int) -> No
     flushed = ours.client.flush(10.0)
     stats = ours.client.stats()
     agent_stats = agent.stats()
-    print(f"\nour client: enqueued {stats['enqueued_records']:,}, sent {stats['sent_records']:,}, "
-          f"acked {stats['acked_records']:,}, dropped (queue full) {stats['dropped_queue_full']:,}, "
-          f"rejected {stats['rejected_records']:,}, internal errors {stats['internal_errors']}, "
-          f"final flush {'ok' if flushed else 'FAILED'}; agent items_received "
-          f"{agent_stats['items_received']:,}")
-    print(f"OpenTelemetry: {otel_spans:,} spans started, {otel.exporter.exported:,} exported "
-          f"({otel_spans - otel.exporter.exported:,} dropped by its bounded queue)")
+    print(
+        f"\nour client: enqueued {stats['enqueued_records']:,}, sent {stats['sent_records']:,}, "
+        f"acked {stats['acked_records']:,}, dropped (queue full) {stats['dropped_queue_full']:,}, "
+        f"rejected {stats['rejected_records']:,}, internal errors {stats['internal_errors']}, "
+        f"final flush {'ok' if flushed else 'FAILED'}; agent items_received "
+        f"{agent_stats['items_received']:,}"
+    )
+    print(
+        f"OpenTelemetry: {otel_spans:,} spans started, {otel.exporter.exported:,} exported "
+        f"({otel_spans - otel.exporter.exported:,} dropped by its bounded queue)"
+    )
 
 
 def _otel_version() -> str:
@@ -276,12 +309,12 @@ def running_agent() -> Iterator[Agent]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=150_000, help="timed spans per measurement")
     parser.add_argument("--warmup", type=int, default=20_000, help="untimed spans per variant first")
-    parser.add_argument("--burst", type=int, default=1000,
-                        help="spans per burst between catch-up pauses; 0 = one continuous run")
+    parser.add_argument(
+        "--burst", type=int, default=1000, help="spans per burst between catch-up pauses; 0 = one continuous run"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repetitions; the median is reported")
     parser.add_argument("--quick", action="store_true", help="a ~10 s version (fewer spans)")
     args = parser.parse_args(argv)

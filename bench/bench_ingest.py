@@ -53,24 +53,38 @@ def span_line(rng: random.Random, trace_id: int, parent_id: int, start_ns: int) 
     """One OTLP-shaped span as the client writes it (compact JSON, same key order, ~420 bytes)."""
     method, route = rng.choice(METHODS), rng.choice(ROUTES)
     status = rng.choice((200, 200, 200, 201, 404, 500))
-    attributes = ",".join([_attribute("http.method", method), _attribute("http.route", route),
-                           _attribute("http.status_code", status)])
+    attributes = ",".join(
+        [_attribute("http.method", method), _attribute("http.route", route), _attribute("http.status_code", status)]
+    )
     parent = f"{parent_id:016x}" if parent_id else ""
     end_ns = start_ns + rng.randrange(50_000, 50_000_000)
-    text = (f'{{"traceId":"{trace_id:032x}","spanId":"{rng.getrandbits(64):016x}","parentSpanId":"{parent}",'
-            f'"name":"{method} {route}","kind":{2 if not parent_id else 1},"startTimeUnixNano":{start_ns},'
-            f'"endTimeUnixNano":{end_ns},"attributes":[{attributes}],'
-            f'"status":{{"code":{2 if status >= 500 else 0},"message":""}},"events":[]}}\n')
+    text = (
+        f'{{"traceId":"{trace_id:032x}","spanId":"{rng.getrandbits(64):016x}","parentSpanId":"{parent}",'
+        f'"name":"{method} {route}","kind":{2 if not parent_id else 1},"startTimeUnixNano":{start_ns},'
+        f'"endTimeUnixNano":{end_ns},"attributes":[{attributes}],'
+        f'"status":{{"code":{2 if status >= 500 else 0},"message":""}},"events":[]}}\n'
+    )
     return text.encode()
 
 
 def resource_line(sender: int) -> bytes:
-    attributes = ",".join(_attribute(k, v) for k, v in (
-        ("service.name", "bench-service"), ("project.name", "bench-service"), ("project.version", "1.4.2"),
-        ("deployment.environment", "production"), ("host.name", "bench-host"), ("os.type", "linux"),
-        ("os.version", "6.1.0-27-amd64"), ("process.pid", 40_000 + sender),
-        ("process.runtime.name", "cpython"), ("process.runtime.version", "3.11.2"),
-        ("telemetry.sdk.name", "automagik-telemetry"), ("telemetry.sdk.version", "0.1.0")))
+    attributes = ",".join(
+        _attribute(k, v)
+        for k, v in (
+            ("service.name", "bench-service"),
+            ("project.name", "bench-service"),
+            ("project.version", "1.4.2"),
+            ("deployment.environment", "production"),
+            ("host.name", "bench-host"),
+            ("os.type", "linux"),
+            ("os.version", "6.1.0-27-amd64"),
+            ("process.pid", 40_000 + sender),
+            ("process.runtime.name", "cpython"),
+            ("process.runtime.version", "3.11.2"),
+            ("telemetry.sdk.name", "automagik-telemetry"),
+            ("telemetry.sdk.version", "0.1.0"),
+        )
+    )
     return f'{{"attributes":[{attributes}]}}\n'.encode()
 
 
@@ -114,8 +128,7 @@ def _read_replies(sock: socket.socket, state: dict) -> None:
             state["rejected"] += 1
 
 
-def _send_all(sock: socket.socket, messages: list[tuple[bytearray, int]], n_messages: int,
-              state: dict) -> None:
+def _send_all(sock: socket.socket, messages: list[tuple[bytearray, int]], n_messages: int, state: dict) -> None:
     poller = select.poll()
     poller.register(sock, select.POLLOUT | select.POLLIN)
     for seq in range(1, n_messages + 1):
@@ -143,8 +156,9 @@ def _wait_final_ack(sock: socket.socket, last_seq: int, state: dict) -> None:
             _read_replies(sock, state)
 
 
-def sender_main(path: str, messages: list[tuple[bytearray, int]], n_messages: int, wait_ack: bool,
-                go: object, pipe: object) -> None:
+def sender_main(
+    path: str, messages: list[tuple[bytearray, int]], n_messages: int, wait_ack: bool, go: object, pipe: object
+) -> None:
     """Connect, say ready, wait for go, send ``n_messages`` non-blocking, optionally await the last ACK."""
     state = {"sent": 0, "acked": 0, "rejected": 0, "end": 0.0, "error": ""}
     try:
@@ -207,8 +221,7 @@ class Workload:
     def nbytes(self) -> int:
         return sum(self._count(msgs, lambda m: len(m[0])) for msgs in self.per_sender)
 
-    def _count(self, messages: list[tuple[bytearray, int]],
-               measure: Callable[[tuple[bytearray, int]], int]) -> int:
+    def _count(self, messages: list[tuple[bytearray, int]], measure: Callable[[tuple[bytearray, int]], int]) -> int:
         return sum(measure(messages[seq % len(messages)]) for seq in range(1, self.messages_per_sender + 1))
 
 
@@ -233,13 +246,17 @@ class Run:
         return self.spans / max(self.cpu_s, 1e-3)
 
 
-def _start_senders(ctx: mp.context.BaseContext, workload: Workload, path: str, wait_ack: bool,
-                   go: object) -> tuple[list, list]:
+def _start_senders(
+    ctx: mp.context.BaseContext, workload: Workload, path: str, wait_ack: bool, go: object
+) -> tuple[list, list]:
     procs, pipes = [], []
     for messages in workload.per_sender:
         parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=sender_main, daemon=True,
-                           args=(path, messages, workload.messages_per_sender, wait_ack, go, child_end))
+        proc = ctx.Process(
+            target=sender_main,
+            daemon=True,
+            args=(path, messages, workload.messages_per_sender, wait_ack, go, child_end),
+        )
         proc.start()
         procs.append(proc)
         pipes.append(parent_end)
@@ -273,8 +290,9 @@ def run_reference(workload: Workload) -> Run:
     path = os.path.join(workdir, "bare.sock")
     try:
         parent_end, child_end = ctx.Pipe()
-        receiver = ctx.Process(target=bare_receiver_main, daemon=True,
-                               args=(path, workload.senders, workload.nbytes(), child_end))
+        receiver = ctx.Process(
+            target=bare_receiver_main, daemon=True, args=(path, workload.senders, workload.nbytes(), child_end)
+        )
         receiver.start()
         _expect(parent_end, "ready")
         go = ctx.Event()
@@ -347,32 +365,42 @@ def report(workload: Workload, runs: dict[str, list[Run]]) -> None:
     reference = _median_run(runs["reference"])
     per_message = workload.spans() / (workload.senders * workload.messages_per_sender)
     print(machine_line())
-    print(f"workload: {workload.senders} sender processes x {workload.messages_per_sender} messages, "
-          f"{workload.spans():,} spans, {workload.nbytes() / 1e6:,.1f} MB per run "
-          f"({per_message:.0f} spans/message, {workload.nbytes() / workload.spans():.0f} bytes/span "
-          "on the wire)")
+    print(
+        f"workload: {workload.senders} sender processes x {workload.messages_per_sender} messages, "
+        f"{workload.spans():,} spans, {workload.nbytes() / 1e6:,.1f} MB per run "
+        f"({per_message:.0f} spans/message, {workload.nbytes() / workload.spans():.0f} bytes/span "
+        "on the wire)"
+    )
     print(f"median of {len(runs['reference'])} runs each (the run with the median time)\n")
-    print(f"{'variant':<32}{'spans/s':>11}{'MB/s':>8}{'x bare':>8}{'seconds':>9}{'CPU s':>7}"
-          f"{'spans/CPU-s':>13}{'x bare':>8}{'fsyncs':>8}")
+    print(
+        f"{'variant':<32}{'spans/s':>11}{'MB/s':>8}{'x bare':>8}{'seconds':>9}{'CPU s':>7}"
+        f"{'spans/CPU-s':>13}{'x bare':>8}{'fsyncs':>8}"
+    )
     for name, variant_runs in runs.items():
         run = _median_run(variant_runs)
         label = "reference: bare recv_into loop" if name == "reference" else f"agent --fsync {name}"
         fsyncs = "-" if run.fsyncs is None else str(run.fsyncs)
-        print(f"{label:<32}{run.spans_per_s:>11,.0f}{run.mb_per_s:>8.1f}"
-              f"{run.spans_per_s / reference.spans_per_s:>8.2f}{run.seconds:>9.3f}{run.cpu_s:>7.2f}"
-              f"{run.spans_per_cpu_s:>13,.0f}{run.spans_per_cpu_s / reference.spans_per_cpu_s:>8.2f}"
-              f"{fsyncs:>8}")
+        print(
+            f"{label:<32}{run.spans_per_s:>11,.0f}{run.mb_per_s:>8.1f}"
+            f"{run.spans_per_s / reference.spans_per_s:>8.2f}{run.seconds:>9.3f}{run.cpu_s:>7.2f}"
+            f"{run.spans_per_cpu_s:>13,.0f}{run.spans_per_cpu_s / reference.spans_per_cpu_s:>8.2f}"
+            f"{fsyncs:>8}"
+        )
     for name, variant_runs in runs.items():
         each = ", ".join(f"{r.spans_per_s / 1e3:,.0f}k" for r in variant_runs)
         print(f"  {name} runs: {each} spans/s")
-    print("(CPU s: CPU time of the receiving process during the run, all threads; spans/CPU-s is what one "
-          "core would do without other load)")
+    print(
+        "(CPU s: CPU time of the receiving process during the run, all threads; spans/CPU-s is what one "
+        "core would do without other load)"
+    )
     if "interval" in runs:
         subject = _median_run(runs["interval"])
         ratio = subject.spans_per_s / reference.spans_per_s
-        print(f"\ntargets (agent, default --fsync interval): >= {TARGET_SPANS_PER_S:,} spans/s -> "
-              f"{subject.spans_per_s:,.0f} {_verdict(subject.spans_per_s >= TARGET_SPANS_PER_S)}; "
-              f">= {TARGET_RATIO}x the bare loop -> {ratio:.2f}x {_verdict(ratio >= TARGET_RATIO)}")
+        print(
+            f"\ntargets (agent, default --fsync interval): >= {TARGET_SPANS_PER_S:,} spans/s -> "
+            f"{subject.spans_per_s:,.0f} {_verdict(subject.spans_per_s >= TARGET_SPANS_PER_S)}; "
+            f">= {TARGET_RATIO}x the bare loop -> {ratio:.2f}x {_verdict(ratio >= TARGET_RATIO)}"
+        )
 
 
 def _verdict(met: bool) -> str:
@@ -380,11 +408,14 @@ def _verdict(met: bool) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--senders", type=int, default=2, help="sender processes (default 2)")
-    parser.add_argument("--messages", type=int, default=9000,
-                        help="messages per run, split over the senders (default 9000: ~1.3M spans)")
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=9000,
+        help="messages per run, split over the senders (default 9000: ~1.3M spans)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repetitions; the median is reported")
     parser.add_argument("--modes", default="interval,always,off", help="agent fsync modes, comma-separated")
     parser.add_argument("--quick", action="store_true", help="a ~10 s version (fewer messages)")
@@ -396,8 +427,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workload = Workload(args.senders, max(1, args.messages // args.senders),
-                        [build_sender_messages(sender) for sender in range(args.senders)])
+    workload = Workload(
+        args.senders,
+        max(1, args.messages // args.senders),
+        [build_sender_messages(sender) for sender in range(args.senders)],
+    )
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     meter = CpuMeter()
     runs = measure(workload, modes, args.repeats)

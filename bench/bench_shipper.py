@@ -71,10 +71,16 @@ TABLE = "traces"
 POLL_S = 0.05
 RESULT_TIMEOUT_S = 300.0
 PYSPY_CANDIDATES = ("/tmp/pyspy/bin/py-spy", shutil.which("py-spy") or "")
-CLIENT_SPANS = [(f"{method} {route}", {"http.method": method, "http.route": route, "http.status_code": status})
-                for method, route, status in (("GET", "/api/items/{id}", 200), ("POST", "/api/items", 201),
-                                              ("GET", "/api/search", 200), ("PUT", "/api/items/{id}", 204),
-                                              ("GET", "/healthz", 200))]
+CLIENT_SPANS = [
+    (f"{method} {route}", {"http.method": method, "http.route": route, "http.status_code": status})
+    for method, route, status in (
+        ("GET", "/api/items/{id}", 200),
+        ("POST", "/api/items", 201),
+        ("GET", "/api/search", 200),
+        ("PUT", "/api/items/{id}", 204),
+        ("GET", "/healthz", 200),
+    )
+]
 
 
 # ------------------------------------------------------------------------------------------ ClickHouse
@@ -142,9 +148,24 @@ class ShipperProcess:
 
     def __init__(self, workdir: str, wal_dir: str, url: str, database: str) -> None:
         self.log_path = os.path.join(workdir, "shipper.log")
-        self.args = [sys.executable, "-m", "automagik_telemetry_agent", "shipper", "--wal-dir", wal_dir,
-                     "--clickhouse-endpoint", url, "--database", database, "--table", TABLE,
-                     "--max-rows-per-second", "0", "--log-level", "info"]
+        self.args = [
+            sys.executable,
+            "-m",
+            "automagik_telemetry_agent",
+            "shipper",
+            "--wal-dir",
+            wal_dir,
+            "--clickhouse-endpoint",
+            url,
+            "--database",
+            database,
+            "--table",
+            TABLE,
+            "--max-rows-per-second",
+            "0",
+            "--log-level",
+            "info",
+        ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned = 0.0
         self.ready_at: float | None = None
@@ -160,8 +181,14 @@ class ShipperProcess:
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
             self.spawned = time.monotonic()
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=clean_env(), cwd=os.path.dirname(self.log_path))
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=clean_env(),
+                cwd=os.path.dirname(self.log_path),
+            )
 
     def poll(self) -> None:
         """Called every tick: notice "ready", sample VmRSS, fail loudly if the process died."""
@@ -231,7 +258,7 @@ def write_backlog(wal_dir: str, target_spans: int, options: ShipperOptions) -> B
     try:
         while True:
             message, count = build_message(rng, resources[records % len(resources)])
-            payload = bytes(message[protocol.HEADER_SIZE:])
+            payload = bytes(message[protocol.HEADER_SIZE :])
             writer.append(payload, count)
             records += 1
             spans += count
@@ -255,8 +282,11 @@ def collect(reader: WalReader, options: ShipperOptions) -> list[WalEntry]:
     entries: list[WalEntry] = []
     items = size = 0
     while items < options.batch_rows and size < options.batch_bytes:
-        got = reader.read(max_records=1_000_000, max_bytes=max(1, options.batch_bytes - size),
-                          max_items=max(1, options.batch_rows - items))
+        got = reader.read(
+            max_records=1_000_000,
+            max_bytes=max(1, options.batch_bytes - size),
+            max_items=max(1, options.batch_rows - items),
+        )
         if not got:
             break
         entries += got
@@ -347,8 +377,9 @@ def run_reference(ch: Any, dbs: Databases, prepared: Prepared) -> Run:
     return Run(seconds, rows, server_cpu_s=None if cpu0 is None else cpu1 - cpu0)
 
 
-def wait_for_rows(dbs: Databases, database: str, expected: int, shipper: ShipperProcess,
-                  others: tuple[int, ...] = ()) -> tuple[float, dict[int, int]]:
+def wait_for_rows(
+    dbs: Databases, database: str, expected: int, shipper: ShipperProcess, others: tuple[int, ...] = ()
+) -> tuple[float, dict[int, int]]:
     """Poll count() and the processes every 50 ms until ``expected`` rows are visible; (time, peak RSS)."""
     peaks = dict.fromkeys(others, 0)
     deadline = time.monotonic() + RESULT_TIMEOUT_S
@@ -359,8 +390,10 @@ def wait_for_rows(dbs: Databases, database: str, expected: int, shipper: Shipper
         if dbs.count(database) >= expected:
             return time.monotonic(), peaks
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {dbs.count(database)} of {expected} rows visible after "
-                               f"{RESULT_TIMEOUT_S}s: {shipper.log_text()[-2000:]}")
+            raise TimeoutError(
+                f"only {dbs.count(database)} of {expected} rows visible after "
+                f"{RESULT_TIMEOUT_S}s: {shipper.log_text()[-2000:]}"
+            )
         time.sleep(POLL_S)
 
 
@@ -388,10 +421,21 @@ def run_drain(ch: Any, dbs: Databases, backlog: Backlog) -> Run:
         if problems:
             raise RuntimeError(f"drain: {'; '.join(problems)}: {shipper.log_text()[-2000:]}")
         startup = None if shipper.ready_at is None else shipper.ready_at - shipper.spawned
-        return Run(end - shipper.spawned, rows, shipper_cpu, None if cpu0 is None else cpu1 - cpu0,
-                   max(shipper.peak_rss_kb, hwm) / 1024, shipper.peak_anon_kb / 1024, startup_s=startup,
-                   extra={"batches": stats.get("batches"), "requests": stats.get("requests"),
-                          "bytes_raw": stats.get("bytes_raw"), "bytes_compressed": stats.get("bytes_compressed")})
+        return Run(
+            end - shipper.spawned,
+            rows,
+            shipper_cpu,
+            None if cpu0 is None else cpu1 - cpu0,
+            max(shipper.peak_rss_kb, hwm) / 1024,
+            shipper.peak_anon_kb / 1024,
+            startup_s=startup,
+            extra={
+                "batches": stats.get("batches"),
+                "requests": stats.get("requests"),
+                "bytes_raw": stats.get("bytes_raw"),
+                "bytes_compressed": stats.get("bytes_compressed"),
+            },
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -403,8 +447,11 @@ def client_main(socket_path: str, n_spans: int, go: Any, pipe: Any) -> None:
     try:
         from automagik_telemetry import AutomagikTelemetry, TelemetryConfig
 
-        client = AutomagikTelemetry(config=TelemetryConfig(project_name="bench-service", version="1.4.2",
-                                                           socket_path=socket_path, environment="production"))
+        client = AutomagikTelemetry(
+            config=TelemetryConfig(
+                project_name="bench-service", version="1.4.2", socket_path=socket_path, environment="production"
+            )
+        )
         span, stats = client.span, client.stats
         high = client.config.max_queue_size // 2
         throttled = 0
@@ -421,8 +468,14 @@ def client_main(socket_path: str, n_spans: int, go: Any, pipe: Any) -> None:
                     time.sleep(0.001)
         emitted = time.monotonic()
         flushed = client.flush(timeout=RESULT_TIMEOUT_S)
-        result.update(client.stats(), flushed=flushed, start=start, emitted=emitted, acked_at=time.monotonic(),
-                      throttled=throttled)
+        result.update(
+            client.stats(),
+            flushed=flushed,
+            start=start,
+            emitted=emitted,
+            acked_at=time.monotonic(),
+            throttled=throttled,
+        )
         client.shutdown()
     except Exception as exc:
         result["error"] = repr(exc)
@@ -447,8 +500,9 @@ def run_e2e(ch: Any, dbs: Databases, n_clients: int, spans_per_client: int) -> R
                 pipes = []
                 for _ in range(n_clients):
                     parent_end, child_end = ctx.Pipe()
-                    proc = ctx.Process(target=client_main, daemon=True,
-                                       args=(agent.socket_path, spans_per_client, go, child_end))
+                    proc = ctx.Process(
+                        target=client_main, daemon=True, args=(agent.socket_path, spans_per_client, go, child_end)
+                    )
                     proc.start()
                     procs.append(proc)
                     pipes.append(parent_end)
@@ -497,14 +551,38 @@ def run_e2e(ch: Any, dbs: Databases, n_clients: int, spans_per_client: int) -> R
         emitted = max(r["emitted"] for r in results) - start
         client_totals = Counter()
         for r in results:
-            client_totals.update({k: r[k] for k in ("enqueued_records", "acked_records", "dropped_queue_full",
-                                                    "rejected_records", "unconfirmed_records", "internal_errors",
-                                                    "throttled")})
-        extra = {"clients": dict(client_totals), "flushed": all(r["flushed"] for r in results),
-                 "emit_s": emitted, "acked_s": max(r["acked_at"] for r in results) - start,
-                 "backlog_at_acked": backlog_at_acked, "batches": stats.get("batches")}
-        return Run(end - start, acked, shipper_cpu, None if cpu0 is None else cpu1 - cpu0, shipper_peak / 1024,
-                   shipper.peak_anon_kb / 1024, agent_peak / 1024, extra=extra)
+            client_totals.update(
+                {
+                    k: r[k]
+                    for k in (
+                        "enqueued_records",
+                        "acked_records",
+                        "dropped_queue_full",
+                        "rejected_records",
+                        "unconfirmed_records",
+                        "internal_errors",
+                        "throttled",
+                    )
+                }
+            )
+        extra = {
+            "clients": dict(client_totals),
+            "flushed": all(r["flushed"] for r in results),
+            "emit_s": emitted,
+            "acked_s": max(r["acked_at"] for r in results) - start,
+            "backlog_at_acked": backlog_at_acked,
+            "batches": stats.get("batches"),
+        }
+        return Run(
+            end - start,
+            acked,
+            shipper_cpu,
+            None if cpu0 is None else cpu1 - cpu0,
+            shipper_peak / 1024,
+            shipper.peak_anon_kb / 1024,
+            agent_peak / 1024,
+            extra=extra,
+        )
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -543,9 +621,27 @@ def run_profile(ch: Any, dbs: Databases, backlog: Backlog, pyspy: str, seconds: 
             while shipper.ready_at is None:
                 shipper.poll()
                 time.sleep(0.01)
-            spy = subprocess.run([pyspy, "record", "--pid", str(shipper.pid), "--rate", "100", "--idle",
-                                  "--nonblocking", "--format", "raw", "--duration", str(max(1, round(seconds))),
-                                  "--output", out], capture_output=True, text=True, check=False)
+            spy = subprocess.run(
+                [
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(shipper.pid),
+                    "--rate",
+                    "100",
+                    "--idle",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--duration",
+                    str(max(1, round(seconds))),
+                    "--output",
+                    out,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         finally:
             shipper.stop()
         if spy.returncode != 0 or not os.path.exists(out):
@@ -597,53 +693,77 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
-def report(args: argparse.Namespace, version: str, backlog: Backlog, prepared: Prepared,
-           runs: dict[str, list[Run]], profile: str | None) -> None:
+def report(
+    args: argparse.Namespace,
+    version: str,
+    backlog: Backlog,
+    prepared: Prepared,
+    runs: dict[str, list[Run]],
+    profile: str | None,
+) -> None:
     ref = median_run(runs["reference"])
     print(machine_line())
     print(f"ClickHouse {version} ({'external ' + args.external if args.external else 'private server, same machine'})")
-    print(f"rows: OTLP spans of ~{backlog.nbytes / backlog.spans:.0f} bytes in the WAL "
-          f"({backlog.spans / backlog.records:.0f} per record), {prepared.raw_bytes / prepared.rows:.0f} bytes per "
-          f"JSONEachRow row, {prepared.encoding} {prepared.raw_bytes / max(1, prepared.sent_bytes):.1f}:1")
-    print(f"backlog: {backlog.spans:,} spans, {backlog.records} records, {backlog.nbytes / 1e6:.0f} MB, "
-          f"{backlog.batches} batches of ~{backlog.spans / backlog.batches:,.0f} rows (shipper defaults: 20 000 rows "
-          f"or 8 MiB of WAL bytes per INSERT)")
-    print(f"end to end: {args.clients} client processes x {args.client_spans:,} spans; shipper "
-          "--max-rows-per-second 0 (limit lifted), other settings default")
+    print(
+        f"rows: OTLP spans of ~{backlog.nbytes / backlog.spans:.0f} bytes in the WAL "
+        f"({backlog.spans / backlog.records:.0f} per record), {prepared.raw_bytes / prepared.rows:.0f} bytes per "
+        f"JSONEachRow row, {prepared.encoding} {prepared.raw_bytes / max(1, prepared.sent_bytes):.1f}:1"
+    )
+    print(
+        f"backlog: {backlog.spans:,} spans, {backlog.records} records, {backlog.nbytes / 1e6:.0f} MB, "
+        f"{backlog.batches} batches of ~{backlog.spans / backlog.batches:,.0f} rows (shipper defaults: 20 000 rows "
+        f"or 8 MiB of WAL bytes per INSERT)"
+    )
+    print(
+        f"end to end: {args.clients} client processes x {args.client_spans:,} spans; shipper "
+        "--max-rows-per-second 0 (limit lifted), other settings default"
+    )
     print(f"median of {args.repeats} runs each (the run with the median rows/s)\n")
-    print(f"{'variant':<44}{'rows/s':>10}{'x ref':>7}{'seconds':>9}{'rows':>10}{'ship CPU s':>11}"
-          f"{'rows/ship-CPU-s':>16}{'CH CPU s':>9}{'peak RSS MB':>12}")
-    labels = {"reference": "reference: direct POST of pre-encoded bodies",
-              "drain": "drain: shipper process on a full WAL",
-              "e2e": f"end to end: {args.clients} clients -> agent -> shipper"}
+    print(
+        f"{'variant':<44}{'rows/s':>10}{'x ref':>7}{'seconds':>9}{'rows':>10}{'ship CPU s':>11}"
+        f"{'rows/ship-CPU-s':>16}{'CH CPU s':>9}{'peak RSS MB':>12}"
+    )
+    labels = {
+        "reference": "reference: direct POST of pre-encoded bodies",
+        "drain": "drain: shipper process on a full WAL",
+        "e2e": f"end to end: {args.clients} clients -> agent -> shipper",
+    }
     for name, variant_runs in runs.items():
         run = median_run(variant_runs)
         per_cpu = None if not run.shipper_cpu_s else run.rows / run.shipper_cpu_s
-        print(f"{labels[name]:<44}{run.rows_per_s:>10,.0f}{run.rows_per_s / ref.rows_per_s:>7.2f}"
-              f"{run.seconds:>9.2f}{run.rows:>10,}{_fmt(run.shipper_cpu_s, '.2f'):>11}{_fmt(per_cpu, ',.0f'):>16}"
-              f"{_fmt(run.server_cpu_s, '.2f'):>9}{_fmt(run.shipper_rss_mb, '.0f'):>12}")
+        print(
+            f"{labels[name]:<44}{run.rows_per_s:>10,.0f}{run.rows_per_s / ref.rows_per_s:>7.2f}"
+            f"{run.seconds:>9.2f}{run.rows:>10,}{_fmt(run.shipper_cpu_s, '.2f'):>11}{_fmt(per_cpu, ',.0f'):>16}"
+            f"{_fmt(run.server_cpu_s, '.2f'):>9}{_fmt(run.shipper_rss_mb, '.0f'):>12}"
+        )
     for name, variant_runs in runs.items():
         each = ", ".join(f"{r.rows_per_s / 1e3:,.1f}k" for r in variant_runs)
         print(f"  {name} runs: {each} rows/s")
     n = prepared.rows
-    print(f"(ship CPU s: CPU time of the shipper process during the run; CH CPU s: the server's. Preparing the "
-          f"reference in this process cost {1e6 * prepared.freeze_s / n:.1f} us/row in freeze_batch (transform + "
-          f"orjson) and {1e6 * prepared.compress_s / n:.1f} us/row for {prepared.encoding}: the shipper pays that "
-          "per row, serially with the POSTs)")
+    print(
+        f"(ship CPU s: CPU time of the shipper process during the run; CH CPU s: the server's. Preparing the "
+        f"reference in this process cost {1e6 * prepared.freeze_s / n:.1f} us/row in freeze_batch (transform + "
+        f"orjson) and {1e6 * prepared.compress_s / n:.1f} us/row for {prepared.encoding}: the shipper pays that "
+        "per row, serially with the POSTs)"
+    )
     drain = median_run(runs["drain"])
-    print(f"drain: shipper start-up (spawn -> ready) {_fmt(drain.startup_s, '.2f')} s, included; "
-          f"{drain.extra.get('requests')} INSERTs for {drain.extra.get('batches')} batches; shipper peak RSS "
-          f"{drain.shipper_rss_mb:.0f} MB, of which anonymous (RssAnon) {drain.shipper_anon_mb:.0f} MB")
+    print(
+        f"drain: shipper start-up (spawn -> ready) {_fmt(drain.startup_s, '.2f')} s, included; "
+        f"{drain.extra.get('requests')} INSERTs for {drain.extra.get('batches')} batches; shipper peak RSS "
+        f"{drain.shipper_rss_mb:.0f} MB, of which anonymous (RssAnon) {drain.shipper_anon_mb:.0f} MB"
+    )
     if "e2e" in runs:
         e2e = median_run(runs["e2e"])
         c = e2e.extra["clients"]
-        print(f"end to end: clients emitted for {e2e.extra['emit_s']:.2f} s (all acked by the agent at "
-              f"{e2e.extra['acked_s']:.2f} s, {e2e.extra['backlog_at_acked']:,} rows not yet visible then), last row "
-              f"visible at {e2e.seconds:.2f} s; clients: {c['enqueued_records']:,} enqueued, {c['acked_records']:,} "
-              f"acked, {c['dropped_queue_full']} dropped (queue full), {c['rejected_records']} rejected, "
-              f"{c['unconfirmed_records']} unconfirmed, {c['internal_errors']} internal errors, "
-              f"flush {'ok' if e2e.extra['flushed'] else 'FAILED'}, throttled {c['throttled']} x 1 ms; "
-              f"agent peak RSS {e2e.agent_rss_mb:.0f} MB, shipper peak RSS {e2e.shipper_rss_mb:.0f} MB")
+        print(
+            f"end to end: clients emitted for {e2e.extra['emit_s']:.2f} s (all acked by the agent at "
+            f"{e2e.extra['acked_s']:.2f} s, {e2e.extra['backlog_at_acked']:,} rows not yet visible then), last row "
+            f"visible at {e2e.seconds:.2f} s; clients: {c['enqueued_records']:,} enqueued, {c['acked_records']:,} "
+            f"acked, {c['dropped_queue_full']} dropped (queue full), {c['rejected_records']} rejected, "
+            f"{c['unconfirmed_records']} unconfirmed, {c['internal_errors']} internal errors, "
+            f"flush {'ok' if e2e.extra['flushed'] else 'FAILED'}, throttled {c['throttled']} x 1 ms; "
+            f"agent peak RSS {e2e.agent_rss_mb:.0f} MB, shipper peak RSS {e2e.shipper_rss_mb:.0f} MB"
+        )
     print()
     drain_ratio = drain.rows_per_s / ref.rows_per_s
     rss = max(r.shipper_rss_mb or 0 for rs in runs.values() for r in rs)
@@ -651,15 +771,19 @@ def report(args: argparse.Namespace, version: str, backlog: Backlog, prepared: P
     targets = []
     if "e2e" in runs:
         e2e_ratio = median_run(runs["e2e"]).rows_per_s / ref.rows_per_s
-        targets.append(f"end to end >= {TARGET_E2E_RATIO}x -> {e2e_ratio:.2f}x "
-                       f"{_verdict(e2e_ratio >= TARGET_E2E_RATIO)}")
-    targets.append(f"drain >= {TARGET_DRAIN_RATIO}x -> {drain_ratio:.2f}x "
-                   f"{_verdict(drain_ratio >= TARGET_DRAIN_RATIO)}")
-    targets.append(f"shipper RSS <= {TARGET_RSS_MB:.0f} MB -> {rss:.0f} MB (max of all runs) "
-                   f"{_verdict(rss <= TARGET_RSS_MB)}")
+        targets.append(
+            f"end to end >= {TARGET_E2E_RATIO}x -> {e2e_ratio:.2f}x {_verdict(e2e_ratio >= TARGET_E2E_RATIO)}"
+        )
+    targets.append(
+        f"drain >= {TARGET_DRAIN_RATIO}x -> {drain_ratio:.2f}x {_verdict(drain_ratio >= TARGET_DRAIN_RATIO)}"
+    )
+    targets.append(
+        f"shipper RSS <= {TARGET_RSS_MB:.0f} MB -> {rss:.0f} MB (max of all runs) {_verdict(rss <= TARGET_RSS_MB)}"
+    )
     if agent_rss:
-        targets.append(f"agent RSS <= {TARGET_RSS_MB:.0f} MB -> {agent_rss:.0f} MB "
-                       f"{_verdict(agent_rss <= TARGET_RSS_MB)}")
+        targets.append(
+            f"agent RSS <= {TARGET_RSS_MB:.0f} MB -> {agent_rss:.0f} MB {_verdict(agent_rss <= TARGET_RSS_MB)}"
+        )
     print("targets: " + "; ".join(targets))
     if profile:
         print("\nprofile of the shipper during a drain (py-spy, main thread, share of wall-clock samples):")
@@ -669,14 +793,19 @@ def report(args: argparse.Namespace, version: str, backlog: Backlog, prepared: P
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spans", type=int, default=500_000,
-                        help="spans in the backlog (rounded up to whole batches; default 500 000)")
+    parser.add_argument(
+        "--spans", type=int, default=500_000, help="spans in the backlog (rounded up to whole batches; default 500 000)"
+    )
     parser.add_argument("--clients", type=int, default=2, help="client processes end to end (default 2)")
     parser.add_argument("--client-spans", type=int, default=150_000, help="spans per client process")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions; the median is reported")
     parser.add_argument("--skip-e2e", action="store_true", help="only the reference and the drain")
-    parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
-                        help="py-spy on one extra drain: when a target is missed (auto), always or never")
+    parser.add_argument(
+        "--profile",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="py-spy on one extra drain: when a target is missed (auto), always or never",
+    )
     parser.add_argument("--quick", action="store_true", help="a ~45 s version (smaller backlog, fewer spans)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -701,8 +830,12 @@ def main(argv: list[str] | None = None) -> int:
         sink.detect()
         prepared = prepare_reference(backlog, sink, options)
         sink.close()
-        print(f"  prepared {prepared.rows:,} rows in {len(prepared.bodies)} bodies "
-              f"({prepared.freeze_s + prepared.compress_s:.1f} CPU-s)", file=sys.stderr, flush=True)
+        print(
+            f"  prepared {prepared.rows:,} rows in {len(prepared.bodies)} bodies "
+            f"({prepared.freeze_s + prepared.compress_s:.1f} CPU-s)",
+            file=sys.stderr,
+            flush=True,
+        )
         runs: dict[str, list[Run]] = {"reference": [], "drain": []}
         if not args.skip_e2e:
             runs["e2e"] = []
@@ -715,7 +848,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  repetition {rep}/{args.repeats}: {summary} rows/s", file=sys.stderr, flush=True)
         ref = median_run(runs["reference"]).rows_per_s
         missed = median_run(runs["drain"]).rows_per_s < TARGET_DRAIN_RATIO * ref or (
-            "e2e" in runs and median_run(runs["e2e"]).rows_per_s < TARGET_E2E_RATIO * ref)
+            "e2e" in runs and median_run(runs["e2e"]).rows_per_s < TARGET_E2E_RATIO * ref
+        )
         pyspy = find_pyspy()
         if args.profile == "always" or (args.profile == "auto" and missed):
             if pyspy is None:

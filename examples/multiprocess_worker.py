@@ -39,9 +39,17 @@ def worker(index: int, jobs: int, queue: multiprocessing.Queue) -> None:
     durable = client.flush(timeout=10)
     stats = client.stats()
     client.shutdown()
-    queue.put({"worker": index, "spans": jobs * 2 + 1, "errors": failed, "durable": durable,
-               "by_name": {"job.process": jobs, "db.query": jobs, "worker.finished": 1},
-               "acked": stats["acked_records"], "dropped": stats["dropped_queue_full"]})
+    queue.put(
+        {
+            "worker": index,
+            "spans": jobs * 2 + 1,
+            "errors": failed,
+            "durable": durable,
+            "by_name": {"job.process": jobs, "db.query": jobs, "worker.finished": 1},
+            "acked": stats["acked_records"],
+            "dropped": stats["dropped_queue_full"],
+        }
+    )
 
 
 def main() -> None:
@@ -60,10 +68,18 @@ def main() -> None:
     by_name: Counter[str] = Counter()
     for r in results:
         by_name.update(r["by_name"])
-    print(json.dumps({"spans": sum(r["spans"] for r in results), "errors": sum(r["errors"] for r in results),
-                      "by_name": dict(sorted(by_name.items())),
-                      "acked": sum(r["acked"] for r in results), "dropped": sum(r["dropped"] for r in results),
-                      "all_durable": all(r["durable"] for r in results)}))
+    print(
+        json.dumps(
+            {
+                "spans": sum(r["spans"] for r in results),
+                "errors": sum(r["errors"] for r in results),
+                "by_name": dict(sorted(by_name.items())),
+                "acked": sum(r["acked"] for r in results),
+                "dropped": sum(r["dropped"] for r in results),
+                "all_durable": all(r["durable"] for r in results),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

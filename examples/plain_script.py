@@ -51,8 +51,11 @@ def main() -> None:
     telemetry.track_event("import.finished", {"files": args.files, "errors": errors})
     sent["import.finished"] += 1
     durable = telemetry.flush(timeout=10)  # True once every span is durable in the agent's WAL
-    print(json.dumps({"spans": sum(sent.values()), "errors": errors, "by_name": dict(sorted(sent.items())),
-                      "durable": durable}))
+    print(
+        json.dumps(
+            {"spans": sum(sent.values()), "errors": errors, "by_name": dict(sorted(sent.items())), "durable": durable}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,11 @@ def traced(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[b
     def middleware(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         route = "/items/{id}" if path.startswith("/items/") else path
-        with telemetry.span("http.request", {"http.method": environ.get("REQUEST_METHOD", "GET"),
-                                             "http.route": route}, kind=SpanKind.SERVER) as span:
+        with telemetry.span(
+            "http.request",
+            {"http.method": environ.get("REQUEST_METHOD", "GET"), "http.route": route},
+            kind=SpanKind.SERVER,
+        ) as span:
             statuses: list[str] = []
 
             def record_status(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
@@ -103,8 +106,11 @@ def self_test(requests: int) -> None:
     server.shutdown()
     thread.join()
     durable = telemetry.flush(timeout=10)
-    print(json.dumps({"spans": sum(sent.values()), "errors": errors, "by_name": dict(sorted(sent.items())),
-                      "durable": durable}))
+    print(
+        json.dumps(
+            {"spans": sum(sent.values()), "errors": errors, "by_name": dict(sorted(sent.items())), "durable": durable}
+        )
+    )
 
 
 def main() -> None:

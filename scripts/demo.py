@@ -73,26 +73,60 @@ def main() -> int:
         sink_argv = ["--sink", "clickhouse"] if endpoint else ["--embedded", str(state / "embedded")]
         where = f"ClickHouse at {endpoint}" if endpoint else f"the embedded store {state / 'embedded'}"
         if endpoint:
-            applied = subprocess.run(cli("schema", "apply", "--config", str(config_file)), text=True,
-                                     capture_output=True)
+            applied = subprocess.run(
+                cli("schema", "apply", "--config", str(config_file)), text=True, capture_output=True
+            )
             if applied.returncode != 0:
                 print(applied.stderr.strip(), file=sys.stderr)
                 return 1
             print(applied.stdout.strip())
         log: list[str] = []
-        agent = start_agent(cli("agent", "--config", str(config_file), "--socket", str(state / "agent.sock"),
-                                "--wal-dir", str(state / "wal"), "--wal-min-free", "0", "--metrics-listen", "",
-                                "--batch-wait", "200ms", *sink_argv), log)
+        agent = start_agent(
+            cli(
+                "agent",
+                "--config",
+                str(config_file),
+                "--socket",
+                str(state / "agent.sock"),
+                "--wal-dir",
+                str(state / "wal"),
+                "--wal-min-free",
+                "0",
+                "--metrics-listen",
+                "",
+                "--batch-wait",
+                "200ms",
+                *sink_argv,
+            ),
+            log,
+        )
         print(f"demo: agent {agent.pid} running, shipping to {where}")
         try:
-            env = {**os.environ, "AUTOMAGIK_TELEMETRY_SOCKET": str(state / "agent.sock"),
-                   "AUTOMAGIK_TELEMETRY_ENVIRONMENT": environment}
-            example = subprocess.run([sys.executable, str(REPO / "examples" / "multiprocess_worker.py"),
-                                      "--workers", str(WORKERS), "--jobs", str(JOBS)], env=env, capture_output=True,
-                                     text=True, check=True, timeout=300)
+            env = {
+                **os.environ,
+                "AUTOMAGIK_TELEMETRY_SOCKET": str(state / "agent.sock"),
+                "AUTOMAGIK_TELEMETRY_ENVIRONMENT": environment,
+            }
+            example = subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "examples" / "multiprocess_worker.py"),
+                    "--workers",
+                    str(WORKERS),
+                    "--jobs",
+                    str(JOBS),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=300,
+            )
             sent = json.loads(example.stdout.strip().splitlines()[-1])
-            print(f"demo: {WORKERS} worker processes sent {sent['spans']} spans "
-                  f"({'all durable in the WAL' if sent['all_durable'] else 'NOT all durable'})")
+            print(
+                f"demo: {WORKERS} worker processes sent {sent['spans']} spans "
+                f"({'all durable in the WAL' if sent['all_durable'] else 'NOT all durable'})"
+            )
             table = f"{config['clickhouse.database']}.{config['clickhouse.table']}"
             where_env = f"environment = '{environment}'"
             started = time.monotonic()
@@ -108,11 +142,16 @@ def main() -> int:
             if problem:
                 print(f"demo: {problem}", file=sys.stderr)
             print(f"demo: {shipped} spans in {table} after {time.monotonic() - started:.1f} s")
-            out = run_query(config, f"SELECT span_name, count(), quantile(0.95)(duration_ms), "
-                                    f"countIf(status_code = 'ERROR') FROM {table} WHERE {where_env} "
-                                    "GROUP BY span_name ORDER BY span_name", direct=False)
-            unique = int(run_query(config, f"SELECT uniqExact(span_id) FROM {table} WHERE {where_env}",
-                                   direct=False).strip())
+            out = run_query(
+                config,
+                f"SELECT span_name, count(), quantile(0.95)(duration_ms), "
+                f"countIf(status_code = 'ERROR') FROM {table} WHERE {where_env} "
+                "GROUP BY span_name ORDER BY span_name",
+                direct=False,
+            )
+            unique = int(
+                run_query(config, f"SELECT uniqExact(span_id) FROM {table} WHERE {where_env}", direct=False).strip()
+            )
         except QueryError as exc:
             print(f"demo: {exc}\n--- agent log ---\n{''.join(log)}", file=sys.stderr)
             return 1
@@ -126,10 +165,18 @@ def main() -> int:
         got_by_name = {name: int(count) for name, count, _, _ in rows}
         got_errors = sum(int(errors) for *_, errors in rows)
         got_spans = sum(got_by_name.values())
-        print(f"\nspans sent {sent['spans']}, stored {got_spans} ({unique} distinct span ids), errors {got_errors} "
-              f"(sent {sent['errors']}); agent exited {code}")
-        ok = (code == 0 and sent["all_durable"] and sent["dropped"] == 0 and got_by_name == sent["by_name"]
-              and got_spans == unique == sent["spans"] and got_errors == sent["errors"])
+        print(
+            f"\nspans sent {sent['spans']}, stored {got_spans} ({unique} distinct span ids), errors {got_errors} "
+            f"(sent {sent['errors']}); agent exited {code}"
+        )
+        ok = (
+            code == 0
+            and sent["all_durable"]
+            and sent["dropped"] == 0
+            and got_by_name == sent["by_name"]
+            and got_spans == unique == sent["spans"]
+            and got_errors == sent["errors"]
+        )
         if not ok:
             print(f"--- agent log ---\n{''.join(log)}", file=sys.stderr)
         print("demo: OK" if ok else "demo: MISMATCH (see above)")

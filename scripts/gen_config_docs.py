@@ -90,8 +90,10 @@ def table() -> str:
     lines = ["| key | TOML form | env var | flag | default | meaning |", "|---|---|---|---|---|---|"]
     for setting in SETTINGS:
         live = " **Live**: a SIGHUP applies it." if setting.live else ""  # docs/operations.md#signals
-        lines.append(f"| `{setting.key}` | {_toml_text(setting)} | `{setting.env_name}` | `{setting.flag_name}` "
-                     f"| {_default_text(setting)} | {_escape(setting.help)}{live} |")
+        lines.append(
+            f"| `{setting.key}` | {_toml_text(setting)} | `{setting.env_name}` | `{setting.flag_name}` "
+            f"| {_default_text(setting)} | {_escape(setting.help)}{live} |"
+        )
     return "\n".join(lines)
 
 
@@ -110,8 +112,9 @@ def main(argv: list[str]) -> int:
         if current == wanted:
             return 0
         if "--check" in argv:
-            print("docs/configuration.md is out of date: run python3 scripts/gen_config_docs.py --write",
-                  file=sys.stderr)
+            print(
+                "docs/configuration.md is out of date: run python3 scripts/gen_config_docs.py --write", file=sys.stderr
+            )
             return 1
         with open(DOC, "w") as f:
             f.write(wanted)

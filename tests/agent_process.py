@@ -76,8 +76,7 @@ class AgentClosedConnection(EOFError):
     """The agent closed the connection (recv returned end-of-file)."""
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
-               message: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, message: str = "condition") -> Any:
     """Poll ``predicate`` until it returns a truthy value (returned); AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -98,12 +97,20 @@ def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None,
-            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 60.0, env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m automagik_telemetry_agent ARGS`` to completion (text output captured); ``env``
     replaces :func:`agent_env` (build on it)."""
-    return subprocess.run([sys.executable, "-m", "automagik_telemetry_agent", *args], env=env or agent_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "automagik_telemetry_agent", *args],
+        env=env or agent_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
 
 
 def settings_to_flags(settings: dict[str, Any]) -> list[str]:
@@ -126,10 +133,18 @@ class AgentProcess:
     ``**settings``: agent flags, see the module docstring.
     """
 
-    def __init__(self, tmp_path: str | os.PathLike[str], *, wal_dir: str | os.PathLike[str] | None = None,
-                 socket_path: str | os.PathLike[str] | None = None,
-                 preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None,
-                 launcher: Sequence[str] = (), pass_fds: Sequence[int] = (), **settings: Any) -> None:
+    def __init__(
+        self,
+        tmp_path: str | os.PathLike[str],
+        *,
+        wal_dir: str | os.PathLike[str] | None = None,
+        socket_path: str | os.PathLike[str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
+        launcher: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+        **settings: Any,
+    ) -> None:
         self.tmp_path = Path(tmp_path)
         self.tmp_path.mkdir(parents=True, exist_ok=True)
         self.wal_dir = str(wal_dir or self.tmp_path / "wal")
@@ -157,8 +172,19 @@ class AgentProcess:
     # ------------------------------------------------------------------ lifecycle
     @property
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "automagik_telemetry_agent", "agent", "--config", self.config_path,
-                "--socket", self.socket_path, "--wal-dir", self.wal_dir, *settings_to_flags(self.settings)]
+        return [
+            sys.executable,
+            "-m",
+            "automagik_telemetry_agent",
+            "agent",
+            "--config",
+            self.config_path,
+            "--socket",
+            self.socket_path,
+            "--wal-dir",
+            self.wal_dir,
+            *settings_to_flags(self.settings),
+        ]
 
     @property
     def pid(self) -> int:
@@ -187,11 +213,18 @@ class AgentProcess:
         argv = [*self.launcher, *self.argv]
         with self._stderr_lock:
             self._stderr.append(f"--- start: {' '.join(argv)}\n")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=agent_env(self.extra_env),
-                                     preexec_fn=self.preexec_fn, pass_fds=self.pass_fds)
-        self._reader = threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True,
-                                        name=f"agent-stderr-{self.proc.pid}")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=agent_env(self.extra_env),
+            preexec_fn=self.preexec_fn,
+            pass_fds=self.pass_fds,
+        )
+        self._reader = threading.Thread(
+            target=self._drain_stderr, args=(self.proc,), daemon=True, name=f"agent-stderr-{self.proc.pid}"
+        )
         self._reader.start()
         if wait:
             self.wait_ready(timeout)
@@ -267,8 +300,9 @@ class AgentProcess:
                 return self._wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-                raise AssertionError(f"agent did not exit {timeout}s after SIGTERM; stderr:\n"
-                                     f"{self.stderr_text}") from None
+                raise AssertionError(
+                    f"agent did not exit {timeout}s after SIGTERM; stderr:\n{self.stderr_text}"
+                ) from None
         return self._wait(timeout)
 
     def kill(self) -> int:
@@ -340,8 +374,9 @@ class AgentProcess:
         try:
             report = json.loads(result.stdout)
         except ValueError:
-            raise AssertionError(f"wal verify printed no JSON (exit {result.returncode}): "
-                                 f"{result.stdout!r} {result.stderr!r}") from None
+            raise AssertionError(
+                f"wal verify printed no JSON (exit {result.returncode}): {result.stdout!r} {result.stderr!r}"
+            ) from None
         return result.returncode, report
 
     def dump(self) -> list[dict[str, Any]]:
@@ -362,8 +397,9 @@ class RawClient:
     :class:`AgentClosedConnection` at EOF.
     """
 
-    def __init__(self, path: str, *, timeout: float = 5.0, sndbuf: int | None = None,
-                 rcvbuf: int | None = None) -> None:
+    def __init__(
+        self, path: str, *, timeout: float = 5.0, sndbuf: int | None = None, rcvbuf: int | None = None
+    ) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if sndbuf is not None:
@@ -389,8 +425,9 @@ class RawClient:
         """Send one message of exactly these bytes (may be anything); return the bytes sent."""
         return self.sock.send(data)
 
-    def send_records(self, lines: Iterable[bytes | str], seq: int, *, resource: bytes = DEFAULT_RESOURCE,
-                     kind: int = RecordKind.SPAN) -> bytes:
+    def send_records(
+        self, lines: Iterable[bytes | str], seq: int, *, resource: bytes = DEFAULT_RESOURCE, kind: int = RecordKind.SPAN
+    ) -> bytes:
         """Send one valid RECORDS message (newlines are added); return the message bytes."""
         message = encode_records(lines, seq, resource=resource, kind=kind)
         self.sock.send(message)
@@ -421,7 +458,7 @@ class RawClient:
         magic, version, msg_type, _k, flags, _r, _count, length, seq = protocol.HEADER.unpack_from(data)
         assert (magic, version, flags) == (protocol.MAGIC, protocol.VERSION, 0), f"bad reply {data[:24]!r}"
         assert protocol.HEADER_SIZE + length == len(data), "reply length field disagrees with its size"
-        payload = data[protocol.HEADER_SIZE:]
+        payload = data[protocol.HEADER_SIZE :]
         reply = (msg_type, seq, payload)
         self.replies.append(reply)
         if msg_type == MessageType.ACK:
@@ -495,26 +532,37 @@ def child_processes(parent: int) -> dict[str, int]:
         except (OSError, IndexError, ValueError):
             continue
         if "automagik_telemetry_agent" in argv:
-            rest = argv[argv.index("automagik_telemetry_agent") + 1:]
+            rest = argv[argv.index("automagik_telemetry_agent") + 1 :]
             if rest:
                 found[rest[0]] = int(entry)
     return found
 
 
-def encode_records(lines: Iterable[bytes | str], seq: int, *, resource: bytes = DEFAULT_RESOURCE,
-                   kind: int = RecordKind.SPAN) -> bytes:
+def encode_records(
+    lines: Iterable[bytes | str], seq: int, *, resource: bytes = DEFAULT_RESOURCE, kind: int = RecordKind.SPAN
+) -> bytes:
     """A valid RECORDS message from record lines (bytes or str, with or without the trailing newline)."""
     body = [_line(x) for x in lines]
     payload = _line(resource) + b"".join(body)
-    return protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, MessageType.RECORDS, kind, 0, 0, len(body),
-                                len(payload), seq) + payload
+    return (
+        protocol.HEADER.pack(
+            protocol.MAGIC, protocol.VERSION, MessageType.RECORDS, kind, 0, 0, len(body), len(payload), seq
+        )
+        + payload
+    )
 
 
 def record_line(ident: str, pad: int = 0) -> bytes:
     """A small OTLP-shaped span line carrying ``ident`` (find it again in `wal dump` as record["name"])."""
-    return json.dumps({"name": ident, "traceId": "0" * 32, "spanId": "0" * 16,
-                       "attributes": [{"key": "pad", "value": {"stringValue": "x" * pad}}]},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "name": ident,
+            "traceId": "0" * 32,
+            "spanId": "0" * 16,
+            "attributes": [{"key": "pad", "value": {"stringValue": "x" * pad}}],
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def dumped_names(dump: Sequence[dict[str, Any]]) -> list[str]:

@@ -91,14 +91,17 @@ def free_port() -> int:
 
 
 def find_binary() -> str:
-    candidates = [os.environ.get(BINARY_ENV), shutil.which("clickhouse-server"),
-                  "/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"]
+    candidates = [
+        os.environ.get(BINARY_ENV),
+        shutil.which("clickhouse-server"),
+        "/usr/sbin/clickhouse-server",
+        "/usr/bin/clickhouse-server",
+    ]
     for c in candidates:
         if c and os.access(c, os.X_OK):
             return c
     raise ClickHouseStartError(
-        "clickhouse-server not found: run scripts/bootstrap.sh (Debian package clickhouse-server) "
-        f"or set {BINARY_ENV}"
+        f"clickhouse-server not found: run scripts/bootstrap.sh (Debian package clickhouse-server) or set {BINARY_ENV}"
     )
 
 
@@ -179,8 +182,7 @@ class _HTTPMixin:
         else:
             params["query"] = sql
             body = data
-        r = self.request(params=params, body=body, headers=headers, user=user, password=password,
-                         timeout=timeout)
+        r = self.request(params=params, body=body, headers=headers, user=user, password=password, timeout=timeout)
         if r.status != 200:
             raise ClickHouseQueryError(r.status, r.text, sql)
         return r.text
@@ -202,8 +204,12 @@ class ClickHouseServer(_HTTPMixin):
 
     supports_process_control = True
 
-    def __init__(self, base_dir: str | os.PathLike[str] | None = None, binary: str | None = None,
-                 users_d: dict[str, str] | None = None):
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str] | None = None,
+        binary: str | None = None,
+        users_d: dict[str, str] | None = None,
+    ):
         """``users_d``: extra ``{file name: XML text}`` written to ``users.d/`` next to users.xml, which the
         server merges into it (how deploy/clickhouse/users/ adds the agent's user on 18.16)."""
         self.binary = binary or find_binary()
@@ -239,10 +245,17 @@ class ClickHouseServer(_HTTPMixin):
         d = self.base_dir
         for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        p = {k: escape(str(v)) for k, v in {
-            "data": f"{d}/data/", "tmp": f"{d}/tmp/", "uf": f"{d}/user_files/",
-            "fs": f"{d}/format_schemas/", "log": d / "log/server.log", "err": self.error_log,
-        }.items()}
+        p = {
+            k: escape(str(v))
+            for k, v in {
+                "data": f"{d}/data/",
+                "tmp": f"{d}/tmp/",
+                "uf": f"{d}/user_files/",
+                "fs": f"{d}/format_schemas/",
+                "log": d / "log/server.log",
+                "err": self.error_log,
+            }.items()
+        }
         (d / "config.xml").write_text(f"""<?xml version="1.0"?>
 <yandex>
     <logger>
@@ -271,9 +284,12 @@ class ClickHouseServer(_HTTPMixin):
     <keep_alive_timeout>3</keep_alive_timeout>
 </yandex>
 """)
+
         def user(name: str, password: str, profile: str) -> str:
-            return (f"<{name}><password>{escape(password)}</password><networks><ip>::/0</ip></networks>"
-                    f"<profile>{profile}</profile><quota>default</quota></{name}>")
+            return (
+                f"<{name}><password>{escape(password)}</password><networks><ip>::/0</ip></networks>"
+                f"<profile>{profile}</profile><quota>default</quota></{name}>"
+            )
 
         if self.users_d:
             (d / "users.d").mkdir(exist_ok=True)
@@ -334,7 +350,10 @@ class ClickHouseServer(_HTTPMixin):
         with open(self.console_log, "ab") as out:
             self.proc = subprocess.Popen(
                 [self.binary, f"--config-file={self.base_dir / 'config.xml'}"],
-                cwd=self.base_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in pytest must not hit the server first
             )
         self.paused = False
@@ -343,8 +362,7 @@ class ClickHouseServer(_HTTPMixin):
             if self.proc.poll() is not None:
                 rc = self.proc.returncode
                 self.proc = None
-                raise ClickHouseStartError(
-                    f"clickhouse-server exited with {rc} during start\n{self.log_tail()}")
+                raise ClickHouseStartError(f"clickhouse-server exited with {rc} during start\n{self.log_tail()}")
             if self._ours_answers():
                 return
             time.sleep(0.05)
@@ -481,8 +499,10 @@ class ExternalClickHouse(_HTTPMixin):
     def _unsupported(self, what: str) -> None:
         import pytest
 
-        pytest.skip(f"{what} needs a server process the tests control; not possible with an external "
-                    f"server ({EXTERNAL_URL_ENV}={self.url})")
+        pytest.skip(
+            f"{what} needs a server process the tests control; not possible with an external "
+            f"server ({EXTERNAL_URL_ENV}={self.url})"
+        )
 
     def start(self, timeout: float = START_TIMEOUT) -> ExternalClickHouse:
         deadline = time.monotonic() + timeout

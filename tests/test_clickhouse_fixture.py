@@ -29,14 +29,14 @@ pytestmark = pytest.mark.clickhouse
 
 
 def _make_table(ch, db: str) -> str:
-    ch.query(f"CREATE TABLE {db}.events (ts UInt64, name String, value Float64) "
-             "ENGINE = MergeTree ORDER BY ts")
+    ch.query(f"CREATE TABLE {db}.events (ts UInt64, name String, value Float64) ENGINE = MergeTree ORDER BY ts")
     return f"{db}.events"
 
 
 def _rows(n: int, start: int = 0) -> bytes:
-    return b"".join(json.dumps({"ts": i, "name": f"e{i}", "value": i / 2}).encode() + b"\n"
-                    for i in range(start, start + n))
+    return b"".join(
+        json.dumps({"ts": i, "name": f"e{i}", "value": i / 2}).encode() + b"\n" for i in range(start, start + n)
+    )
 
 
 def test_version_is_debian_18_16(clickhouse):
@@ -49,22 +49,26 @@ def test_gzip_jsoneachrow_insert_roundtrip(clickhouse, clickhouse_db):
         params={"query": f"INSERT INTO {table} FORMAT JSONEachRow"},
         body=gzip.compress(_rows(3)),
         headers={"Content-Encoding": "gzip"},
-        user=AGENT_USER, password=AGENT_PASSWORD,
+        user=AGENT_USER,
+        password=AGENT_PASSWORD,
     )
     assert (r.status, r.body) == (200, b"")
     out = clickhouse.query(f"SELECT ts, name, value FROM {table} ORDER BY ts FORMAT JSONEachRow")
     # 18.16 quotes 64-bit integers in JSON output (output_format_json_quote_64bit_integers=1).
     assert [json.loads(line) for line in out.splitlines()] == [
-        {"ts": "0", "name": "e0", "value": 0}, {"ts": "1", "name": "e1", "value": 0.5},
+        {"ts": "0", "name": "e0", "value": 0},
+        {"ts": "1", "name": "e1", "value": 0.5},
         {"ts": "2", "name": "e2", "value": 1},
     ]
 
 
 def test_query_helper_with_data_and_settings(clickhouse, clickhouse_db):
     table = _make_table(clickhouse, clickhouse_db)
-    clickhouse.query(f"INSERT INTO {table} FORMAT JSONEachRow",
-                     data=b'{"ts": 1, "name": "x", "value": 1, "extra": 5}\n',
-                     settings={"input_format_skip_unknown_fields": 1})
+    clickhouse.query(
+        f"INSERT INTO {table} FORMAT JSONEachRow",
+        data=b'{"ts": 1, "name": "x", "value": 1, "extra": 5}\n',
+        settings={"input_format_skip_unknown_fields": 1},
+    )
     assert clickhouse.query(f"SELECT count() FROM {table}").strip() == "1"
 
 
@@ -106,12 +110,14 @@ def test_observed_18_16_errors(clickhouse, clickhouse_db):
     e = _err(ch, ins, data=_rows(1), settings={"insert_deduplication_token": "x"})
     assert (e.status, e.code) == (404, 115) and "Unknown setting insert_deduplication_token" in e.body
     # ... and `INSERT ... SETTINGS` is not even valid syntax in 18.16.
-    e = _err(ch, f"INSERT INTO {table} SETTINGS insert_deduplication_token='x' FORMAT JSONEachRow",
-             data=_rows(1))
+    e = _err(ch, f"INSERT INTO {table} SETTINGS insert_deduplication_token='x' FORMAT JSONEachRow", data=_rows(1))
     assert (e.status, e.code) == (400, 62) and "Syntax error" in e.body
     # non_replicated_deduplication_window is unknown too.
-    e = _err(ch, f"CREATE TABLE {clickhouse_db}.d (a UInt8) ENGINE = MergeTree ORDER BY a "
-                 "SETTINGS non_replicated_deduplication_window = 100")
+    e = _err(
+        ch,
+        f"CREATE TABLE {clickhouse_db}.d (a UInt8) ENGINE = MergeTree ORDER BY a "
+        "SETTINGS non_replicated_deduplication_window = 100",
+    )
     assert (e.status, e.code) == (500, 36)
 
     e = _err(ch, ins, data=b"\x28\xb5\x2f\xfd-not-really-zstd", headers={"Content-Encoding": "zstd"})
@@ -204,13 +210,15 @@ def test_chdb_version(chdb_session_factory):
 def test_chdb_insert_deduplication_token(chdb_session_factory):
     s = chdb_session_factory()
     s.query("CREATE DATABASE IF NOT EXISTS t")
-    s.query("CREATE TABLE t.events (ts UInt64, name String) ENGINE = MergeTree ORDER BY ts "
-            "SETTINGS non_replicated_deduplication_window = 100")
+    s.query(
+        "CREATE TABLE t.events (ts UInt64, name String) ENGINE = MergeTree ORDER BY ts "
+        "SETTINGS non_replicated_deduplication_window = 100"
+    )
     for _ in range(2):
-        s.query("INSERT INTO t.events SETTINGS insert_deduplication_token='x' FORMAT JSONEachRow "
-                '{"ts": 1, "name": "a"}')
+        s.query(
+            'INSERT INTO t.events SETTINGS insert_deduplication_token=\'x\' FORMAT JSONEachRow {"ts": 1, "name": "a"}'
+        )
     assert str(s.query("SELECT count() FROM t.events", "TabSeparated")).strip() == "1"
     # A different token is a different block.
-    s.query("INSERT INTO t.events SETTINGS insert_deduplication_token='y' FORMAT JSONEachRow "
-            '{"ts": 1, "name": "a"}')
+    s.query('INSERT INTO t.events SETTINGS insert_deduplication_token=\'y\' FORMAT JSONEachRow {"ts": 1, "name": "a"}')
     assert str(s.query("SELECT count() FROM t.events", "TabSeparated")).strip() == "2"

@@ -20,15 +20,18 @@ REPO = Path(__file__).resolve().parent.parent
 WORKERS, JOBS = 4, 500
 EXPECTED_BY_NAME = {"db.query": WORKERS * JOBS, "job.process": WORKERS * JOBS, "worker.finished": WORKERS}
 ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\d+\.\d+)\s+(\d+)$", re.MULTILINE)
-TOTALS = re.compile(r"spans sent (\d+), stored (\d+) \((\d+) distinct span ids\), errors (\d+) \(sent (\d+)\); "
-                    r"agent exited (-?\d+)")
+TOTALS = re.compile(
+    r"spans sent (\d+), stored (\d+) \((\d+) distinct span ids\), errors (\d+) \(sent (\d+)\); "
+    r"agent exited (-?\d+)"
+)
 
 
 def _run_demo(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOMAGIK_TELEMETRY_")}
     env.update(extra_env)
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py")], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py")], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def _check_summary(result: subprocess.CompletedProcess[str]) -> None:
@@ -58,9 +61,14 @@ def test_demo_embedded_summary_matches_what_the_example_sent() -> None:
 @pytest.mark.clickhouse
 def test_demo_against_a_server_when_the_endpoint_is_set(clickhouse: Any, clickhouse_db: str) -> None:
     """AUTOMAGIK_TELEMETRY_CLICKHOUSE_ENDPOINT set: the same demo against that server (schema apply first)."""
-    result = _run_demo({"AUTOMAGIK_TELEMETRY_CLICKHOUSE_ENDPOINT": clickhouse.url,
-                        "AUTOMAGIK_TELEMETRY_CLICKHOUSE_DATABASE": clickhouse_db})
+    result = _run_demo(
+        {
+            "AUTOMAGIK_TELEMETRY_CLICKHOUSE_ENDPOINT": clickhouse.url,
+            "AUTOMAGIK_TELEMETRY_CLICKHOUSE_DATABASE": clickhouse_db,
+        }
+    )
     assert f"shipping to ClickHouse at {clickhouse.url}" in result.stdout, result.stdout + result.stderr
     _check_summary(result)
-    assert int(clickhouse.query(f"SELECT count() FROM {clickhouse_db}.traces FORMAT TabSeparated").strip()) == \
-        sum(EXPECTED_BY_NAME.values())
+    assert int(clickhouse.query(f"SELECT count() FROM {clickhouse_db}.traces FORMAT TabSeparated").strip()) == sum(
+        EXPECTED_BY_NAME.values()
+    )

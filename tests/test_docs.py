@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_configuration_reference_matches_the_settings_table() -> None:
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_config_docs.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_config_docs.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr

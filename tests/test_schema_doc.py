@@ -38,8 +38,11 @@ from automagik_telemetry_agent.transform import (
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "schema.md"
 DOC_DATABASE = "telemetry"  # the database name the doc's SQL uses
-LABELS = {"both profiles": {Profile.MODERN, Profile.LEGACY}, "modern profile": {Profile.MODERN},
-          "legacy profile": {Profile.LEGACY}}
+LABELS = {
+    "both profiles": {Profile.MODERN, Profile.LEGACY},
+    "modern profile": {Profile.MODERN},
+    "legacy profile": {Profile.LEGACY},
+}
 
 Execute = Callable[[str], str]
 
@@ -57,7 +60,7 @@ def doc_table(name: str, text: str | None = None) -> list[dict[str, str]]:
     marker = f"<!-- schema-columns: {name} -->"
     assert marker in lines, f"docs/schema.md has no {marker}"
     table = []
-    for line in lines[lines.index(marker) + 1:]:
+    for line in lines[lines.index(marker) + 1 :]:
         if not line.startswith("|"):
             break
         table.append([_cell(c) for c in line.strip().strip("|").split("|")])
@@ -116,15 +119,19 @@ def layout_clauses(profile: Profile) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- test data
 
-RESOURCE = orjson.dumps({"attributes": [
-    {"key": "service.name", "value": {"stringValue": "shop"}},
-    {"key": "project.name", "value": {"stringValue": "shop"}},
-    {"key": "project.version", "value": {"stringValue": "1.4.2"}},
-    {"key": "deployment.environment", "value": {"stringValue": "production"}},
-    {"key": "host.name", "value": {"stringValue": "web-1"}},
-    {"key": "process.pid", "value": {"intValue": "4242"}},
-    {"key": "telemetry.sdk.name", "value": {"stringValue": "automagik-telemetry"}},
-]})
+RESOURCE = orjson.dumps(
+    {
+        "attributes": [
+            {"key": "service.name", "value": {"stringValue": "shop"}},
+            {"key": "project.name", "value": {"stringValue": "shop"}},
+            {"key": "project.version", "value": {"stringValue": "1.4.2"}},
+            {"key": "deployment.environment", "value": {"stringValue": "production"}},
+            {"key": "host.name", "value": {"stringValue": "web-1"}},
+            {"key": "process.pid", "value": {"intValue": "4242"}},
+            {"key": "telemetry.sdk.name", "value": {"stringValue": "automagik-telemetry"}},
+        ]
+    }
+)
 
 
 def doc_trace_ids() -> list[str]:
@@ -139,24 +146,63 @@ def span_lines(now_ns: int) -> list[bytes]:
     for t, trace_id in enumerate(trace_ids):
         start = now_ns - 120_000_000_000 + t * 1_000_000_000
         root = f"{t + 1:08x}00000001"
-        lines.append(orjson.dumps({
-            "traceId": trace_id, "spanId": root, "name": "GET /checkout", "kind": 2,
-            "startTimeUnixNano": str(start), "endTimeUnixNano": str(start + 40_000_000 + t),
-            "attributes": [{"key": "http.route", "value": {"stringValue": "/checkout"}},
-                           {"key": "http.status_code", "value": {"intValue": "200"}}],
-            "status": {"code": 1}}))
-        lines.append(orjson.dumps({
-            "traceId": trace_id, "spanId": f"{t + 1:08x}00000002", "parentSpanId": root, "name": "db.query",
-            "kind": "SPAN_KIND_CLIENT", "startTimeUnixNano": str(start + 1_000_000),
-            "endTimeUnixNano": str(start + 9_000_000), "attributes": [
-                {"key": "db.rows", "value": {"intValue": 3}}, {"key": "cached", "value": {"boolValue": False}}]}))
-        lines.append(orjson.dumps({
-            "traceId": trace_id, "spanId": f"{t + 1:08x}00000003", "parentSpanId": root, "name": "payment.charge",
-            "startTimeUnixNano": str(start + 10_000_000), "endTimeUnixNano": str(start + 30_000_000),
-            "status": {"code": 2, "message": "card declined"},
-            "events": [{"timeUnixNano": str(start + 29_000_000), "name": "exception", "attributes": [
-                {"key": "exception.type", "value": {"stringValue": "ValueError"}},
-                {"key": "exception.message", "value": {"stringValue": "card declined"}}]}]}))
+        lines.append(
+            orjson.dumps(
+                {
+                    "traceId": trace_id,
+                    "spanId": root,
+                    "name": "GET /checkout",
+                    "kind": 2,
+                    "startTimeUnixNano": str(start),
+                    "endTimeUnixNano": str(start + 40_000_000 + t),
+                    "attributes": [
+                        {"key": "http.route", "value": {"stringValue": "/checkout"}},
+                        {"key": "http.status_code", "value": {"intValue": "200"}},
+                    ],
+                    "status": {"code": 1},
+                }
+            )
+        )
+        lines.append(
+            orjson.dumps(
+                {
+                    "traceId": trace_id,
+                    "spanId": f"{t + 1:08x}00000002",
+                    "parentSpanId": root,
+                    "name": "db.query",
+                    "kind": "SPAN_KIND_CLIENT",
+                    "startTimeUnixNano": str(start + 1_000_000),
+                    "endTimeUnixNano": str(start + 9_000_000),
+                    "attributes": [
+                        {"key": "db.rows", "value": {"intValue": 3}},
+                        {"key": "cached", "value": {"boolValue": False}},
+                    ],
+                }
+            )
+        )
+        lines.append(
+            orjson.dumps(
+                {
+                    "traceId": trace_id,
+                    "spanId": f"{t + 1:08x}00000003",
+                    "parentSpanId": root,
+                    "name": "payment.charge",
+                    "startTimeUnixNano": str(start + 10_000_000),
+                    "endTimeUnixNano": str(start + 30_000_000),
+                    "status": {"code": 2, "message": "card declined"},
+                    "events": [
+                        {
+                            "timeUnixNano": str(start + 29_000_000),
+                            "name": "exception",
+                            "attributes": [
+                                {"key": "exception.type", "value": {"stringValue": "ValueError"}},
+                                {"key": "exception.message", "value": {"stringValue": "card declined"}},
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
     return lines
 
 
@@ -175,13 +221,17 @@ def check_columns(execute: Execute, database: str, profile: Profile) -> None:
         actual = table_columns(execute, database, table)
         assert actual, f"{database}.{table} was not created"
         assert [(r["column"], r["type"]) for r in documented] == list(actual.items()), (
-            f"docs/schema.md's {name} table does not list the columns of {table} as the server reports them")
+            f"docs/schema.md's {name} table does not list the columns of {table} as the server reports them"
+        )
         if documented and "codec" in documented[0]:
-            out = execute(f"SELECT name, compression_codec FROM system.columns WHERE database = '{database}' "
-                          f"AND table = '{table}' FORMAT TabSeparated")
+            out = execute(
+                f"SELECT name, compression_codec FROM system.columns WHERE database = '{database}' "
+                f"AND table = '{table}' FORMAT TabSeparated"
+            )
             codecs = dict(line.split("\t") for line in out.splitlines() if line)
             assert {r["column"]: f"CODEC({r['codec']})" for r in documented} == codecs, (
-                f"docs/schema.md's {name} table: codecs differ from the server's")
+                f"docs/schema.md's {name} table: codecs differ from the server's"
+            )
     create = execute(f"SHOW CREATE TABLE {database}.traces FORMAT TabSeparatedRaw")
     flat = " ".join(create.replace("`", "").split())
     for clause in layout_clauses(profile):
@@ -237,7 +287,8 @@ def test_relative_links_resolve() -> None:
 
 @pytest.mark.clickhouse
 def test_doc_columns_and_layout_match_the_table_schema_apply_creates_on_the_server(
-        clickhouse: Any, clickhouse_db: str) -> None:
+    clickhouse: Any, clickhouse_db: str
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     check_columns(clickhouse.query, clickhouse_db, pick_profile(clickhouse.version))
 
@@ -246,8 +297,9 @@ def test_doc_columns_and_layout_match_the_table_schema_apply_creates_on_the_serv
 def test_example_queries_return_rows_on_the_server(clickhouse: Any, clickhouse_db: str) -> None:
     apply_schema(clickhouse, clickhouse_db)
     profile = pick_profile(clickhouse.version)
-    clickhouse.query(f"INSERT INTO {clickhouse_db}.traces FORMAT JSONEachRow",
-                     data=rows_body(profile, span_lines(time.time_ns())))
+    clickhouse.query(
+        f"INSERT INTO {clickhouse_db}.traces FORMAT JSONEachRow", data=rows_body(profile, span_lines(time.time_ns()))
+    )
     assert check_queries(clickhouse.query, clickhouse_db, profile) >= 5
 
 
@@ -286,25 +338,30 @@ def test_doc_legacy_to_modern_conversion_gives_the_modern_transforms_rows(chdb_m
     lines = span_lines(time.time_ns())
     chdb_modern("INSERT INTO legacy_src.traces FORMAT JSONEachRow\n" + rows_body(Profile.LEGACY, lines).decode())
     chdb_modern(for_database(block, "legacy_src"))
-    out = chdb_modern("SELECT * FROM telemetry_v2.traces ORDER BY timestamp_ns, span_id "
-                      "SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow")
+    out = chdb_modern(
+        "SELECT * FROM telemetry_v2.traces ORDER BY timestamp_ns, span_id "
+        "SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow"
+    )
     got = [json.loads(line) for line in out.splitlines() if line]
     resource = parse_resource(RESOURCE)
-    expected = sorted((transform_span(line, resource, Profile.MODERN) for line in lines),
-                      key=lambda r: (r["timestamp_ns"], r["span_id"]))
+    expected = sorted(
+        (transform_span(line, resource, Profile.MODERN) for line in lines),
+        key=lambda r: (r["timestamp_ns"], r["span_id"]),
+    )
     assert got == expected
 
 
 @pytest.mark.chdb
-def test_doc_dedup_window_fix_makes_a_legacy_table_on_a_modern_engine_drop_a_resent_batch(
-        chdb_modern: Execute) -> None:
+def test_doc_dedup_window_fix_makes_a_legacy_table_on_a_modern_engine_drop_a_resent_batch(chdb_modern: Execute) -> None:
     (block,) = [b for b in sql_blocks(DOC.read_text()) if "MODIFY SETTING non_replicated_deduplication_window" in b]
     apply(chdb_modern, Profile.LEGACY, "legacy_dedup", "traces", 0)
     body = rows_body(Profile.LEGACY, span_lines(time.time_ns())).decode()
 
     def send(token: str) -> int:
-        chdb_modern(f"INSERT INTO legacy_dedup.traces SETTINGS insert_deduplication_token = '{token}' "
-                    "FORMAT JSONEachRow\n" + body)
+        chdb_modern(
+            f"INSERT INTO legacy_dedup.traces SETTINGS insert_deduplication_token = '{token}' "
+            "FORMAT JSONEachRow\n" + body
+        )
         return int(chdb_modern("SELECT count() FROM legacy_dedup.traces FORMAT TabSeparated"))
 
     rows = body.count("\n")

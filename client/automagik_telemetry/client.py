@@ -36,12 +36,12 @@ _CLIENTS: weakref.WeakSet[AutomagikTelemetry] = weakref.WeakSet()
 class AutomagikTelemetry:
     """Records spans and ships them to the local agent from one background thread."""
 
-    def __init__(self, project_name: str | None = None, version: str | None = None, *,
-                 config: TelemetryConfig | None = None) -> None:
+    def __init__(
+        self, project_name: str | None = None, version: str | None = None, *, config: TelemetryConfig | None = None
+    ) -> None:
         if config is None:
             if project_name is None or version is None:
-                raise ValueError("AutomagikTelemetry needs config=TelemetryConfig(...), "
-                                 "or project_name and version")
+                raise ValueError("AutomagikTelemetry needs config=TelemetryConfig(...), or project_name and version")
             config = TelemetryConfig(project_name=project_name, version=version)
         elif not isinstance(config, TelemetryConfig):
             raise ValueError(f"config must be a TelemetryConfig, got {type(config).__name__}")
@@ -65,8 +65,9 @@ class AutomagikTelemetry:
 
     # -- recording ------------------------------------------------------------------------------
 
-    def span(self, name: str, attributes: dict[str, Any] | None = None,
-             kind: SpanKind | int = SpanKind.INTERNAL) -> Span | NoOpSpan:
+    def span(
+        self, name: str, attributes: dict[str, Any] | None = None, kind: SpanKind | int = SpanKind.INTERNAL
+    ) -> Span | NoOpSpan:
         """A span, started now; use it as a context manager (it becomes the parent of nested spans)."""
         if not self._enabled:
             return NOOP_SPAN
@@ -92,8 +93,9 @@ class AutomagikTelemetry:
             return
         try:
             span = Span(self, "error", attributes)
-            span.add_event("exception", exception_attributes(error, self._max_attribute_length),
-                           timestamp_ns=span._start)
+            span.add_event(
+                "exception", exception_attributes(error, self._max_attribute_length), timestamp_ns=span._start
+            )
             span.set_status(StatusCode.ERROR, safe_str(error))
             span.end(span._start)
         except Exception:
@@ -103,12 +105,25 @@ class AutomagikTelemetry:
     def trace(self, func: F, /) -> F: ...
 
     @overload
-    def trace(self, func_or_name: str | None = None, /, *, name: str | None = None,
-              attributes: dict[str, Any] | None = None,
-              kind: SpanKind | int = SpanKind.INTERNAL) -> Callable[[F], F]: ...
+    def trace(
+        self,
+        func_or_name: str | None = None,
+        /,
+        *,
+        name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        kind: SpanKind | int = SpanKind.INTERNAL,
+    ) -> Callable[[F], F]: ...
 
-    def trace(self, func_or_name: Any = None, /, *, name: str | None = None,
-              attributes: dict[str, Any] | None = None, kind: SpanKind | int = SpanKind.INTERNAL) -> Any:
+    def trace(
+        self,
+        func_or_name: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        kind: SpanKind | int = SpanKind.INTERNAL,
+    ) -> Any:
         """Decorator running each call in a span: ``@client.trace`` or ``@client.trace("name", ...)``.
 
         Works for plain and ``async def`` functions (the span covers the awaited call).
@@ -118,22 +133,24 @@ class AutomagikTelemetry:
         span_name = func_or_name if isinstance(func_or_name, str) else name
         return lambda func: self._decorate(func, span_name, attributes, kind)
 
-    def _decorate(self, func: F, name: str | None, attributes: dict[str, Any] | None,
-                  kind: SpanKind | int) -> F:
+    def _decorate(self, func: F, name: str | None, attributes: dict[str, Any] | None, kind: SpanKind | int) -> F:
         if not self._enabled:
             return func
         span_name = name or getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or "call"
         if inspect.iscoroutinefunction(func):
+
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with self.span(span_name, attributes, kind):
                     return await func(*args, **kwargs)
+
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with self.span(span_name, attributes, kind):
                 return func(*args, **kwargs)
+
         return wrapper  # type: ignore[return-value]
 
     # -- delivery -------------------------------------------------------------------------------

@@ -79,8 +79,7 @@ class TelemetryConfig:
             if not isinstance(value, str) or not value:
                 raise ValueError(f"TelemetryConfig.{name} must be a non-empty string, got {value!r}")
         if len(self.socket_path.encode()) >= 108:  # type: ignore[union-attr]
-            raise ValueError(f"TelemetryConfig.socket_path is too long for a Unix socket: "
-                             f"{self.socket_path!r}")
+            raise ValueError(f"TelemetryConfig.socket_path is too long for a Unix socket: {self.socket_path!r}")
         if not isinstance(self.enabled, bool):
             raise ValueError(f"TelemetryConfig.enabled must be a bool, got {self.enabled!r}")
         for name in ("max_queue_size", "max_attribute_length"):
@@ -92,11 +91,12 @@ class TelemetryConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"TelemetryConfig.{name} must be a finite number of seconds, got {value!r}")
         if self.flush_interval <= 0:
-            raise ValueError(
-                f"TelemetryConfig.flush_interval must be > 0 seconds, got {self.flush_interval!r}")
+            raise ValueError(f"TelemetryConfig.flush_interval must be > 0 seconds, got {self.flush_interval!r}")
         if self.exit_flush_timeout < 0:
             raise ValueError(
-                f"TelemetryConfig.exit_flush_timeout must be >= 0 seconds, got {self.exit_flush_timeout!r}")
+                f"TelemetryConfig.exit_flush_timeout must be >= 0 seconds, got {self.exit_flush_timeout!r}"
+            )
         if not isinstance(self.resource_attributes, dict) or not all(
-                isinstance(k, str) for k in self.resource_attributes):
+            isinstance(k, str) for k in self.resource_attributes
+        ):
             raise ValueError("TelemetryConfig.resource_attributes must be a dict with string keys")

@@ -98,16 +98,16 @@ _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
 _ACCEPTED_KINDS = frozenset({int(RecordKind.SPAN)})
 
 
-def encode(msg_type: MessageType, payload: bytes = b"", *, seq: int = 0, count: int = 0,
-           kind: int = 0) -> bytes:
+def encode(msg_type: MessageType, payload: bytes = b"", *, seq: int = 0, count: int = 0, kind: int = 0) -> bytes:
     """One complete message: header + payload."""
     if HEADER_SIZE + len(payload) > MAX_MESSAGE_SIZE:
         raise ProtocolError(RejectReason.OVERSIZED, f"{HEADER_SIZE + len(payload)} > {MAX_MESSAGE_SIZE}")
     return HEADER.pack(MAGIC, VERSION, int(msg_type), kind, 0, 0, count, len(payload), seq) + payload
 
 
-def encode_records(resource_line: bytes, record_lines: list[bytes], *, seq: int,
-                   kind: RecordKind = RecordKind.SPAN) -> bytes:
+def encode_records(
+    resource_line: bytes, record_lines: list[bytes], *, seq: int, kind: RecordKind = RecordKind.SPAN
+) -> bytes:
     """A RECORDS message. Every line must already end with ``b"\\n"``."""
     payload = resource_line + b"".join(record_lines)
     return encode(MessageType.RECORDS, payload, seq=seq, count=len(record_lines), kind=int(kind))

@@ -45,9 +45,11 @@ class SpanKind(enum.IntEnum):
 _CURRENT: ContextVar[Span | None] = ContextVar("automagik_telemetry_current_span", default=None)
 
 #: One span line; %-formatting is markedly faster than f-strings for the hex ids.
-_LINE = ('{"traceId":"%032x","spanId":"%016x","parentSpanId":"%s","name":%s,"kind":%d,'
-         '"startTimeUnixNano":%d,"endTimeUnixNano":%d,"attributes":%s,'
-         '"status":{"code":%d,"message":%s},"events":%s}\n')
+_LINE = (
+    '{"traceId":"%032x","spanId":"%016x","parentSpanId":"%s","name":%s,"kind":%d,'
+    '"startTimeUnixNano":%d,"endTimeUnixNano":%d,"attributes":%s,'
+    '"status":{"code":%d,"message":%s},"events":%s}\n'
+)
 _EVENT = '{"name":%s,"timeUnixNano":%d,"attributes":%s}'
 _quote = encode_basestring  # a str as a JSON string literal, exactly as json.dumps(ensure_ascii=False)
 
@@ -76,11 +78,29 @@ def exception_attributes(exc: BaseException, max_length: int) -> dict[str, str]:
 class Span:
     """One timed operation. Use as a context manager (``with client.span(...)``) or call ``end()``."""
 
-    __slots__ = ("_attributes", "_client", "_end", "_events", "_parent_id", "_span_id", "_start",
-                 "_status", "_status_message", "_token", "_trace_id", "kind", "name")
+    __slots__ = (
+        "_attributes",
+        "_client",
+        "_end",
+        "_events",
+        "_parent_id",
+        "_span_id",
+        "_start",
+        "_status",
+        "_status_message",
+        "_token",
+        "_trace_id",
+        "kind",
+        "name",
+    )
 
-    def __init__(self, client: AutomagikTelemetry, name: str, attributes: dict[str, Any] | None = None,
-                 kind: int = SpanKind.INTERNAL) -> None:
+    def __init__(
+        self,
+        client: AutomagikTelemetry,
+        name: str,
+        attributes: dict[str, Any] | None = None,
+        kind: int = SpanKind.INTERNAL,
+    ) -> None:
         parent = _CURRENT.get()
         if parent is None:
             self._trace_id = getrandbits(128) or 1
@@ -109,8 +129,9 @@ class Span:
             self._client._internal_error()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         token = self._token
         if token is not None:
             self._token = None
@@ -168,8 +189,7 @@ class Span:
         except Exception:
             self._client._internal_error()
 
-    def add_event(self, name: str, attributes: dict[str, Any] | None = None,
-                  timestamp_ns: int | None = None) -> None:
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None, timestamp_ns: int | None = None) -> None:
         if self._end:
             return
         try:
@@ -215,15 +235,33 @@ class Span:
         name = self.name if isinstance(self.name, str) else safe_str(self.name)
         events = "[]"
         if self._events:
-            events = "[" + ",".join(
-                _EVENT % (_quote(event_name if isinstance(event_name, str) else safe_str(event_name)),
-                          event_time, key_values(event_attributes, max_length))
-                for event_name, event_time, event_attributes in self._events) + "]"
+            events = (
+                "["
+                + ",".join(
+                    _EVENT
+                    % (
+                        _quote(event_name if isinstance(event_name, str) else safe_str(event_name)),
+                        event_time,
+                        key_values(event_attributes, max_length),
+                    )
+                    for event_name, event_time, event_attributes in self._events
+                )
+                + "]"
+            )
         parent = "%016x" % self._parent_id if self._parent_id else ""  # noqa: UP031 (faster than format)
         text = _LINE % (
-            self._trace_id, self._span_id, parent, _quote(name[:max_length]), kind, self._start, self._end,
-            key_values(self._attributes, max_length), self._status,
-            _quote(self._status_message[:max_length]), events)
+            self._trace_id,
+            self._span_id,
+            parent,
+            _quote(name[:max_length]),
+            kind,
+            self._start,
+            self._end,
+            key_values(self._attributes, max_length),
+            self._status,
+            _quote(self._status_message[:max_length]),
+            events,
+        )
         return text.encode("utf-8", "replace")
 
     def __repr__(self) -> str:
@@ -241,8 +279,9 @@ class NoOpSpan:
     def __enter__(self) -> NoOpSpan:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         return False
 
     def is_recording(self) -> bool:
@@ -257,8 +296,7 @@ class NoOpSpan:
     def set_status(self, code: StatusCode | int, description: str | None = None) -> None:
         pass
 
-    def add_event(self, name: str, attributes: dict[str, Any] | None = None,
-                  timestamp_ns: int | None = None) -> None:
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None, timestamp_ns: int | None = None) -> None:
         pass
 
     def record_exception(self, exc: BaseException, attributes: dict[str, Any] | None = None) -> None:

@@ -89,8 +89,9 @@ class _Waiter:
 class Transport:
     """Owns the queue, the sender thread, the agent connection and the delivery counters."""
 
-    def __init__(self, config: TelemetryConfig, resource_line: Callable[[], bytes],
-                 on_fork: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self, config: TelemetryConfig, resource_line: Callable[[], bytes], on_fork: Callable[[Any], None] | None = None
+    ) -> None:
         self.queue: collections.deque[Any] = collections.deque()
         self._max_queue = config.max_queue_size
         self._wake_threshold = min(WAKE_THRESHOLD, max(1, config.max_queue_size // 2))
@@ -135,10 +136,24 @@ class Transport:
         self._max_failed = -1
         self._waiters: list[_Waiter] = []
 
-        self.counters: dict[str, int] = dict.fromkeys((
-            "sent_records", "sent_messages", "acked_records", "dropped_oversized", "rejected_records",
-            "unconfirmed_records", "dropped_at_shutdown", "reconnects", "connect_errors", "send_errors",
-            "protocol_errors", "stats_messages", "rejected_other_messages"), 0)
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "sent_records",
+                "sent_messages",
+                "acked_records",
+                "dropped_oversized",
+                "rejected_records",
+                "unconfirmed_records",
+                "dropped_at_shutdown",
+                "reconnects",
+                "connect_errors",
+                "send_errors",
+                "protocol_errors",
+                "stats_messages",
+                "rejected_other_messages",
+            ),
+            0,
+        )
         self.reject_reasons: dict[str, int] = {}
         self.dropped_queue_full = 0
         self.dropped_after_shutdown = 0
@@ -288,8 +303,7 @@ class Transport:
         now = time.monotonic()
         if now < self._next_connect:
             return False
-        sock = socket.socket(socket.AF_UNIX,
-                             socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             sock.connect(self._path)
         except OSError:

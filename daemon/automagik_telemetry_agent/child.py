@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from .report import REPORT_FD_ENV, SUPERVISOR_PID_ENV, ReportChannel
 
 #: Environment variables a child must not inherit (systemd addresses them to the main process only).
-SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
-                       "WATCHDOG_PID")
+SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class ChildProcess:
@@ -47,9 +46,13 @@ class ChildProcess:
         env[REPORT_FD_ENV] = str(channel.child_fd)
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "automagik_telemetry_agent", *args], env=env,
-                                    stdin=subprocess.DEVNULL, pass_fds=(channel.child_fd, *pass_fds),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "automagik_telemetry_agent", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(channel.child_fd, *pass_fds),
+                start_new_session=True,
+            )
         except BaseException:
             channel.close()
             raise

@@ -22,8 +22,13 @@ _die = exitcodes.die
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file (default /etc/automagik-telemetry/agent.toml if present)")
     for setting in SETTINGS:
-        parser.add_argument(setting.flag_name, dest="setting:" + setting.key, default=None, metavar="VALUE",
-                            help=f"{setting.help} [env {setting.env_name}]")
+        parser.add_argument(
+            setting.flag_name,
+            dest="setting:" + setting.key,
+            default=None,
+            metavar="VALUE",
+            help=f"{setting.help} [env {setting.env_name}]",
+        )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
@@ -59,21 +64,30 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if config["sink"] in ("clickhouse", "embedded"):
         missing = missing_agent_extras()
         if missing:
-            return _die(exitcodes.UNAVAILABLE, f"the shipper needs {', '.join(missing)}: install "
-                        "'automagik-telemetry[agent]', or run ingest only with --sink none")
+            return _die(
+                exitcodes.UNAVAILABLE,
+                f"the shipper needs {', '.join(missing)}: install "
+                "'automagik-telemetry[agent]', or run ingest only with --sink none",
+            )
         if config["sink"] == "embedded":
             from .sink_chdb import chdb_missing
 
             if chdb_missing():
                 return _die(exitcodes.UNAVAILABLE, str(chdb_missing()))
     try:
-        listener = from_systemd(fds, config["socket.path"]) if fds else create(config["socket.path"],
-                                                                              config["socket.mode"])
+        listener = (
+            from_systemd(fds, config["socket.path"]) if fds else create(config["socket.path"], config["socket.mode"])
+        )
     except ConfigError as exc:
         return _die(exitcodes.CONFIG, f"config error: {exc}")
     flags = _flags(args)
-    supervisor = Supervisor(config, lambda: load_config(args.config, flags), listener, Notifier(),
-                            control_path=preflight.control_socket_path(config))
+    supervisor = Supervisor(
+        config,
+        lambda: load_config(args.config, flags),
+        listener,
+        Notifier(),
+        control_path=preflight.control_socket_path(config),
+    )
     return supervisor.run()
 
 
@@ -104,11 +118,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if link is not None:
         from .metrics import collect_ingest
 
-        link.start_reporting(loop_age=lambda: time.monotonic() - servers[0].last_turn if servers else 0.0,
-                             collect=lambda: collect_ingest(servers[0]) if servers else {},
-                             on_config=lambda new: set_level(new["log.level"]))
-    wal_options = WalOptions(segment_bytes=config["wal.segment_size"], max_bytes=config["wal.max_size"],
-                             min_free_bytes=config["wal.min_free"], disk_policy=config["wal.disk_policy"])
+        link.start_reporting(
+            loop_age=lambda: time.monotonic() - servers[0].last_turn if servers else 0.0,
+            collect=lambda: collect_ingest(servers[0]) if servers else {},
+            on_config=lambda new: set_level(new["log.level"]),
+        )
+    wal_options = WalOptions(
+        segment_bytes=config["wal.segment_size"],
+        max_bytes=config["wal.max_size"],
+        min_free_bytes=config["wal.min_free"],
+        disk_policy=config["wal.disk_policy"],
+    )
     try:
         writer = WalWriter(config["wal.dir"], wal_options).open()
     except WalError as exc:
@@ -116,10 +136,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(exitcodes.CONFIG, f"cannot use WAL directory {config['wal.dir']}: {exc.strerror}")
     options = IngestOptions(
-        socket_path=config["socket.path"], socket_mode=config["socket.mode"],
-        max_connections=config["socket.max_connections"], fsync=config["wal.fsync"],
-        fsync_interval_s=config["wal.fsync_interval_ms"] / 1000, fsync_bytes=config["wal.fsync_bytes"],
-        listen_fd=args.listen_fd)
+        socket_path=config["socket.path"],
+        socket_mode=config["socket.mode"],
+        max_connections=config["socket.max_connections"],
+        fsync=config["wal.fsync"],
+        fsync_interval_s=config["wal.fsync_interval_ms"] / 1000,
+        fsync_bytes=config["wal.fsync_bytes"],
+        listen_fd=args.listen_fd,
+    )
     server = IngestServer(options, writer)
     try:
         server.listen()
@@ -202,8 +226,9 @@ def _agent_running_this(config: AgentConfig) -> int | None:
         return None
     status = answer.get("status") or {}
     running = status.get("config") or {}
-    same = (os.path.abspath(str(running.get("socket.path"))) == os.path.abspath(config["socket.path"])
-            and os.path.abspath(str(running.get("wal.dir"))) == os.path.abspath(config["wal.dir"]))
+    same = os.path.abspath(str(running.get("socket.path"))) == os.path.abspath(
+        config["socket.path"]
+    ) and os.path.abspath(str(running.get("wal.dir"))) == os.path.abspath(config["wal.dir"])
     return int(status.get("pid", 0)) or None if same else None
 
 
@@ -227,8 +252,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         if found:
             return _die(exitcodes.CONFIG, f"config error: {found[0].message}")
         if running is not None:
-            print(f"note: the agent running as pid {running} uses this socket and WAL; live settings apply on "
-                  "SIGHUP (systemctl reload automagik-telemetry), the others on a restart", file=sys.stderr)
+            print(
+                f"note: the agent running as pid {running} uses this socket and WAL; live settings apply on "
+                "SIGHUP (systemctl reload automagik-telemetry), the others on a restart",
+                file=sys.stderr,
+            )
     try:
         for key, value in config.items():
             shown = "<redacted>" if key == "clickhouse.password" and value else value
@@ -267,8 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate the configuration without starting")
     _add_setting_flags(check)
-    check.add_argument("--no-runtime", action="store_true", help="check the values only, not this host (WAL "
-                       "directory, socket, files): for a config meant for another host or a running agent")
+    check.add_argument(
+        "--no-runtime",
+        action="store_true",
+        help="check the values only, not this host (WAL "
+        "directory, socket, files): for a config meant for another host or a running agent",
+    )
     check.set_defaults(func=cmd_config_check)
 
     from .shipper_cli import add_parsers as add_shipper_parsers
@@ -297,5 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.name not in AGENT_EXTRA:
             raise
         missing = [name.replace("_", "-") for name in missing_agent_extras(AGENT_EXTRA) or [exc.name]]
-        return _die(exitcodes.UNAVAILABLE, f"`automagik-telemetry {args.command}` needs {', '.join(missing)} "
-                    "(not installed): install 'automagik-telemetry[agent]'")
+        return _die(
+            exitcodes.UNAVAILABLE,
+            f"`automagik-telemetry {args.command}` needs {', '.join(missing)} "
+            "(not installed): install 'automagik-telemetry[agent]'",
+        )

@@ -53,68 +53,74 @@ class ErrorClass(enum.Enum):
 
 
 #: Retry with capped exponential backoff and full jitter.
-TRANSIENT_CODES = frozenset({
-    3,    # UNEXPECTED_END_OF_FILE (body cut by the network)
-    23,   # CANNOT_READ_FROM_ISTREAM
-    24,   # CANNOT_WRITE_TO_OSTREAM
-    32,   # ATTEMPT_TO_READ_AFTER_EOF
-    33,   # CANNOT_READ_ALL_DATA
-    159,  # TIMEOUT_EXCEEDED
-    173,  # CANNOT_ALLOCATE_MEMORY
-    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
-    203,  # NO_FREE_CONNECTION
-    209,  # SOCKET_TIMEOUT
-    210,  # NETWORK_ERROR
-    225,  # NO_ZOOKEEPER
-    236,  # ABORTED
-    241,  # MEMORY_LIMIT_EXCEEDED
-    242,  # TABLE_IS_READ_ONLY (replica lost its keeper session)
-    243,  # NOT_ENOUGH_SPACE
-    252,  # TOO_MANY_PARTS
-    279,  # ALL_CONNECTION_TRIES_FAILED
-    319,  # UNKNOWN_STATUS_OF_INSERT
-    394,  # QUERY_WAS_CANCELLED
-    425,  # SYSTEM_ERROR
-    999,  # KEEPER_EXCEPTION
-})
+TRANSIENT_CODES = frozenset(
+    {
+        3,  # UNEXPECTED_END_OF_FILE (body cut by the network)
+        23,  # CANNOT_READ_FROM_ISTREAM
+        24,  # CANNOT_WRITE_TO_OSTREAM
+        32,  # ATTEMPT_TO_READ_AFTER_EOF
+        33,  # CANNOT_READ_ALL_DATA
+        159,  # TIMEOUT_EXCEEDED
+        173,  # CANNOT_ALLOCATE_MEMORY
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        225,  # NO_ZOOKEEPER
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY (replica lost its keeper session)
+        243,  # NOT_ENOUGH_SPACE
+        252,  # TOO_MANY_PARTS
+        279,  # ALL_CONNECTION_TRIES_FAILED
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        394,  # QUERY_WAS_CANCELLED
+        425,  # SYSTEM_ERROR
+        999,  # KEEPER_EXCEPTION
+    }
+)
 
 #: The rows of this batch are at fault: bisect and dead-letter the bad ones.
-BAD_DATA_CODES = frozenset({
-    6,    # CANNOT_PARSE_TEXT
-    25,   # CANNOT_PARSE_ESCAPE_SEQUENCE
-    26,   # CANNOT_PARSE_QUOTED_STRING (18.16: broken JSON row)
-    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    38,   # CANNOT_PARSE_DATE
-    41,   # CANNOT_PARSE_DATETIME
-    53,   # TYPE_MISMATCH
-    69,   # ARGUMENT_OUT_OF_BOUND
-    70,   # CANNOT_CONVERT_TYPE
-    72,   # CANNOT_PARSE_NUMBER
-    117,  # INCORRECT_DATA (but "Unknown field found" is CONFIG: see class_of_code)
-    128,  # TOO_LARGE_ARRAY_SIZE
-    131,  # TOO_LARGE_STRING_SIZE
-    190,  # SIZES_OF_ARRAYS_DOESNT_MATCH
-    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
-})
+BAD_DATA_CODES = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
+        26,  # CANNOT_PARSE_QUOTED_STRING (18.16: broken JSON row)
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        53,  # TYPE_MISMATCH
+        69,  # ARGUMENT_OUT_OF_BOUND
+        70,  # CANNOT_CONVERT_TYPE
+        72,  # CANNOT_PARSE_NUMBER
+        117,  # INCORRECT_DATA (but "Unknown field found" is CONFIG: see class_of_code)
+        128,  # TOO_LARGE_ARRAY_SIZE
+        131,  # TOO_LARGE_STRING_SIZE
+        190,  # SIZES_OF_ARRAYS_DOESNT_MATCH
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    }
+)
 
 #: Every batch will fail until a human acts.
-CONFIG_CODES = frozenset({
-    16,   # NO_SUCH_COLUMN_IN_TABLE
-    36,   # BAD_ARGUMENTS
-    47,   # UNKNOWN_IDENTIFIER
-    60,   # UNKNOWN_TABLE
-    62,   # SYNTAX_ERROR (our own INSERT text: not the rows' fault)
-    81,   # UNKNOWN_DATABASE
-    115,  # UNKNOWN_SETTING
-    164,  # READONLY
-    192,  # UNKNOWN_USER
-    193,  # WRONG_PASSWORD
-    194,  # REQUIRED_PASSWORD
-    195,  # IP_ADDRESS_NOT_ALLOWED
-    497,  # ACCESS_DENIED
-    516,  # AUTHENTICATION_FAILED
-})
+CONFIG_CODES = frozenset(
+    {
+        16,  # NO_SUCH_COLUMN_IN_TABLE
+        36,  # BAD_ARGUMENTS
+        47,  # UNKNOWN_IDENTIFIER
+        60,  # UNKNOWN_TABLE
+        62,  # SYNTAX_ERROR (our own INSERT text: not the rows' fault)
+        81,  # UNKNOWN_DATABASE
+        115,  # UNKNOWN_SETTING
+        164,  # READONLY
+        192,  # UNKNOWN_USER
+        193,  # WRONG_PASSWORD
+        194,  # REQUIRED_PASSWORD
+        195,  # IP_ADDRESS_NOT_ALLOWED
+        497,  # ACCESS_DENIED
+        516,  # AUTHENTICATION_FAILED
+    }
+)
 
 _CODE = re.compile(r"^\s*Code:\s*(\d+)")
 
@@ -193,7 +199,7 @@ def answered_by_clickhouse(headers: Mapping[str, str]) -> bool:
 
 def _not_clickhouse(status: int, body: str | bytes) -> Classified:
     if isinstance(body, bytes | bytearray | memoryview):
-        body = bytes(body[:4 * MAX_MESSAGE]).decode("utf-8", "replace")
+        body = bytes(body[: 4 * MAX_MESSAGE]).decode("utf-8", "replace")
     page = error_text(re.sub(r"<[^>]*>", " ", body), limit=200)  # an HTML error page, without its tags
     message = f"{NOT_CLICKHOUSE} HTTP {status} without X-ClickHouse-* headers" + (f": {page}" if page else "")
     if status == 413:
@@ -234,7 +240,8 @@ def classify_exception(exc: BaseException) -> Classified:
     message = error_text(f"{name}: {exc}")
     if requests is not None and isinstance(exc, requests.exceptions.SSLError):
         return Classified(ErrorClass.CONFIG, None, message, None)
-    if requests is not None and isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema
-                                           | requests.exceptions.InvalidSchema):
+    if requests is not None and isinstance(
+        exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema | requests.exceptions.InvalidSchema
+    ):
         return Classified(ErrorClass.CONFIG, None, message, None)
     return Classified(ErrorClass.TRANSIENT, None, message, None)

@@ -25,9 +25,26 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------------------- value parsers
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_SIZE_FACTORS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
-                 "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
-                 "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4}
+_SIZE_FACTORS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+    "ti": 1024**4,
+}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -129,15 +146,19 @@ def parse_url(value: Any) -> str:
     if parsed.scheme not in ("http", "https"):
         raise ValueError(f"{text!r} is not an http:// or https:// URL (example: http://localhost:8123)")
     if parsed.username is not None or parsed.password is not None:
-        raise ValueError("the URL must not carry credentials: remove 'user:password@' and set --username "
-                         "and --password-file (clickhouse.username, clickhouse.password_file)")
+        raise ValueError(
+            "the URL must not carry credentials: remove 'user:password@' and set --username "
+            "and --password-file (clickhouse.username, clickhouse.password_file)"
+        )
     if not parsed.hostname:
         raise ValueError(f"{text!r} has no host (example: http://localhost:8123)")
     if port == 0:
         raise ValueError(f"{text!r} has port 0 (example: http://localhost:8123)")
     if parsed.query or parsed.fragment or text.endswith(("?", "#")):
-        raise ValueError("the URL must not have a query string or fragment: remove '?...' (credentials go in "
-                         "--username and --password-file, the target in --database and --table)")
+        raise ValueError(
+            "the URL must not have a query string or fragment: remove '?...' (credentials go in "
+            "--username and --password-file, the target in --database and --table)"
+        )
     return text
 
 
@@ -163,8 +184,10 @@ def split_listen(value: str) -> tuple[str, int]:
     match = _LISTEN.match(value.strip())
     port = int(match.group("port")) if match else -1
     if not match or port > 65535:
-        raise ValueError(f"{value!r} is not host:port (examples: 127.0.0.1:9479, [::1]:9479, 0.0.0.0:9479; "
-                         "port 0 = any free port; \"\" turns the endpoint off)")
+        raise ValueError(
+            f"{value!r} is not host:port (examples: 127.0.0.1:9479, [::1]:9479, 0.0.0.0:9479; "
+            'port 0 = any free port; "" turns the endpoint off)'
+        )
     return match.group("v6") or match.group("host"), port
 
 
@@ -197,93 +220,254 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("socket.path", "/run/automagik-telemetry/agent.sock", parse_str,
-            "Unix socket (SOCK_SEQPACKET) the clients send to.", env="AUTOMAGIK_TELEMETRY_SOCKET",
-            flag="--socket"),
-    Setting("socket.mode", 0o660, parse_mode, "File mode of the socket the agent creates.",
-            flag="--socket-mode"),
-    Setting("socket.max_connections", 1024, parse_int(1), "Concurrent client connections; more are refused "
-            "and counted.", flag="--max-connections"),
-    Setting("socket.control_path", "", parse_str, "Control socket of the running agent (SOCK_STREAM, mode 0600) "
-            "that `automagik-telemetry status` asks; \"\" = control.sock in the directory of socket.path.",
-            flag="--control-socket"),
-    Setting("wal.dir", "/var/lib/automagik-telemetry/wal", parse_str, "Write-ahead log directory.",
-            env="AUTOMAGIK_TELEMETRY_WAL_DIR", flag="--wal-dir"),
-    Setting("wal.fsync", "interval", parse_choice("always", "interval", "off"),
-            "always: fsync before every acknowledgement; interval: group commit; off: never fsync "
-            "(a power loss loses what the OS had not written).", env="AUTOMAGIK_TELEMETRY_FSYNC",
-            flag="--fsync"),
-    Setting("wal.fsync_interval_ms", 50, parse_int(1), "Group commit: fsync at most this long after a write.",
-            env="AUTOMAGIK_TELEMETRY_FSYNC_INTERVAL_MS", flag="--fsync-interval-ms"),
-    Setting("wal.fsync_bytes", 1024 * 1024, parse_size, "Group commit: fsync once this many bytes are "
-            "unsynced.", env="AUTOMAGIK_TELEMETRY_FSYNC_BYTES", flag="--fsync-bytes"),
-    Setting("wal.segment_size", 64 * 1024 * 1024, parse_size, "Rotate to a new segment file at this size.",
-            env="AUTOMAGIK_TELEMETRY_WAL_SEGMENT_SIZE", flag="--segment-size"),
-    Setting("wal.max_size", 4 * 1024**3, parse_size, "Cap on the WAL's total size (0 = none); the disk "
-            "policy applies above it.", env="AUTOMAGIK_TELEMETRY_WAL_MAX_SIZE", flag="--wal-max-size"),
-    Setting("wal.min_free", 256 * 1024 * 1024, parse_size, "Keep at least this much disk free (0 = no "
-            "watermark); the disk policy applies below it.", env="AUTOMAGIK_TELEMETRY_WAL_MIN_FREE",
-            flag="--wal-min-free"),
-    Setting("wal.disk_policy", "drop_oldest", parse_choice("drop_oldest", "reject_new"),
-            "When over the cap or under the watermark: drop the oldest unshipped segment (counted), or "
-            "refuse new records (clients count the rejections).", env="AUTOMAGIK_TELEMETRY_WAL_DISK_POLICY",
-            flag="--disk-policy"),
-    Setting("metrics.listen", "127.0.0.1:9479", parse_listen, "host:port of the Prometheus endpoint (/metrics; "
-            "docs/metrics.md): loopback by default, IPv6 as [::1]:9479, port 0 = any free port, \"\" = off.",
-            env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN", flag="--metrics-listen"),
-    Setting("log.level", "info", parse_choice("debug", "info", "warning", "error"), "Log level.",
-            env="AUTOMAGIK_TELEMETRY_LOG_LEVEL", flag="--log-level", live=True),
+    Setting(
+        "socket.path",
+        "/run/automagik-telemetry/agent.sock",
+        parse_str,
+        "Unix socket (SOCK_SEQPACKET) the clients send to.",
+        env="AUTOMAGIK_TELEMETRY_SOCKET",
+        flag="--socket",
+    ),
+    Setting("socket.mode", 0o660, parse_mode, "File mode of the socket the agent creates.", flag="--socket-mode"),
+    Setting(
+        "socket.max_connections",
+        1024,
+        parse_int(1),
+        "Concurrent client connections; more are refused and counted.",
+        flag="--max-connections",
+    ),
+    Setting(
+        "socket.control_path",
+        "",
+        parse_str,
+        "Control socket of the running agent (SOCK_STREAM, mode 0600) "
+        'that `automagik-telemetry status` asks; "" = control.sock in the directory of socket.path.',
+        flag="--control-socket",
+    ),
+    Setting(
+        "wal.dir",
+        "/var/lib/automagik-telemetry/wal",
+        parse_str,
+        "Write-ahead log directory.",
+        env="AUTOMAGIK_TELEMETRY_WAL_DIR",
+        flag="--wal-dir",
+    ),
+    Setting(
+        "wal.fsync",
+        "interval",
+        parse_choice("always", "interval", "off"),
+        "always: fsync before every acknowledgement; interval: group commit; off: never fsync "
+        "(a power loss loses what the OS had not written).",
+        env="AUTOMAGIK_TELEMETRY_FSYNC",
+        flag="--fsync",
+    ),
+    Setting(
+        "wal.fsync_interval_ms",
+        50,
+        parse_int(1),
+        "Group commit: fsync at most this long after a write.",
+        env="AUTOMAGIK_TELEMETRY_FSYNC_INTERVAL_MS",
+        flag="--fsync-interval-ms",
+    ),
+    Setting(
+        "wal.fsync_bytes",
+        1024 * 1024,
+        parse_size,
+        "Group commit: fsync once this many bytes are unsynced.",
+        env="AUTOMAGIK_TELEMETRY_FSYNC_BYTES",
+        flag="--fsync-bytes",
+    ),
+    Setting(
+        "wal.segment_size",
+        64 * 1024 * 1024,
+        parse_size,
+        "Rotate to a new segment file at this size.",
+        env="AUTOMAGIK_TELEMETRY_WAL_SEGMENT_SIZE",
+        flag="--segment-size",
+    ),
+    Setting(
+        "wal.max_size",
+        4 * 1024**3,
+        parse_size,
+        "Cap on the WAL's total size (0 = none); the disk policy applies above it.",
+        env="AUTOMAGIK_TELEMETRY_WAL_MAX_SIZE",
+        flag="--wal-max-size",
+    ),
+    Setting(
+        "wal.min_free",
+        256 * 1024 * 1024,
+        parse_size,
+        "Keep at least this much disk free (0 = no watermark); the disk policy applies below it.",
+        env="AUTOMAGIK_TELEMETRY_WAL_MIN_FREE",
+        flag="--wal-min-free",
+    ),
+    Setting(
+        "wal.disk_policy",
+        "drop_oldest",
+        parse_choice("drop_oldest", "reject_new"),
+        "When over the cap or under the watermark: drop the oldest unshipped segment (counted), or "
+        "refuse new records (clients count the rejections).",
+        env="AUTOMAGIK_TELEMETRY_WAL_DISK_POLICY",
+        flag="--disk-policy",
+    ),
+    Setting(
+        "metrics.listen",
+        "127.0.0.1:9479",
+        parse_listen,
+        "host:port of the Prometheus endpoint (/metrics; "
+        'docs/metrics.md): loopback by default, IPv6 as [::1]:9479, port 0 = any free port, "" = off.',
+        env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN",
+        flag="--metrics-listen",
+    ),
+    Setting(
+        "log.level",
+        "info",
+        parse_choice("debug", "info", "warning", "error"),
+        "Log level.",
+        env="AUTOMAGIK_TELEMETRY_LOG_LEVEL",
+        flag="--log-level",
+        live=True,
+    ),
     # ---- the supervisor (`automagik-telemetry agent`; docs/operations.md)
-    Setting("agent.stop_timeout", 10.0, parse_duration, "On SIGTERM/SIGINT: how long the shipper may take to "
-            "finish its in-flight batch before abandoning it (it stays in the WAL); a child still running 2 s "
-            "later is killed.", flag="--stop-timeout"),
-    Setting("agent.heartbeat_timeout", 30.0, parse_duration, "A child whose main loop shows no progress for this "
-            "long is killed and restarted (a declared wait, such as an HTTP request within its timeouts or a "
-            "retry backoff, counts as progress).", flag="--heartbeat-timeout"),
+    Setting(
+        "agent.stop_timeout",
+        10.0,
+        parse_duration,
+        "On SIGTERM/SIGINT: how long the shipper may take to "
+        "finish its in-flight batch before abandoning it (it stays in the WAL); a child still running 2 s "
+        "later is killed.",
+        flag="--stop-timeout",
+    ),
+    Setting(
+        "agent.heartbeat_timeout",
+        30.0,
+        parse_duration,
+        "A child whose main loop shows no progress for this "
+        "long is killed and restarted (a declared wait, such as an HTTP request within its timeouts or a "
+        "retry backoff, counts as progress).",
+        flag="--heartbeat-timeout",
+    ),
     # ---- shipper: ClickHouse target (the `shipper` and `schema apply` commands)
-    Setting("sink", "clickhouse", parse_choice("clickhouse", "embedded", "none"), "Where the agent ships the "
-            "WAL: clickhouse (a server over HTTP), embedded (an in-process chDB store in embedded.dir; needs the "
-            "'embedded' extra), or none (ingest only; the WAL keeps everything).",
-            env="AUTOMAGIK_TELEMETRY_SINK", flag="--sink"),
-    Setting("embedded.dir", "/var/lib/automagik-telemetry/embedded", parse_str, "Data directory of the "
-            "embedded ClickHouse store (sink = embedded); --embedded DIR also selects that sink.",
-            env="AUTOMAGIK_TELEMETRY_EMBEDDED_DIR", flag="--embedded"),
-    Setting("clickhouse.endpoint", "http://localhost:8123", parse_url, "ClickHouse HTTP(S) endpoint, without "
-            "credentials in the URL.", flag="--clickhouse-endpoint"),
-    Setting("clickhouse.database", "telemetry", parse_identifier, "ClickHouse database of the traces table.",
-            flag="--database"),
+    Setting(
+        "sink",
+        "clickhouse",
+        parse_choice("clickhouse", "embedded", "none"),
+        "Where the agent ships the "
+        "WAL: clickhouse (a server over HTTP), embedded (an in-process chDB store in embedded.dir; needs the "
+        "'embedded' extra), or none (ingest only; the WAL keeps everything).",
+        env="AUTOMAGIK_TELEMETRY_SINK",
+        flag="--sink",
+    ),
+    Setting(
+        "embedded.dir",
+        "/var/lib/automagik-telemetry/embedded",
+        parse_str,
+        "Data directory of the embedded ClickHouse store (sink = embedded); --embedded DIR also selects that sink.",
+        env="AUTOMAGIK_TELEMETRY_EMBEDDED_DIR",
+        flag="--embedded",
+    ),
+    Setting(
+        "clickhouse.endpoint",
+        "http://localhost:8123",
+        parse_url,
+        "ClickHouse HTTP(S) endpoint, without credentials in the URL.",
+        flag="--clickhouse-endpoint",
+    ),
+    Setting(
+        "clickhouse.database",
+        "telemetry",
+        parse_identifier,
+        "ClickHouse database of the traces table.",
+        flag="--database",
+    ),
     Setting("clickhouse.table", "traces", parse_identifier, "ClickHouse table the spans go to.", flag="--table"),
     Setting("clickhouse.username", "default", parse_str, "ClickHouse user (HTTP basic auth).", flag="--username"),
-    Setting("clickhouse.password", "", parse_str, "ClickHouse password (prefer --password-file: flags show "
-            "in ps).", flag="--password"),
-    Setting("clickhouse.password_file", "", parse_str, "File holding the ClickHouse password (first line); "
-            "overrides clickhouse.password.", flag="--password-file"),
-    Setting("clickhouse.ca_bundle", "", parse_str, "CA bundle to verify an https endpoint with (\"\" = system).",
-            flag="--ca-bundle"),
-    Setting("clickhouse.verify_tls", True, parse_bool, "Verify the https endpoint's certificate.",
-            flag="--verify-tls"),
-    Setting("clickhouse.compression", "auto", parse_choice("auto", "zstd", "gzip", "none"), "Request body "
-            "compression; auto = zstd on ClickHouse >= 21.1, else gzip (bodies under 1 KiB are sent plain).",
-            flag="--compression"),
+    Setting(
+        "clickhouse.password",
+        "",
+        parse_str,
+        "ClickHouse password (prefer --password-file: flags show in ps).",
+        flag="--password",
+    ),
+    Setting(
+        "clickhouse.password_file",
+        "",
+        parse_str,
+        "File holding the ClickHouse password (first line); overrides clickhouse.password.",
+        flag="--password-file",
+    ),
+    Setting(
+        "clickhouse.ca_bundle",
+        "",
+        parse_str,
+        'CA bundle to verify an https endpoint with ("" = system).',
+        flag="--ca-bundle",
+    ),
+    Setting("clickhouse.verify_tls", True, parse_bool, "Verify the https endpoint's certificate.", flag="--verify-tls"),
+    Setting(
+        "clickhouse.compression",
+        "auto",
+        parse_choice("auto", "zstd", "gzip", "none"),
+        "Request body compression; auto = zstd on ClickHouse >= 21.1, else gzip (bodies under 1 KiB are sent plain).",
+        flag="--compression",
+    ),
     Setting("clickhouse.connect_timeout", 5.0, parse_duration, "Connect timeout.", flag="--connect-timeout"),
-    Setting("clickhouse.read_timeout", 60.0, parse_duration, "Timeout waiting for ClickHouse's answer.",
-            flag="--read-timeout"),
-    Setting("shipper.batch_size", 20_000, parse_int(1), "Spans per INSERT (at most).", flag="--batch-size",
-            live=True),
-    Setting("shipper.batch_bytes", 8 * 1024 * 1024, parse_size, "WAL bytes per INSERT (at most).",
-            flag="--batch-bytes", live=True),
-    Setting("shipper.batch_wait", 1.0, parse_duration, "Longest wait to fill a partial batch.",
-            flag="--batch-wait", live=True),
-    Setting("shipper.max_rows_per_second", 200_000, parse_int(0), "Rate limit while catching up after an "
-            "outage (0 = none).", flag="--max-rows-per-second", live=True),
-    Setting("shipper.retry_base", 1.0, parse_duration, "First retry delay after a transient failure "
-            "(doubles up to retry_max, full jitter).", flag="--retry-base"),
-    Setting("shipper.retry_max", 60.0, parse_duration, "Longest retry delay after transient failures.",
-            flag="--retry-max"),
-    Setting("shipper.config_retry", 30.0, parse_duration, "Retry delay while ClickHouse refuses the "
-            "configuration (auth, missing table).", flag="--config-retry"),
-    Setting("shipper.dead_letter_dir", "", parse_str, "Where refused spans are kept (\"\" = "
-            "<wal dir>/../dead-letter).", flag="--dead-letter-dir"),
+    Setting(
+        "clickhouse.read_timeout",
+        60.0,
+        parse_duration,
+        "Timeout waiting for ClickHouse's answer.",
+        flag="--read-timeout",
+    ),
+    Setting("shipper.batch_size", 20_000, parse_int(1), "Spans per INSERT (at most).", flag="--batch-size", live=True),
+    Setting(
+        "shipper.batch_bytes",
+        8 * 1024 * 1024,
+        parse_size,
+        "WAL bytes per INSERT (at most).",
+        flag="--batch-bytes",
+        live=True,
+    ),
+    Setting(
+        "shipper.batch_wait",
+        1.0,
+        parse_duration,
+        "Longest wait to fill a partial batch.",
+        flag="--batch-wait",
+        live=True,
+    ),
+    Setting(
+        "shipper.max_rows_per_second",
+        200_000,
+        parse_int(0),
+        "Rate limit while catching up after an outage (0 = none).",
+        flag="--max-rows-per-second",
+        live=True,
+    ),
+    Setting(
+        "shipper.retry_base",
+        1.0,
+        parse_duration,
+        "First retry delay after a transient failure (doubles up to retry_max, full jitter).",
+        flag="--retry-base",
+    ),
+    Setting(
+        "shipper.retry_max", 60.0, parse_duration, "Longest retry delay after transient failures.", flag="--retry-max"
+    ),
+    Setting(
+        "shipper.config_retry",
+        30.0,
+        parse_duration,
+        "Retry delay while ClickHouse refuses the configuration (auth, missing table).",
+        flag="--config-retry",
+    ),
+    Setting(
+        "shipper.dead_letter_dir",
+        "",
+        parse_str,
+        'Where refused spans are kept ("" = <wal dir>/../dead-letter).',
+        flag="--dead-letter-dir",
+    ),
 )
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -342,8 +526,9 @@ def _suggest(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def load_config(config_path: str | None = None, flags: Mapping[str, Any] | None = None,
-                env: Mapping[str, str] | None = None) -> AgentConfig:
+def load_config(
+    config_path: str | None = None, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> AgentConfig:
     """Merge default < file < env < flags and validate every value.
 
     ``config_path`` None means the default path, used only if it exists; an explicit path must exist.
@@ -405,25 +590,40 @@ def _check_relations(values: dict[str, Any], sources: dict[str, str]) -> None:
         if not values[key].strip():
             fail(key, "must not be empty")
     if len(os.fsencode(values["socket.path"])) > SUN_PATH_MAX:
-        fail("socket.path", f"{values['socket.path']!r} is {len(os.fsencode(values['socket.path']))} bytes; a Unix "
-             f"socket path must be at most {SUN_PATH_MAX}: choose a shorter path")
+        fail(
+            "socket.path",
+            f"{values['socket.path']!r} is {len(os.fsencode(values['socket.path']))} bytes; a Unix "
+            f"socket path must be at most {SUN_PATH_MAX}: choose a shorter path",
+        )
     if values["wal.segment_size"] < 64 * 1024:
         fail("wal.segment_size", "must be at least 64KiB")
     if values["wal.max_size"] and values["wal.max_size"] < 2 * values["wal.segment_size"]:
-        fail("wal.max_size", f"must be at least twice wal.segment_size ({values['wal.segment_size']} bytes), "
-             "or 0 for no cap")
-    for key in ("clickhouse.connect_timeout", "clickhouse.read_timeout", "shipper.retry_base",
-                "shipper.retry_max", "shipper.config_retry"):
+        fail(
+            "wal.max_size",
+            f"must be at least twice wal.segment_size ({values['wal.segment_size']} bytes), or 0 for no cap",
+        )
+    for key in (
+        "clickhouse.connect_timeout",
+        "clickhouse.read_timeout",
+        "shipper.retry_base",
+        "shipper.retry_max",
+        "shipper.config_retry",
+    ):
         if values[key] <= 0:
             fail(key, "must be more than 0 (examples: 500ms, 5s)")
     if values["agent.heartbeat_timeout"] < 2:
         fail("agent.heartbeat_timeout", "must be at least 2s (children report about once a second)")
     if len(os.fsencode(values["socket.control_path"])) > SUN_PATH_MAX:
-        fail("socket.control_path", f"{values['socket.control_path']!r} is longer than {SUN_PATH_MAX} bytes: "
-             "choose a shorter path")
+        fail(
+            "socket.control_path",
+            f"{values['socket.control_path']!r} is longer than {SUN_PATH_MAX} bytes: choose a shorter path",
+        )
     if values["shipper.retry_base"] > values["shipper.retry_max"]:
-        fail("shipper.retry_base", f"{values['shipper.retry_base']:g}s is longer than shipper.retry_max "
-             f"({values['shipper.retry_max']:g}s): lower it or raise shipper.retry_max")
+        fail(
+            "shipper.retry_base",
+            f"{values['shipper.retry_base']:g}s is longer than shipper.retry_max "
+            f"({values['shipper.retry_max']:g}s): lower it or raise shipper.retry_max",
+        )
 
 
 def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Setting]:

@@ -79,8 +79,9 @@ class _Conn:
 class ControlServer:
     """The server side, driven by the supervisor's selector (:meth:`handle` for every ready key)."""
 
-    def __init__(self, path: str, selector: selectors.BaseSelector,
-                 answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(
+        self, path: str, selector: selectors.BaseSelector, answer: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
         self.path = path
         self.selector = selector
         self.answer = answer
@@ -191,7 +192,14 @@ def _bind(path: str) -> socket.socket:
     """Listen on ``path`` (mode 0600), replacing a stale socket; ConfigError (exit 2) if it cannot."""
     from .listen_socket import bind_unix
 
-    sock = bind_unix(path, socket.SOCK_STREAM, 0o600, what="control socket", setting="socket.control_path",
-                     dir_mode=0o750, backlog=MAX_CONNECTIONS)
+    sock = bind_unix(
+        path,
+        socket.SOCK_STREAM,
+        0o600,
+        what="control socket",
+        setting="socket.control_path",
+        dir_mode=0o750,
+        backlog=MAX_CONNECTIONS,
+    )
     sock.setblocking(False)
     return sock

@@ -101,7 +101,7 @@ class DeadLetter:
             view = memoryview(data)
             try:
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)  # never leave a torn line
@@ -153,7 +153,7 @@ class DeadLetter:
         try:
             view = memoryview(b"".join(line + b"\n" for line in lines))
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -70,8 +70,9 @@ def cmd_list(args: argparse.Namespace, flags: dict[str, object]) -> int:
             lines = dl.read_lines()
     except OSError as exc:
         return _die(exitcodes.FAILURE, f"cannot read {dl.path}: {exc.strerror}")
-    entries = [_parse(line) or {"reason": "unreadable", "error": line[:200].decode("utf-8", "replace")}
-               for line in lines]
+    entries = [
+        _parse(line) or {"reason": "unreadable", "error": line[:200].decode("utf-8", "replace")} for line in lines
+    ]
     if args.json:
         print(json.dumps({"path": dl.path, "count": len(entries), "entries": entries}))
         return exitcodes.OK
@@ -83,7 +84,7 @@ def cmd_list(args: argparse.Namespace, flags: dict[str, object]) -> int:
         code = "" if e.get("error_code") is None else str(e["error_code"])
         error = " ".join(str(e.get("error", "")).split())
         if len(error) > ERROR_WIDTH:
-            error = error[:ERROR_WIDTH - 3] + "..."
+            error = error[: ERROR_WIDTH - 3] + "..."
         print(f"{e.get('time', '?'):<24}  {e.get('reason', '?'):<11}  {code:>4}  {error}")
     reasons = Counter(str(e.get("reason", "?")) for e in entries)
     print(f"{len(entries)} entries in {dl.path} ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})")
@@ -114,7 +115,7 @@ class ReplayPlan:
         for why, n in Counter(self.kept.values()).most_common():
             example = self.examples.get(why, "")
             if len(example) > 2 * ERROR_WIDTH:
-                example = example[:2 * ERROR_WIDTH - 3] + "..."
+                example = example[: 2 * ERROR_WIDTH - 3] + "..."
             lines.append(f"  {n} kept: {why}" + (f", e.g. {example}" if example else ""))
         return lines
 
@@ -161,8 +162,9 @@ def plan_replay(entries: list[dict[str, Any] | None], profile: Any, wal_dir: str
     from .transform import TransformError, parse_resource, transform_span
 
     plan = ReplayPlan()
-    transform_seqs = {e["wal_seq"] for e in entries
-                      if e and e.get("reason") == "transform" and isinstance(e.get("wal_seq"), int)}
+    transform_seqs = {
+        e["wal_seq"] for e in entries if e and e.get("reason") == "transform" and isinstance(e.get("wal_seq"), int)
+    }
     resources = _wal_resources(wal_dir, transform_seqs)
     for index, e in enumerate(entries):
         reason = e.get("reason") if e else None
@@ -198,8 +200,9 @@ class _Abort(Exception):
     """ClickHouse failed for a reason that is not the rows' (down, auth, missing table)."""
 
 
-def insert_bisecting(insert: Callable[[bytes, str], Any], candidates: list[Candidate],
-                     plan: ReplayPlan) -> tuple[list[int], Any]:
+def insert_bisecting(
+    insert: Callable[[bytes, str], Any], candidates: list[Candidate], plan: ReplayPlan
+) -> tuple[list[int], Any]:
     """Insert ``candidates``: (indexes inserted, the failed result that stopped it or None).
 
     A group ClickHouse refuses as bad data is split in halves until the refused rows are alone; each
@@ -221,8 +224,8 @@ def insert_bisecting(insert: Callable[[bytes, str], Any], candidates: list[Candi
         elif len(group) == 1:
             plan.keep(group[0].index, f"ClickHouse still refuses it (code {result.code})", result.message)
         else:
-            attempt(group[:len(group) // 2])
-            attempt(group[len(group) // 2:])
+            attempt(group[: len(group) // 2])
+            attempt(group[len(group) // 2 :])
 
     try:
         if candidates:
@@ -242,8 +245,11 @@ def cmd_replay(args: argparse.Namespace, flags: dict[str, object]) -> int:
     except ConfigError as exc:
         return _die(exitcodes.CONFIG, f"config error: {exc}")
     if config["sink"] == "embedded":
-        return _die(exitcodes.FAILURE, "dead-letter replay into the embedded store is not supported yet; "
-                    "`dead-letter list --json` shows the entries")
+        return _die(
+            exitcodes.FAILURE,
+            "dead-letter replay into the embedded store is not supported yet; "
+            "`dead-letter list --json` shows the entries",
+        )
     dl = DeadLetter(dead_letter_dir(config))
     with _replay_lock(dl.dir) as mine:
         if not mine:
@@ -275,18 +281,23 @@ def cmd_replay(args: argparse.Namespace, flags: dict[str, object]) -> int:
         if done:
             with dl.locked():
                 current = dl.read_lines()
-                if current[:len(snapshot)] != snapshot:
-                    return _die(exitcodes.FAILURE, f"{dl.path} changed during the replay (edited by hand?): "
-                                f"{len(done)} rows were inserted but their entries were left in place; "
-                                "remove them by hand, or a later replay inserts them again")
-                dl.rewrite([line for i, line in enumerate(snapshot) if i not in done] + current[len(snapshot):])
+                if current[: len(snapshot)] != snapshot:
+                    return _die(
+                        exitcodes.FAILURE,
+                        f"{dl.path} changed during the replay (edited by hand?): "
+                        f"{len(done)} rows were inserted but their entries were left in place; "
+                        "remove them by hand, or a later replay inserts them again",
+                    )
+                dl.rewrite([line for i, line in enumerate(snapshot) if i not in done] + current[len(snapshot) :])
         else:
             current = snapshot
     left = len(snapshot) - len(done)
     added = len(current) - len(snapshot)
     meanwhile = f" (plus {added} added by the shipper meanwhile, not replayed)" if added > 0 else ""
-    print(f"replayed {len(done)} of {len(snapshot)} dead-lettered spans into {sink.target}; {left} left in "
-          f"{dl.path}{meanwhile}")
+    print(
+        f"replayed {len(done)} of {len(snapshot)} dead-lettered spans into {sink.target}; {left} left in "
+        f"{dl.path}{meanwhile}"
+    )
     if plan.kept:
         print("\n".join(plan.report()))
     if abort is not None:
@@ -295,14 +306,19 @@ def cmd_replay(args: argparse.Namespace, flags: dict[str, object]) -> int:
 
 
 def _report_plan(plan: ReplayPlan, total: int, target: str, path: str) -> None:
-    print(f"dry run: would send {len(plan.candidates)} of {total} dead-lettered spans to {target}; "
-          f"{len(plan.kept)} would stay in {path}")
+    print(
+        f"dry run: would send {len(plan.candidates)} of {total} dead-lettered spans to {target}; "
+        f"{len(plan.kept)} would stay in {path}"
+    )
     if plan.kept:
         print("\n".join(plan.report()))
 
 
-def add_parser(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser], None],
-               flags: Callable[[argparse.Namespace], dict[str, object]]) -> None:
+def add_parser(
+    sub: Any,
+    add_setting_flags: Callable[[argparse.ArgumentParser], None],
+    flags: Callable[[argparse.Namespace], dict[str, object]],
+) -> None:
     dead = sub.add_parser("dead-letter", help="list or replay the spans the shipper could not ship")
     dead_sub = dead.add_subparsers(dest="dead_letter_command", required=True)
     listing = dead_sub.add_parser("list", help="one line per dead-lettered span (time, reason, code, error)")

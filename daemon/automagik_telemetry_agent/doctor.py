@@ -88,17 +88,28 @@ class Doctor:
         if self.status is not None:
             self.agent_running = True
             s = self.status
-            self.add(OK, "agent", f"{s.get('state', 'running')}, pid {s.get('pid', '?')}, up "
-                     f"{duration_text(s.get('uptime_s'))}")
+            self.add(
+                OK,
+                "agent",
+                f"{s.get('state', 'running')}, pid {s.get('pid', '?')}, up {duration_text(s.get('uptime_s'))}",
+            )
             for name, child in sorted((s.get("children") or {}).items()):
                 child = child or {}
                 state, restarts = child.get("state", "?"), child.get("restarts", 0)
                 if state != "running":
-                    self.add(FAIL, f"agent {name}", f"{state} ({restarts} restarts)",
-                             "read the agent's log (journalctl -u automagik-telemetry) for the child's last error")
+                    self.add(
+                        FAIL,
+                        f"agent {name}",
+                        f"{state} ({restarts} restarts)",
+                        "read the agent's log (journalctl -u automagik-telemetry) for the child's last error",
+                    )
                 elif restarts:
-                    self.add(WARN, f"agent {name}", f"running, but restarted {restarts} times",
-                             "read the agent's log for why it exited")
+                    self.add(
+                        WARN,
+                        f"agent {name}",
+                        f"running, but restarted {restarts} times",
+                        "read the agent's log for why it exited",
+                    )
                 else:
                     self.add(OK, f"agent {name}", "running")
             last_error = (s.get("metrics") or {}).get("last_error")
@@ -110,17 +121,30 @@ class Doctor:
         except OSError:
             live, pid = False, None
         if live and pid is not None and held_by_systemd(pid):
-            self.add(FAIL, "agent", "not running; systemd listens on its socket (socket activation)",
-                     "`systemctl start automagik-telemetry` (or it starts on the first client connection)")
+            self.add(
+                FAIL,
+                "agent",
+                "not running; systemd listens on its socket (socket activation)",
+                "`systemctl start automagik-telemetry` (or it starts on the first client connection)",
+            )
             return
         if live:  # an agent without a control socket (or one this user may not reach)
             self.agent_running = True
-            self.add(WARN, "agent", f"the socket answers{f' (pid {pid})' if pid else ''} but the control socket "
-                     f"{control_socket_path(self.config)} does not", "if the agent runs as another user, run doctor "
-                     "as root; else restart it (an agent without a control socket is an older version)")
+            self.add(
+                WARN,
+                "agent",
+                f"the socket answers{f' (pid {pid})' if pid else ''} but the control socket "
+                f"{control_socket_path(self.config)} does not",
+                "if the agent runs as another user, run doctor "
+                "as root; else restart it (an agent without a control socket is an older version)",
+            )
             return
-        self.add(FAIL, "agent", "not running", "start it: `systemctl start automagik-telemetry` (or "
-                 "`automagik-telemetry agent` in the foreground)")
+        self.add(
+            FAIL,
+            "agent",
+            "not running",
+            "start it: `systemctl start automagik-telemetry` (or `automagik-telemetry agent` in the foreground)",
+        )
 
     # ------------------------------------------------------------------ host
     def check_preflight(self) -> None:
@@ -138,8 +162,12 @@ class Doctor:
             st = os.stat(path)
         except FileNotFoundError:
             if self.agent_running:
-                self.add(FAIL, "socket", f"{path} does not exist although the agent runs",
-                         "is the agent configured with another --socket? clients use AUTOMAGIK_TELEMETRY_SOCKET")
+                self.add(
+                    FAIL,
+                    "socket",
+                    f"{path} does not exist although the agent runs",
+                    "is the agent configured with another --socket? clients use AUTOMAGIK_TELEMETRY_SOCKET",
+                )
             return  # not running: already a FAIL above
         except OSError as exc:
             self.add(FAIL, "socket", f"cannot inspect {path}: {exc.strerror}", "fix the permissions of its directory")
@@ -151,14 +179,26 @@ class Doctor:
         owner, group = _user_name(st.st_uid), _group_name(st.st_gid)
         detail = f"{path} mode {mode:04o} owner {owner} group {group}"
         if not mode & 0o022:
-            self.add(WARN, "socket", f"{detail}: only {owner} can connect",
-                     f"set socket.mode = \"0660\" and add the applications' users to group {group}")
+            self.add(
+                WARN,
+                "socket",
+                f"{detail}: only {owner} can connect",
+                f'set socket.mode = "0660" and add the applications\' users to group {group}',
+            )
         elif mode & 0o002:
-            self.add(WARN, "socket", f"{detail}: every local user can send spans",
-                     "set socket.mode = \"0660\" and add the applications' users to the socket's group")
+            self.add(
+                WARN,
+                "socket",
+                f"{detail}: every local user can send spans",
+                "set socket.mode = \"0660\" and add the applications' users to the socket's group",
+            )
         elif mode != self.config["socket.mode"]:
-            self.add(WARN, "socket", f"{detail}, but socket.mode is {self.config['socket.mode']:04o}",
-                     "a systemd .socket unit sets the mode itself (SocketMode=): make the two agree")
+            self.add(
+                WARN,
+                "socket",
+                f"{detail}, but socket.mode is {self.config['socket.mode']:04o}",
+                "a systemd .socket unit sets the mode itself (SocketMode=): make the two agree",
+            )
         else:
             self.add(OK, "socket", f"{detail}: applications in group {group} can connect")
 
@@ -183,14 +223,27 @@ class Doctor:
         min_free, max_size = self.config["wal.min_free"], self.config["wal.max_size"]
         detail = f"{wal_dir}: {_size(size)} of segments, {_size(free)} free on its file system"
         if min_free and free < min_free:
-            self.add(FAIL, "WAL", f"{detail}, below wal.min_free ({_size(min_free)}): the disk policy "
-                     f"({self.config['wal.disk_policy']}) is losing spans", "free disk space, or lower --wal-min-free")
+            self.add(
+                FAIL,
+                "WAL",
+                f"{detail}, below wal.min_free ({_size(min_free)}): the disk policy "
+                f"({self.config['wal.disk_policy']}) is losing spans",
+                "free disk space, or lower --wal-min-free",
+            )
         elif min_free and free < 2 * min_free:
-            self.add(WARN, "WAL", f"{detail}, close to wal.min_free ({_size(min_free)})",
-                     "free disk space before the disk policy starts dropping spans")
+            self.add(
+                WARN,
+                "WAL",
+                f"{detail}, close to wal.min_free ({_size(min_free)})",
+                "free disk space before the disk policy starts dropping spans",
+            )
         elif max_size and size > 0.8 * max_size:
-            self.add(WARN, "WAL", f"{detail}, over 80% of wal.max_size ({_size(max_size)})",
-                     "the shipper is behind: check ClickHouse (`automagik-telemetry status`)")
+            self.add(
+                WARN,
+                "WAL",
+                f"{detail}, over 80% of wal.max_size ({_size(max_size)})",
+                "the shipper is behind: check ClickHouse (`automagik-telemetry status`)",
+            )
         else:
             self.add(OK, "WAL", detail)
 
@@ -220,16 +273,29 @@ class Doctor:
         except sink_error as exc:
             result = exc.result  # type: ignore[attr-defined]
             if result.message.startswith(NOT_CLICKHOUSE):
-                self.add(FAIL, "clickhouse reachable", str(exc), f"{where} answers, but it is not ClickHouse: "
-                         "set --clickhouse-endpoint (clickhouse.endpoint) to its HTTP interface, e.g. "
-                         "http://host:8123")
+                self.add(
+                    FAIL,
+                    "clickhouse reachable",
+                    str(exc),
+                    f"{where} answers, but it is not ClickHouse: "
+                    "set --clickhouse-endpoint (clickhouse.endpoint) to its HTTP interface, e.g. "
+                    "http://host:8123",
+                )
             elif result.status is None or result.error_class is error_class.TRANSIENT:
-                self.add(FAIL, "clickhouse reachable", str(exc),
-                         f"check that ClickHouse runs and --clickhouse-endpoint {where} is right")
+                self.add(
+                    FAIL,
+                    "clickhouse reachable",
+                    str(exc),
+                    f"check that ClickHouse runs and --clickhouse-endpoint {where} is right",
+                )
             else:
                 self.add(OK, "clickhouse reachable", f"{where} answers")
-                self.add(FAIL, "clickhouse auth", str(exc), "set the right clickhouse.username and "
-                         "clickhouse.password_file (--username, --password-file)")
+                self.add(
+                    FAIL,
+                    "clickhouse auth",
+                    str(exc),
+                    "set the right clickhouse.username and clickhouse.password_file (--username, --password-file)",
+                )
             return
         self.add(OK, "clickhouse reachable", f"{where} answers")
         self.add(OK, "clickhouse auth", f"user {sink.username!r} accepted")
@@ -239,18 +305,33 @@ class Doctor:
             caps = sink.capabilities
             if caps is not None:
                 self.add(OK, "clickhouse version", _features(caps))
-            self.add(FAIL, "clickhouse table", str(exc), f"run `automagik-telemetry schema apply` "
-                     f"(--clickhouse-endpoint {where} --database {sink.database} --table {sink.table})")
+            self.add(
+                FAIL,
+                "clickhouse table",
+                str(exc),
+                f"run `automagik-telemetry schema apply` "
+                f"(--clickhouse-endpoint {where} --database {sink.database} --table {sink.table})",
+            )
             return
         self.add(OK, "clickhouse version", _features(detected.capabilities))
         profile = detected.profile
         self.add(OK, "clickhouse table", f"{sink.target} exists, {profile.value} row profile")
         try:
-            out = sink.query(f"SELECT max(version), any(profile), count() FROM {sink.database}.schema_migrations "
-                             "FORMAT TabSeparated").strip().split("\t")
+            out = (
+                sink.query(
+                    f"SELECT max(version), any(profile), count() FROM {sink.database}.schema_migrations "
+                    "FORMAT TabSeparated"
+                )
+                .strip()
+                .split("\t")
+            )
         except sink_error:
-            self.add(WARN, "clickhouse schema", f"no {sink.database}.schema_migrations: the table was not created by "
-                     "`schema apply`", "run `automagik-telemetry schema apply` (it adopts the existing table)")
+            self.add(
+                WARN,
+                "clickhouse schema",
+                f"no {sink.database}.schema_migrations: the table was not created by `schema apply`",
+                "run `automagik-telemetry schema apply` (it adopts the existing table)",
+            )
         else:
             recorded = int(out[0]) if out and out[0].isdigit() and len(out) == 3 and out[2] != "0" else 0
             try:
@@ -260,14 +341,19 @@ class Doctor:
             if recorded >= latest:
                 self.add(OK, "clickhouse schema", f"version {recorded} ({out[1] or profile.value} profile), up to date")
             else:
-                self.add(WARN, "clickhouse schema", f"version {recorded}, {latest} available",
-                         "run `automagik-telemetry schema apply`")
+                self.add(
+                    WARN,
+                    "clickhouse schema",
+                    f"version {recorded}, {latest} available",
+                    "run `automagik-telemetry schema apply`",
+                )
         result = sink.insert(b"")  # an empty INSERT: checks the privilege, stores nothing
         if result.ok:
             self.add(OK, "clickhouse insert", f"user {sink.username!r} may INSERT into {sink.target}")
         else:
-            self.add(FAIL, "clickhouse insert", sink.explain(result),
-                     "give the user INSERT on the table (and not readonly)")
+            self.add(
+                FAIL, "clickhouse insert", sink.explain(result), "give the user INSERT on the table (and not readonly)"
+            )
 
     def check_embedded(self) -> None:
         import importlib.util
@@ -290,16 +376,22 @@ class Doctor:
             self.add(WARN, "dead letters", f"cannot read {path}: {exc.strerror}", "run doctor as the agent's user")
             return
         if count:
-            self.add(WARN, "dead letters", f"{count} spans in {path}", "see `automagik-telemetry dead-letter list`; "
-                     "once the cause is fixed, `automagik-telemetry dead-letter replay`")
+            self.add(
+                WARN,
+                "dead letters",
+                f"{count} spans in {path}",
+                "see `automagik-telemetry dead-letter list`; "
+                "once the cause is fixed, `automagik-telemetry dead-letter replay`",
+            )
         else:
             self.add(OK, "dead letters", "none")
 
 
 def _features(caps: Any) -> str:
     zstd = "zstd yes" if caps.zstd else "zstd no (gzip instead; needs 21.1)"
-    dedup = ("dedup token yes" if caps.dedup_token
-             else "dedup token no (a retried batch may be stored twice; needs 22.2)")
+    dedup = (
+        "dedup token yes" if caps.dedup_token else "dedup token no (a retried batch may be stored twice; needs 22.2)"
+    )
     return f"ClickHouse {caps.version}: {zstd}, {dedup}"
 
 
@@ -342,8 +434,11 @@ def cmd_doctor(args: argparse.Namespace, flags: dict[str, object]) -> int:
     return exitcodes.FAILURE if failed else exitcodes.OK
 
 
-def add_parser(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser], None],
-               flags: Callable[[argparse.Namespace], dict[str, object]]) -> None:
+def add_parser(
+    sub: Any,
+    add_setting_flags: Callable[[argparse.ArgumentParser], None],
+    flags: Callable[[argparse.Namespace], dict[str, object]],
+) -> None:
     doctor = sub.add_parser("doctor", help="check the setup (agent, socket, WAL, ClickHouse); exit 1 if a check fails")
     add_setting_flags(doctor)
     doctor.set_defaults(func=lambda a: cmd_doctor(a, flags(a)))

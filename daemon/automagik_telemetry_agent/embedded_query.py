@@ -64,15 +64,21 @@ def socket_path(directory: str) -> str:
 
 def _check_format(fmt: str) -> str:
     if not _FORMAT.fullmatch(fmt or ""):
-        raise QueryError(f"--format {fmt!r} is not a ClickHouse output format name (examples: TabSeparated, "
-                         "PrettyCompact, JSONEachRow, CSVWithNames)", exitcodes.CONFIG)
+        raise QueryError(
+            f"--format {fmt!r} is not a ClickHouse output format name (examples: TabSeparated, "
+            "PrettyCompact, JSONEachRow, CSVWithNames)",
+            exitcodes.CONFIG,
+        )
     return fmt
 
 
 def _failure(message: str, code: int | None) -> QueryError:
     if code == READONLY_CODE:
-        return QueryError(f"`automagik-telemetry query` is read-only (SELECT, SHOW, DESCRIBE, EXPLAIN, EXISTS); "
-                          f"the store refused: {message}", exitcodes.CONFIG)
+        return QueryError(
+            f"`automagik-telemetry query` is read-only (SELECT, SHOW, DESCRIBE, EXPLAIN, EXISTS); "
+            f"the store refused: {message}",
+            exitcodes.CONFIG,
+        )
     return QueryError(f"query failed: {message}", exitcodes.FAILURE)
 
 
@@ -96,8 +102,11 @@ class QueryServer:
 
     def start(self) -> QueryServer:
         if len(os.fsencode(self.path)) > SUN_PATH_MAX:
-            raise OSError(0, f"{self.path} is longer than a Unix socket path may be ({SUN_PATH_MAX} bytes): "
-                          "choose a shorter embedded.dir to query the store while the agent runs")
+            raise OSError(
+                0,
+                f"{self.path} is longer than a Unix socket path may be ({SUN_PATH_MAX} bytes): "
+                "choose a shorter embedded.dir to query the store while the agent runs",
+            )
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -202,8 +211,9 @@ def _ask(path: str, sql: str, fmt: str, timeout: float) -> bytes | None:
         except (FileNotFoundError, ConnectionRefusedError):
             return None
         except PermissionError:
-            raise QueryError(f"no permission to connect to {path}: run the query as the agent's user (or root)",
-                             exitcodes.CONFIG) from None
+            raise QueryError(
+                f"no permission to connect to {path}: run the query as the agent's user (or root)", exitcodes.CONFIG
+            ) from None
         sock.sendall(json.dumps({"v": 1, "sql": sql, "format": fmt}).encode() + b"\n")
         reader = sock.makefile("rb")
         try:
@@ -221,11 +231,12 @@ def _ask(path: str, sql: str, fmt: str, timeout: float) -> bytes | None:
             raise QueryError(f"the agent sent {len(out)} of {size} bytes on {path}: try again")
         return out
     except TimeoutError:
-        raise QueryError(f"no answer on {path} within {timeout:g}s (the query may still be running in the "
-                         "agent; it is stopped after 60 s)") from None
+        raise QueryError(
+            f"no answer on {path} within {timeout:g}s (the query may still be running in the "
+            "agent; it is stopped after 60 s)"
+        ) from None
     except (ConnectionResetError, BrokenPipeError):
-        raise QueryError(f"the agent's shipper went away while answering on {path} (restarting?): try again") \
-            from None
+        raise QueryError(f"the agent's shipper went away while answering on {path} (restarting?): try again") from None
     finally:
         sock.close()
 
@@ -244,8 +255,11 @@ def _direct(directory: str, sql: str, fmt: str) -> bytes:
             name = pwd.getpwuid(owner).pw_name
         except (ImportError, KeyError):
             name = str(owner)
-        raise QueryError(f"the embedded store {directory} belongs to user {name}: with the agent stopped, run the "
-                         f"query as that user (e.g. sudo -u {name} automagik-telemetry query ...)", exitcodes.CONFIG)
+        raise QueryError(
+            f"the embedded store {directory} belongs to user {name}: with the agent stopped, run the "
+            f"query as that user (e.g. sudo -u {name} automagik-telemetry query ...)",
+            exitcodes.CONFIG,
+        )
     store = EmbeddedStore(directory)
     try:
         store.open(reader=True, writer=False)
@@ -266,8 +280,14 @@ def _direct(directory: str, sql: str, fmt: str) -> bytes:
         store.close()
 
 
-def query_embedded(directory: str, sql: str, fmt: str = "TabSeparated", timeout: float = 90.0,
-                   wait_s: float = 15.0, direct: bool = True) -> bytes:
+def query_embedded(
+    directory: str,
+    sql: str,
+    fmt: str = "TabSeparated",
+    timeout: float = 90.0,
+    wait_s: float = 15.0,
+    direct: bool = True,
+) -> bytes:
     """Answer ``sql`` from the embedded store in ``directory``: via its holder, or directly.
 
     ``direct=False``: only ask a running holder (a caller polling a live agent must not take the store
@@ -278,8 +298,11 @@ def query_embedded(directory: str, sql: str, fmt: str = "TabSeparated", timeout:
     directory = os.path.abspath(directory)
     _check_format(fmt)
     if not os.path.isdir(directory):
-        raise QueryError(f"the embedded store {directory} does not exist yet: start the agent with --embedded "
-                         f"{directory} (or sink = \"embedded\") first", exitcodes.FAILURE)
+        raise QueryError(
+            f"the embedded store {directory} does not exist yet: start the agent with --embedded "
+            f'{directory} (or sink = "embedded") first',
+            exitcodes.FAILURE,
+        )
     path = socket_path(directory)
     deadline = time.monotonic() + wait_s
     while True:
@@ -292,8 +315,9 @@ def query_embedded(directory: str, sql: str, fmt: str = "TabSeparated", timeout:
             return _direct(directory, sql, fmt)
         except StoreBusy as busy:
             if time.monotonic() >= deadline:
-                raise QueryError(f"{busy}, which does not answer queries on {path}: try again once it is up "
-                                 "(or stop it)") from None
+                raise QueryError(
+                    f"{busy}, which does not answer queries on {path}: try again once it is up (or stop it)"
+                ) from None
             time.sleep(0.1)
 
 
@@ -311,8 +335,12 @@ def _query_server(config: Mapping[str, Any], sql: str, fmt: str) -> bytes:
     except ConfigError as exc:
         raise QueryError(f"config error: {exc}", exitcodes.CONFIG) from None
     try:
-        r = sink.session.post(sink.endpoint + "/", data=sql.encode(), timeout=sink.timeout,  # type: ignore[attr-defined]
-                              params={"default_format": fmt, "readonly": "1"})
+        r = sink.session.post(
+            sink.endpoint + "/",
+            data=sql.encode(),
+            timeout=sink.timeout,  # type: ignore[attr-defined]
+            params={"default_format": fmt, "readonly": "1"},
+        )
     except (requests.RequestException, OSError) as exc:
         raise QueryError(sink.explain(InsertResult.of(classify_exception(exc)))) from None
     finally:
@@ -336,8 +364,11 @@ def query_bytes(config: Mapping[str, Any], sql: str, fmt: str = "TabSeparated", 
         return query_embedded(config["embedded.dir"], sql, fmt, direct=direct)
     if sink == "clickhouse":
         return _query_server(config, sql, fmt)
-    raise QueryError("sink is 'none': there is no store to query (use --embedded DIR, or --sink clickhouse with "
-                     "--clickhouse-endpoint)", exitcodes.CONFIG)
+    raise QueryError(
+        "sink is 'none': there is no store to query (use --embedded DIR, or --sink clickhouse with "
+        "--clickhouse-endpoint)",
+        exitcodes.CONFIG,
+    )
 
 
 def run_query(config: Mapping[str, Any], sql: str, fmt: str = "TabSeparated", *, direct: bool = True) -> str:

@@ -91,10 +91,15 @@ class ClientCounters:
             return False
         if not isinstance(data, dict) or not isinstance(data.get("instance"), str):
             return False
-        counters = {self._name(k): v for k, v in data.items()
-                    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_CLIENT_COUNTER_VALUE
-                    and len(k) <= MAX_CLIENT_COUNTER_NAME_LEN
-                    and (k in self.names or len(self.names) < MAX_CLIENT_COUNTER_NAMES)}
+        counters = {
+            self._name(k): v
+            for k, v in data.items()
+            if isinstance(v, int)
+            and not isinstance(v, bool)
+            and 0 <= v <= MAX_CLIENT_COUNTER_VALUE
+            and len(k) <= MAX_CLIENT_COUNTER_NAME_LEN
+            and (k in self.names or len(self.names) < MAX_CLIENT_COUNTER_NAMES)
+        }
         instance = data["instance"][:64]
         previous = self.latest.pop(instance, {})
         # Cumulative counters never go down; keep the max so a reordered report cannot subtract.
@@ -153,8 +158,10 @@ class IngestServer:
         if self.options.listen_fd is not None:
             sock = socket.socket(fileno=self.options.listen_fd)
             if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
-                raise IngestSetupError("the inherited socket is not an AF_UNIX SOCK_SEQPACKET socket: use "
-                                       "ListenSequentialPacket= in the .socket unit")
+                raise IngestSetupError(
+                    "the inherited socket is not an AF_UNIX SOCK_SEQPACKET socket: use "
+                    "ListenSequentialPacket= in the .socket unit"
+                )
         else:
             sock = self._bind(self.options.socket_path)
             self._owns_socket_path = True
@@ -183,8 +190,9 @@ class IngestServer:
         if self._listener is None:
             self.listen()
         if self.options.fsync == "interval":
-            self._committer = GroupCommitter(self.writer, self.options.fsync_interval_s,
-                                             self.options.fsync_bytes, self._on_durable)
+            self._committer = GroupCommitter(
+                self.writer, self.options.fsync_interval_s, self.options.fsync_bytes, self._on_durable
+            )
             self._committer.start()
         if callable(on_ready):
             on_ready()
@@ -269,16 +277,18 @@ class IngestServer:
         try:
             header = protocol.decode_header(view)
             if header.type == MessageType.RECORDS:
-                payload = bytes(view[protocol.HEADER_SIZE:])
+                payload = bytes(view[protocol.HEADER_SIZE :])
                 protocol.check_records_payload(payload, header.count)
                 self._append(conn, header, payload)
             elif header.type == MessageType.CLIENT_STATS:
-                if not self.clients.report(bytes(view[protocol.HEADER_SIZE:])):
-                    raise ProtocolError(RejectReason.BAD_PAYLOAD, "CLIENT_STATS is not a JSON object with "
-                                        "an 'instance' string")
+                if not self.clients.report(bytes(view[protocol.HEADER_SIZE :])):
+                    raise ProtocolError(
+                        RejectReason.BAD_PAYLOAD, "CLIENT_STATS is not a JSON object with an 'instance' string"
+                    )
             elif header.type == MessageType.STATS_REQUEST:
-                self._send(conn, protocol.encode(MessageType.STATS, json.dumps(self.snapshot()).encode(),
-                                                 seq=header.seq))
+                self._send(
+                    conn, protocol.encode(MessageType.STATS, json.dumps(self.snapshot()).encode(), seq=header.seq)
+                )
             else:
                 raise ProtocolError(RejectReason.BAD_TYPE, f"type {header.type:#x} is not sent by clients")
         except ProtocolError as exc:
@@ -316,8 +326,11 @@ class IngestServer:
         while conn.outbox:
             if not self._send(conn, conn.outbox[0]):
                 if len(conn.outbox) > MAX_OUTBOX:
-                    log.warning("client pid %d does not read its replies (%d queued); disconnecting it",
-                                conn.peer_pid, len(conn.outbox))
+                    log.warning(
+                        "client pid %d does not read its replies (%d queued); disconnecting it",
+                        conn.peer_pid,
+                        len(conn.outbox),
+                    )
                     self.stats.connections_dropped_unread += 1
                     self._close(conn)
                 return False
@@ -378,8 +391,11 @@ class IngestServer:
     def _wait_for_fsync_if_behind(self) -> None:
         writer = self.writer
         deadline = time.monotonic() + 0.1
-        while (writer.written_seq > writer.durable_seq and self._unsynced_estimate() > MAX_UNSYNCED_BYTES
-               and time.monotonic() < deadline):
+        while (
+            writer.written_seq > writer.durable_seq
+            and self._unsynced_estimate() > MAX_UNSYNCED_BYTES
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.002)
 
     def _unsynced_estimate(self) -> int:
@@ -508,8 +524,9 @@ class IngestServer:
 
 
 #: Rejections of a well-framed RECORDS message: its header's count is the number of items lost.
-_ITEM_REASONS = frozenset({RejectReason.UNSUPPORTED_KIND, RejectReason.BAD_PAYLOAD, RejectReason.DISK_FULL,
-                           RejectReason.WAL_ERROR})
+_ITEM_REASONS = frozenset(
+    {RejectReason.UNSUPPORTED_KIND, RejectReason.BAD_PAYLOAD, RejectReason.DISK_FULL, RejectReason.WAL_ERROR}
+)
 
 
 def _rejected_items(view: memoryview, reason: RejectReason) -> int:

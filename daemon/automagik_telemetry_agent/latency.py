@@ -17,8 +17,22 @@ from itertools import pairwise
 from typing import Any
 
 #: fdatasync on SSDs takes 0.1-10 ms, on spinning disks or busy/network storage up to seconds.
-FSYNC_BOUNDS_S: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                                     5.0, 10.0)
+FSYNC_BOUNDS_S: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 #: One HTTP INSERT round trip: milliseconds on a LAN, up to the read timeout (60 s) when ClickHouse struggles.
 INSERT_BOUNDS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

@@ -41,13 +41,17 @@ class ListenSocket:
 def from_systemd(fds: list[int], path: str) -> ListenSocket:
     """The one socket systemd passed; ConfigError (exit 2) if it is not what clients speak."""
     if len(fds) != 1:
-        raise ConfigError(f"systemd passed {len(fds)} sockets (LISTEN_FDS); the agent takes exactly one: a "
-                          "single ListenSequentialPacket= in the .socket unit")
+        raise ConfigError(
+            f"systemd passed {len(fds)} sockets (LISTEN_FDS); the agent takes exactly one: a "
+            "single ListenSequentialPacket= in the .socket unit"
+        )
     sock = socket.socket(fileno=fds[0])
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
         sock.detach()
-        raise ConfigError("the socket from systemd is not an AF_UNIX SOCK_SEQPACKET socket: use "
-                          "ListenSequentialPacket= in the .socket unit")
+        raise ConfigError(
+            "the socket from systemd is not an AF_UNIX SOCK_SEQPACKET socket: use "
+            "ListenSequentialPacket= in the .socket unit"
+        )
     name = sock.getsockname()
     bound = name.decode(errors="replace") if isinstance(name, bytes) else name
     return ListenSocket(sock, bound or path, activated=True)
@@ -58,8 +62,16 @@ def create(path: str, mode: int) -> ListenSocket:
     return ListenSocket(bind_unix(path, socket.SOCK_SEQPACKET, mode), path, activated=False)
 
 
-def bind_unix(path: str, kind: int, mode: int, *, what: str = "socket", setting: str = "--socket",
-              dir_mode: int = 0o755, backlog: int = BACKLOG) -> socket.socket:
+def bind_unix(
+    path: str,
+    kind: int,
+    mode: int,
+    *,
+    what: str = "socket",
+    setting: str = "--socket",
+    dir_mode: int = 0o755,
+    backlog: int = BACKLOG,
+) -> socket.socket:
     """Listen on a Unix socket of type ``kind`` at ``path``, born with ``mode``; ConfigError (one line) if not.
 
     Creates the directory if needed. A socket file nobody listens on is stale (a crashed agent's) and is
@@ -74,8 +86,7 @@ def bind_unix(path: str, kind: int, mode: int, *, what: str = "socket", setting:
         raise ConfigError(f"cannot create the {what} directory {directory}: {exc.strerror}") from None
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise ConfigError(f"{what} path {path} exists and is not a socket: remove it or choose another "
-                              f"{setting}")
+            raise ConfigError(f"{what} path {path} exists and is not a socket: remove it or choose another {setting}")
         probe = socket.socket(socket.AF_UNIX, kind)
         probe.settimeout(1.0)
         try:

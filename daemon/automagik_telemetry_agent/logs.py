@@ -82,8 +82,14 @@ def _priority(levelno: int) -> int:
     return 7
 
 
-def setup_logging(level: str = "info", process: str = "agent", *, stream: TextIO | None = None,
-                  env: Mapping[str, str] | None = None, sender: Callable[..., Any] | None = None) -> str:
+def setup_logging(
+    level: str = "info",
+    process: str = "agent",
+    *,
+    stream: TextIO | None = None,
+    env: Mapping[str, str] | None = None,
+    sender: Callable[..., Any] | None = None,
+) -> str:
     """Send the root logger to the journal or to ``stream`` (default stderr); return "journal" or "stderr".
 
     ``process`` names this process in every entry (the ``PROCESS`` field, or the line prefix).
@@ -96,8 +102,9 @@ def setup_logging(level: str = "info", process: str = "agent", *, stream: TextIO
         handler, target = JournalHandler(process, send), "journal"
     else:
         handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {process}[%(process)d] %(levelname)s %(name)s: "
-                                               "%(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {process}[%(process)d] %(levelname)s %(name)s: %(message)s")
+        )
         target = "stderr"
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -51,15 +51,32 @@ STALE_AFTER_S = 5.0
 INFO_LABELS = ("agent_id",)
 
 # Label values every child initialises to 0, so that rate() and alerts work before the first event.
-REJECT_REASONS = ("too_short", "bad_magic", "bad_version", "bad_type", "bad_flags", "unsupported_kind",
-                  "length_mismatch", "oversized", "bad_payload", "empty", "bad_seq", "disk_full",
-                  "too_many_connections", "wal_error")
+REJECT_REASONS = (
+    "too_short",
+    "bad_magic",
+    "bad_version",
+    "bad_type",
+    "bad_flags",
+    "unsupported_kind",
+    "length_mismatch",
+    "oversized",
+    "bad_payload",
+    "empty",
+    "bad_seq",
+    "disk_full",
+    "too_many_connections",
+    "wal_error",
+)
 WAL_DROP_REASONS = ("wal_size_cap", "disk_free_watermark")
 FAILURE_CLASSES = ("transient", "config", "bad_data")
 RETRY_CLASSES = ("transient", "config")
-CLIENT_DROP_COUNTERS = {"dropped_queue_full": "queue_full", "dropped_oversized": "oversized",
-                        "dropped_at_shutdown": "at_shutdown", "dropped_after_shutdown": "after_shutdown",
-                        "unconfirmed_records": "unconfirmed"}
+CLIENT_DROP_COUNTERS = {
+    "dropped_queue_full": "queue_full",
+    "dropped_oversized": "oversized",
+    "dropped_at_shutdown": "at_shutdown",
+    "dropped_after_shutdown": "after_shutdown",
+    "unconfirmed_records": "unconfirmed",
+}
 
 
 class MetricsListenError(ConfigError):
@@ -84,86 +101,147 @@ CATALOGUE: dict[str, MetricDef] = _defs(
     # ---- supervisor
     MetricDef(P + "up", G, "1 while the agent's supervisor serves metrics."),
     MetricDef(P + "build_info", G, "Always 1; the labels say which agent and Python run.", ("version", "python")),
-    MetricDef(P + "agent_info", G, "Always 1; agent_id names this agent's WAL (as in STATS and batch tokens).",
-              ("agent_id",)),
-    MetricDef(P + "child_restarts_total", C, "Times the supervisor restarted a child process after it died.",
-              ("child",)),
+    MetricDef(
+        P + "agent_info", G, "Always 1; agent_id names this agent's WAL (as in STATS and batch tokens).", ("agent_id",)
+    ),
+    MetricDef(
+        P + "child_restarts_total", C, "Times the supervisor restarted a child process after it died.", ("child",)
+    ),
     MetricDef(P + "child_up", G, "1 if the child reported in the last 5 seconds, else 0.", ("child",)),
     # ---- ingest
-    MetricDef(P + "ingest_messages_received_total", C, "Protocol messages received from clients (any type, "
-              "valid or not)."),
-    MetricDef(P + "ingest_records_received_total", C, "RECORDS messages accepted and appended to the WAL (one WAL "
-              "record each)."),
+    MetricDef(
+        P + "ingest_messages_received_total", C, "Protocol messages received from clients (any type, valid or not)."
+    ),
+    MetricDef(
+        P + "ingest_records_received_total",
+        C,
+        "RECORDS messages accepted and appended to the WAL (one WAL record each).",
+    ),
     MetricDef(P + "ingest_spans_received_total", C, "Spans in the accepted RECORDS messages."),
-    MetricDef(P + "ingest_received_bytes_total", C, "Bytes of all messages received from clients, headers "
-              "included."),
+    MetricDef(P + "ingest_received_bytes_total", C, "Bytes of all messages received from clients, headers included."),
     MetricDef(P + "ingest_rejected_messages_total", C, "Messages answered with REJECT, by reason.", ("reason",)),
-    MetricDef(P + "ingest_rejected_spans_total", C, "Spans in rejected RECORDS messages, by reason (0 for reasons "
-              "where the message's span count cannot be trusted).", ("reason",)),
-    MetricDef(P + "ingest_acks_sent_total", C, "ACK messages sent (each acknowledges every earlier message on its "
-              "connection)."),
+    MetricDef(
+        P + "ingest_rejected_spans_total",
+        C,
+        "Spans in rejected RECORDS messages, by reason (0 for reasons "
+        "where the message's span count cannot be trusted).",
+        ("reason",),
+    ),
+    MetricDef(
+        P + "ingest_acks_sent_total",
+        C,
+        "ACK messages sent (each acknowledges every earlier message on its connection).",
+    ),
     MetricDef(P + "ingest_connections_accepted_total", C, "Client connections accepted."),
-    MetricDef(P + "ingest_connections_refused_total", C, "Client connections refused (too many connections, or no "
-              "file descriptors)."),
-    MetricDef(P + "ingest_connections_dropped_total", C, "Clients disconnected because they stopped reading the "
-              "agent's replies."),
+    MetricDef(
+        P + "ingest_connections_refused_total",
+        C,
+        "Client connections refused (too many connections, or no file descriptors).",
+    ),
+    MetricDef(
+        P + "ingest_connections_dropped_total",
+        C,
+        "Clients disconnected because they stopped reading the agent's replies.",
+    ),
     MetricDef(P + "ingest_connections_open", G, "Client connections open now."),
-    MetricDef(P + "client_dropped_spans_total", C, "Spans clients lost before the agent had them, as the clients "
-              "report (CLIENT_STATS), by reason.", ("reason",)),
-    MetricDef(P + "client_reported_total", C, "Every counter clients report in CLIENT_STATS, summed over client "
-              "instances.", ("counter",)),
+    MetricDef(
+        P + "client_dropped_spans_total",
+        C,
+        "Spans clients lost before the agent had them, as the clients report (CLIENT_STATS), by reason.",
+        ("reason",),
+    ),
+    MetricDef(
+        P + "client_reported_total",
+        C,
+        "Every counter clients report in CLIENT_STATS, summed over client instances.",
+        ("counter",),
+    ),
     # ---- WAL (reported by ingest, except the two reader counters)
     MetricDef(P + "wal_bytes", G, "Size of the WAL's segment files."),
     MetricDef(P + "wal_segments", G, "Segment files in the WAL."),
-    MetricDef(P + "wal_accepting", G, "1 while the WAL accepts records, 0 while the disk policy refuses them "
-              "(disk_full)."),
+    MetricDef(
+        P + "wal_accepting", G, "1 while the WAL accepts records, 0 while the disk policy refuses them (disk_full)."
+    ),
     MetricDef(P + "wal_unshipped_records", G, "WAL records written but not yet consumed by the shipper."),
-    MetricDef(P + "wal_unshipped_bytes", G, "Bytes from the oldest unshipped record to the end of the WAL "
-              "(over-estimate by at most 1 MiB, or one segment for data from before the last start)."),
-    MetricDef(P + "wal_oldest_unshipped_age_seconds", G, "Age of the oldest WAL record the shipper has not "
-              "committed (over-estimate by at most 1 s, or a segment's lifetime for data from before the last "
-              "start); 0 when everything is shipped."),
+    MetricDef(
+        P + "wal_unshipped_bytes",
+        G,
+        "Bytes from the oldest unshipped record to the end of the WAL "
+        "(over-estimate by at most 1 MiB, or one segment for data from before the last start).",
+    ),
+    MetricDef(
+        P + "wal_oldest_unshipped_age_seconds",
+        G,
+        "Age of the oldest WAL record the shipper has not "
+        "committed (over-estimate by at most 1 s, or a segment's lifetime for data from before the last "
+        "start); 0 when everything is shipped.",
+    ),
     MetricDef(P + "wal_appended_records_total", C, "Records appended to the WAL."),
     MetricDef(P + "wal_appended_spans_total", C, "Spans in the records appended to the WAL."),
     MetricDef(P + "wal_appended_bytes_total", C, "Bytes appended to the WAL (record headers included)."),
     MetricDef(P + "wal_fsync_duration_seconds", H, "Duration of each fdatasync of the active WAL segment."),
-    MetricDef(P + "wal_write_errors_total", C, "Failed WAL writes or segment creations (the records were "
-              "rejected, not lost)."),
-    MetricDef(P + "wal_dropped_records_total", C, "Unshipped WAL records deleted by the disk policy, by reason.",
-              ("reason",)),
-    MetricDef(P + "wal_dropped_spans_total", C, "Spans in the WAL records deleted by the disk policy, by reason.",
-              ("reason",)),
+    MetricDef(
+        P + "wal_write_errors_total", C, "Failed WAL writes or segment creations (the records were rejected, not lost)."
+    ),
+    MetricDef(
+        P + "wal_dropped_records_total", C, "Unshipped WAL records deleted by the disk policy, by reason.", ("reason",)
+    ),
+    MetricDef(
+        P + "wal_dropped_spans_total", C, "Spans in the WAL records deleted by the disk policy, by reason.", ("reason",)
+    ),
     MetricDef(P + "wal_segments_created_total", C, "WAL segment files created."),
-    MetricDef(P + "wal_segments_deleted_total", C, "WAL segment files deleted (shipped, or dropped by the disk "
-              "policy)."),
-    MetricDef(P + "wal_recovery_corrupt_records_total", C, "Corrupt records found in the newest segment at start "
-              "(skipped, left in place)."),
-    MetricDef(P + "wal_recovery_truncated_bytes_total", C, "Bytes of torn tails truncated at start (a write cut "
-              "short by a crash; never acknowledged)."),
-    MetricDef(P + "wal_quarantined_segments_total", C, "Segments with an unreadable header moved aside as "
-              ".corrupt at start."),
-    MetricDef(P + "wal_corrupt_records_skipped_total", C, "Records the shipper could not read (corrupt) and "
-              "skipped."),
-    MetricDef(P + "wal_missing_records_total", C, "Records missing between segments when the shipper read them "
-              "(dropped by the disk policy, or in a quarantined segment)."),
+    MetricDef(
+        P + "wal_segments_deleted_total", C, "WAL segment files deleted (shipped, or dropped by the disk policy)."
+    ),
+    MetricDef(
+        P + "wal_recovery_corrupt_records_total",
+        C,
+        "Corrupt records found in the newest segment at start (skipped, left in place).",
+    ),
+    MetricDef(
+        P + "wal_recovery_truncated_bytes_total",
+        C,
+        "Bytes of torn tails truncated at start (a write cut short by a crash; never acknowledged).",
+    ),
+    MetricDef(
+        P + "wal_quarantined_segments_total", C, "Segments with an unreadable header moved aside as .corrupt at start."
+    ),
+    MetricDef(P + "wal_corrupt_records_skipped_total", C, "Records the shipper could not read (corrupt) and skipped."),
+    MetricDef(
+        P + "wal_missing_records_total",
+        C,
+        "Records missing between segments when the shipper read them "
+        "(dropped by the disk policy, or in a quarantined segment).",
+    ),
     # ---- shipper
     MetricDef(P + "shipper_batches_total", C, "Batches shipped and committed."),
     MetricDef(P + "shipper_rows_total", C, "Rows (spans) ClickHouse accepted."),
-    MetricDef(P + "shipper_uncompressed_bytes_total", C, "Bytes of the accepted INSERT bodies before "
-              "compression."),
-    MetricDef(P + "shipper_sent_bytes_total", C, "Bytes of the accepted INSERT bodies as sent (after "
-              "compression)."),
+    MetricDef(P + "shipper_uncompressed_bytes_total", C, "Bytes of the accepted INSERT bodies before compression."),
+    MetricDef(P + "shipper_sent_bytes_total", C, "Bytes of the accepted INSERT bodies as sent (after compression)."),
     MetricDef(P + "shipper_insert_requests_total", C, "INSERT requests sent, successful or not."),
     MetricDef(P + "shipper_insert_duration_seconds", H, "Duration of each INSERT request, successful or not."),
     MetricDef(P + "shipper_insert_failures_total", C, "INSERT requests that failed, by error class.", ("class",)),
-    MetricDef(P + "shipper_retries_total", C, "Retries after a failure (INSERT or server detection), by error "
-              "class.", ("class",)),
-    MetricDef(P + "shipper_bisect_requests_total", C, "INSERTs of batch halves while isolating rows ClickHouse "
-              "refuses."),
-    MetricDef(P + "shipper_dead_lettered_rows_total", C, "Spans written to the dead-letter file instead of "
-              "ClickHouse, by reason.", ("reason",)),
-    MetricDef(P + "shipper_batches_found_stored_total", C, "Batches not re-sent because ClickHouse already had "
-              "them, by when that was found.", ("when",)),
+    MetricDef(
+        P + "shipper_retries_total",
+        C,
+        "Retries after a failure (INSERT or server detection), by error class.",
+        ("class",),
+    ),
+    MetricDef(
+        P + "shipper_bisect_requests_total", C, "INSERTs of batch halves while isolating rows ClickHouse refuses."
+    ),
+    MetricDef(
+        P + "shipper_dead_lettered_rows_total",
+        C,
+        "Spans written to the dead-letter file instead of ClickHouse, by reason.",
+        ("reason",),
+    ),
+    MetricDef(
+        P + "shipper_batches_found_stored_total",
+        C,
+        "Batches not re-sent because ClickHouse already had them, by when that was found.",
+        ("when",),
+    ),
     MetricDef(P + "shipper_last_success_timestamp_seconds", G, "Unix time of the last INSERT ClickHouse accepted."),
     MetricDef(P + "shipper_consecutive_failures", G, "Failed attempts since the last success (0 when healthy)."),
 )
@@ -234,8 +312,10 @@ def _collect_ingest(server: Any) -> MetricsDict:
     c[P + "ingest_records_received_total"] = snap["records_received"]
     c[P + "ingest_spans_received_total"] = snap["items_received"]
     c[P + "ingest_received_bytes_total"] = snap["bytes_received"]
-    for name, by_reason in (("ingest_rejected_messages_total", snap["rejected_messages"]),
-                            ("ingest_rejected_spans_total", snap["rejected_items"])):
+    for name, by_reason in (
+        ("ingest_rejected_messages_total", snap["rejected_messages"]),
+        ("ingest_rejected_spans_total", snap["rejected_items"]),
+    ):
         for reason in {*REJECT_REASONS, *by_reason}:
             c[sample(P + name, reason=reason)] = by_reason.get(reason, 0)
     c[P + "ingest_acks_sent_total"] = snap["acks_sent"]
@@ -250,7 +330,7 @@ def _collect_ingest(server: Any) -> MetricsDict:
         m[sample(P + "client_dropped_spans_total", reason=reason)] = reported.get(counter, 0)
     for counter, value in reported.items():
         if counter.startswith("dropped_") and counter not in CLIENT_DROP_COUNTERS:
-            m[sample(P + "client_dropped_spans_total", reason=counter[len("dropped_"):])] = value
+            m[sample(P + "client_dropped_spans_total", reason=counter[len("dropped_") :])] = value
         m[sample(P + "client_reported_total", counter=counter)] = value
 
     ws = writer.stats
@@ -266,8 +346,10 @@ def _collect_ingest(server: Any) -> MetricsDict:
     c[P + "wal_appended_spans_total"] = ws.appended_items
     c[P + "wal_appended_bytes_total"] = ws.appended_bytes
     c[P + "wal_write_errors_total"] = wal["write_errors"]
-    for name, by_reason in (("wal_dropped_records_total", wal["dropped_records"]),
-                            ("wal_dropped_spans_total", wal["dropped_items"])):
+    for name, by_reason in (
+        ("wal_dropped_records_total", wal["dropped_records"]),
+        ("wal_dropped_spans_total", wal["dropped_items"]),
+    ):
         for reason in {*WAL_DROP_REASONS, *by_reason}:
             c[sample(P + name, reason=reason)] = by_reason.get(reason, 0)
     c[P + "wal_segments_created_total"] = ws.segments_created
@@ -325,9 +407,14 @@ def _histogram(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         return None
     bounds, counts, total = value.get("bounds"), value.get("counts"), _number(value.get("sum"))
-    if (not isinstance(bounds, list) or not isinstance(counts, list) or total is None
-            or len(counts) != len(bounds) + 1 or any(_number(b) is None for b in bounds)
-            or any(_number(n) is None or n < 0 for n in counts)):
+    if (
+        not isinstance(bounds, list)
+        or not isinstance(counts, list)
+        or total is None
+        or len(counts) != len(bounds) + 1
+        or any(_number(b) is None for b in bounds)
+        or any(_number(n) is None or n < 0 for n in counts)
+    ):
         return None
     return {"bounds": [float(b) for b in bounds], "counts": list(counts), "sum": float(total)}
 
@@ -337,8 +424,11 @@ def merge_histograms(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> dict[
     buckets cannot be added, so the older counts are given up rather than mis-filed."""
     if a is None or list(a["bounds"]) != list(b["bounds"]):
         return {"bounds": list(b["bounds"]), "counts": list(b["counts"]), "sum": b["sum"]}
-    return {"bounds": list(b["bounds"]), "counts": [x + y for x, y in zip(a["counts"], b["counts"], strict=True)],
-            "sum": a["sum"] + b["sum"]}
+    return {
+        "bounds": list(b["bounds"]),
+        "counts": [x + y for x, y in zip(a["counts"], b["counts"], strict=True)],
+        "sum": a["sum"] + b["sum"],
+    }
 
 
 @dataclass
@@ -382,8 +472,13 @@ class _Child:
         maxed = dict(self.max_floor)
         for k, v in self.max_counters.items():
             maxed[k] = max(maxed.get(k, 0), v)
-        return {"counters": counters, "histograms": histograms, "max_counters": maxed,
-                "gauges": {**self.sticky_gauges, **self.gauges}, "info": dict(self.info)}
+        return {
+            "counters": counters,
+            "histograms": histograms,
+            "max_counters": maxed,
+            "gauges": {**self.sticky_gauges, **self.gauges},
+            "info": dict(self.info),
+        }
 
 
 def build_version() -> str:
@@ -483,10 +578,15 @@ class AgentMetrics:
         """Per child: pid, restarts, up (reported within STALE_AFTER_S), seconds since its last report."""
         now = time.monotonic()
         with self._lock:
-            return {name: {"pid": st.pid, "restarts": st.restarts,
-                           "up": st.last_report is not None and now - st.last_report <= STALE_AFTER_S,
-                           "last_report_age_s": None if st.last_report is None else round(now - st.last_report, 3)}
-                    for name, st in self._children.items()}
+            return {
+                name: {
+                    "pid": st.pid,
+                    "restarts": st.restarts,
+                    "up": st.last_report is not None and now - st.last_report <= STALE_AFTER_S,
+                    "last_report_age_s": None if st.last_report is None else round(now - st.last_report, 3),
+                }
+                for name, st in self._children.items()
+            }
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-able dict for ``status`` and systemd STATUS=."""
@@ -542,8 +642,10 @@ class AgentMetrics:
         try:
             httpd, thread = start_http_server(port, host, registry=self.registry)
         except OSError as exc:
-            raise MetricsListenError(f"cannot serve metrics on {listen}: {exc.strerror or exc}: choose another "
-                                     "--metrics-listen (metrics.listen), or \"\" to turn the endpoint off") from None
+            raise MetricsListenError(
+                f"cannot serve metrics on {listen}: {exc.strerror or exc}: choose another "
+                '--metrics-listen (metrics.listen), or "" to turn the endpoint off'
+            ) from None
         self.server = MetricsServer(httpd, thread)
         log.info("metrics on http://%s/metrics", listen if port else f"{_host(host)}:{self.server.port}")
         return self.server

@@ -66,8 +66,9 @@ def check(config: Mapping[str, Any], *, socket_activated: bool | None = None) ->
         raise ConfigError(found[0].message)
 
 
-def problems(config: Mapping[str, Any], *, socket_activated: bool | None = None,
-             allow_running: bool = False) -> list[Problem]:
+def problems(
+    config: Mapping[str, Any], *, socket_activated: bool | None = None, allow_running: bool = False
+) -> list[Problem]:
     """Every runtime problem of ``config``, in a stable order (socket, WAL, shipper).
 
     ``allow_running``: a running agent on this socket and WAL is expected (``doctor`` on a live host),
@@ -110,8 +111,11 @@ def problems(config: Mapping[str, Any], *, socket_activated: bool | None = None,
     elif not allow_running:
         holder = _flock_holder(os.path.join(wal_dir, WAL_LOCK_FILE))
         if holder is not None:
-            add("wal.dir", f"the WAL directory {wal_dir} is in use by another running agent{_pid_text(holder)}: "
-                "stop it, or give this one its own --wal-dir")
+            add(
+                "wal.dir",
+                f"the WAL directory {wal_dir} is in use by another running agent{_pid_text(holder)}: "
+                "stop it, or give this one its own --wal-dir",
+            )
 
     # ---- shipper
     sink = config.get("sink", "clickhouse")
@@ -197,8 +201,9 @@ def _readable_problem(path: str) -> str | None:
     return None
 
 
-def socket_in_use(path: str, kind: int = socket.SOCK_SEQPACKET,
-                  timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, int | None]:
+def socket_in_use(
+    path: str, kind: int = socket.SOCK_SEQPACKET, timeout: float = PROBE_TIMEOUT_S
+) -> tuple[bool, int | None]:
     """(someone listens on ``path``, their pid if the kernel tells): connect and ask SO_PEERCRED.
 
     A stale socket file (connection refused) or a missing one is not in use.
@@ -236,15 +241,19 @@ def _socket_path_problem(path: str, kind: int, allow_running: bool) -> str | Non
     try:
         in_use, pid = socket_in_use(path, kind)
     except PermissionError:
-        return (f"{path} exists and user {_user()} may not connect to it: if an agent of another user runs "
-                "there, stop it; if the file is stale, remove it")
+        return (
+            f"{path} exists and user {_user()} may not connect to it: if an agent of another user runs "
+            "there, stop it; if the file is stale, remove it"
+        )
     except OSError as exc:
         return f"cannot probe {path}: {exc.strerror}"
     if in_use and pid is not None and held_by_systemd(pid):
         return None  # a .socket unit listens there: the agent receives the socket by socket activation
     if in_use and not allow_running:
-        return (f"{path} is in use by a running agent{_pid_text(pid)}: stop it first, or choose another path "
-                "(to check a configuration while the agent runs: config check --no-runtime)")
+        return (
+            f"{path} is in use by a running agent{_pid_text(pid)}: stop it first, or choose another path "
+            "(to check a configuration while the agent runs: config check --no-runtime)"
+        )
     return None
 
 

@@ -42,14 +42,25 @@ def cmd_query(args: argparse.Namespace, flags: dict[str, object]) -> int:
     return exitcodes.OK
 
 
-def add_parser(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser], None],
-               flags: Callable[[argparse.Namespace], dict[str, object]]) -> None:
-    query = sub.add_parser("query", help="run a read-only SQL query on the embedded store (or the ClickHouse server)",
-                           description="Run a read-only SQL query (SELECT, SHOW, DESCRIBE, EXPLAIN) on the embedded "
-                           "store: through the running agent, or directly when it is stopped. With sink = "
-                           "clickhouse, on the server.")
-    query.add_argument("sql", help="the statement, e.g. \"SELECT span_name, count() FROM telemetry.traces GROUP BY 1\"")
-    query.add_argument("--format", dest="output_format", default=None, metavar="FORMAT",
-                       help="ClickHouse output format (default: PrettyCompact on a terminal, else TabSeparated)")
+def add_parser(
+    sub: Any,
+    add_setting_flags: Callable[[argparse.ArgumentParser], None],
+    flags: Callable[[argparse.Namespace], dict[str, object]],
+) -> None:
+    query = sub.add_parser(
+        "query",
+        help="run a read-only SQL query on the embedded store (or the ClickHouse server)",
+        description="Run a read-only SQL query (SELECT, SHOW, DESCRIBE, EXPLAIN) on the embedded "
+        "store: through the running agent, or directly when it is stopped. With sink = "
+        "clickhouse, on the server.",
+    )
+    query.add_argument("sql", help='the statement, e.g. "SELECT span_name, count() FROM telemetry.traces GROUP BY 1"')
+    query.add_argument(
+        "--format",
+        dest="output_format",
+        default=None,
+        metavar="FORMAT",
+        help="ClickHouse output format (default: PrettyCompact on a terminal, else TabSeparated)",
+    )
     add_setting_flags(query)
     query.set_defaults(func=lambda a: cmd_query(a, flags(a)))

@@ -189,9 +189,13 @@ class SupervisorLink:
                 self.config = config
                 return config
 
-    def start_reporting(self, loop_age: Callable[[], float], collect: Callable[[], dict] | None = None,
-                        on_config: Callable[[AgentConfig], None] | None = None,
-                        is_ready: Callable[[], bool] | None = None) -> Reporter:
+    def start_reporting(
+        self,
+        loop_age: Callable[[], float],
+        collect: Callable[[], dict] | None = None,
+        on_config: Callable[[AgentConfig], None] | None = None,
+        is_ready: Callable[[], bool] | None = None,
+    ) -> Reporter:
         """Start the reporter thread. Ready comes from :meth:`ready`, or from ``is_ready`` (polled)."""
         self.reporter = Reporter(self, loop_age, collect, on_config, is_ready)
         self.reporter.start()
@@ -212,9 +216,19 @@ class SupervisorLink:
             self.sock.send(self.report(ready=False, loop_age=0.0, metrics={}, error=message))
 
     def report(self, ready: bool, loop_age: float, metrics: dict, **extra: Any) -> bytes:
-        return json.dumps({"v": VERSION, "child": self.child, "pid": os.getpid(), "ready": ready,
-                           "loop_age_s": round(loop_age, 3), "metrics": metrics, **extra},
-                          separators=(",", ":"), default=str).encode()
+        return json.dumps(
+            {
+                "v": VERSION,
+                "child": self.child,
+                "pid": os.getpid(),
+                "ready": ready,
+                "loop_age_s": round(loop_age, 3),
+                "metrics": metrics,
+                **extra,
+            },
+            separators=(",", ":"),
+            default=str,
+        ).encode()
 
     def send(self, data: bytes) -> bool | None:
         """Non-blocking send: True sent, False dropped (no room), None the supervisor is gone."""
@@ -278,9 +292,14 @@ class Reporter(threading.Thread):
     exception there costs the metrics of one report, never the report or the child).
     """
 
-    def __init__(self, link: SupervisorLink, loop_age: Callable[[], float], collect: Callable[[], dict] | None,
-                 on_config: Callable[[AgentConfig], None] | None,
-                 ready_when: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        link: SupervisorLink,
+        loop_age: Callable[[], float],
+        collect: Callable[[], dict] | None,
+        on_config: Callable[[AgentConfig], None] | None,
+        ready_when: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__(name="reporter", daemon=True)
         self.link = link
         self.loop_age = loop_age
@@ -306,8 +325,11 @@ class Reporter(threading.Thread):
                 metrics = self.collect()
             except Exception as exc:  # never let metrics take the heartbeat down
                 if not self._collect_failed:
-                    log.warning("cannot collect this process's metrics (%s: %s); reporting without them",
-                                type(exc).__name__, exc)
+                    log.warning(
+                        "cannot collect this process's metrics (%s: %s); reporting without them",
+                        type(exc).__name__,
+                        exc,
+                    )
                     self._collect_failed = True
         with self._send_lock:
             extra = {"dropped_reports": self.dropped} if self.dropped else {}
@@ -372,8 +394,9 @@ def parse_config_message(data: bytes) -> AgentConfig | None:
 # ---------------------------------------------------------------------------------------------- supervisor side
 def config_message(config: Mapping[str, Any]) -> bytes:
     sources = getattr(config, "sources", {})
-    return json.dumps({"v": VERSION, "config": {"values": dict(config.items()), "sources": dict(sources)}},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {"v": VERSION, "config": {"values": dict(config.items()), "sources": dict(sources)}}, separators=(",", ":")
+    ).encode()
 
 
 def parse_report(data: bytes) -> dict[str, Any] | None:
@@ -382,8 +405,13 @@ def parse_report(data: bytes) -> dict[str, Any] | None:
         report = json.loads(data)
     except ValueError:
         return None
-    if (not isinstance(report, dict) or report.get("v") != VERSION or not isinstance(report.get("child"), str)
-            or not isinstance(report.get("pid"), int) or not isinstance(report.get("ready"), bool)):
+    if (
+        not isinstance(report, dict)
+        or report.get("v") != VERSION
+        or not isinstance(report.get("child"), str)
+        or not isinstance(report.get("pid"), int)
+        or not isinstance(report.get("ready"), bool)
+    ):
         return None
     age = report.get("loop_age_s")
     if isinstance(age, bool) or not isinstance(age, int | float) or not age >= 0:

@@ -233,9 +233,7 @@ def render_migrations(
             if ttl_days == 0:
                 template = "\n".join(line for line in template.splitlines() if "{ttl_days}" not in line)
             statements.append(
-                template.replace("{database}", database)
-                .replace("{table}", table)
-                .replace("{ttl_days}", str(ttl_days))
+                template.replace("{database}", database).replace("{table}", table).replace("{ttl_days}", str(ttl_days))
             )
         migrations[version] = Migration(version, path.stem, profile, tuple(statements), checksum)
     if not migrations:
@@ -271,17 +269,13 @@ def apply(
     recorded = _recorded(execute, database)
     profiles = {p for (_, _, p, _) in recorded}
     if len(profiles) > 1:
-        raise SchemaError(
-            f"{database}.schema_migrations records migrations of several profiles: {sorted(profiles)}"
-        )
+        raise SchemaError(f"{database}.schema_migrations records migrations of several profiles: {sorted(profiles)}")
     if profiles and profile.value not in profiles:
         (recorded_profile,) = profiles
         try:
             sticky = Profile(recorded_profile)
         except ValueError:
-            raise SchemaError(
-                f"{database}.schema_migrations records unknown profile {recorded_profile!r}"
-            ) from None
+            raise SchemaError(f"{database}.schema_migrations records unknown profile {recorded_profile!r}") from None
         log.warning(
             "%s.schema_migrations records the %s profile; keeping it instead of %s",
             database,
@@ -346,10 +340,5 @@ def _tsv(text: str) -> list[list[str]]:
     for line in text.splitlines():
         if not line:
             continue
-        rows.append(
-            [
-                re.sub(r"\\(.)", lambda m: _TSV_ESCAPES.get(m.group(1), m.group(1)), f)
-                for f in line.split("\t")
-            ]
-        )
+        rows.append([re.sub(r"\\(.)", lambda m: _TSV_ESCAPES.get(m.group(1), m.group(1)), f) for f in line.split("\t")])
     return rows

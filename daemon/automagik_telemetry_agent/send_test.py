@@ -43,8 +43,10 @@ def _reachable(path: str) -> str | None:
 
 
 def _lookup_sql(database: str, table: str, trace_id: str, span_id: str) -> str:
-    return (f"SELECT count() FROM {database}.{table} WHERE service_name = '{SERVICE}' AND span_name = '{SPAN_NAME}' "
-            f"AND trace_id = '{trace_id}' AND span_id = '{span_id}'")
+    return (
+        f"SELECT count() FROM {database}.{table} WHERE service_name = '{SERVICE}' AND span_name = '{SPAN_NAME}' "
+        f"AND trace_id = '{trace_id}' AND span_id = '{span_id}'"
+    )
 
 
 def make_lookup(config: Mapping[str, Any]) -> tuple[Callable[[str], str], Callable[[], None], str]:
@@ -56,18 +58,28 @@ def make_lookup(config: Mapping[str, Any]) -> tuple[Callable[[str], str], Callab
         try:
             from .embedded_query import run_query
         except ImportError:
-            raise ConfigError("send-test with sink = embedded needs the embedded store's query module "
-                              "(embedded_query), which this installation lacks") from None
-        return (lambda sql: run_query(config, sql, "TabSeparated")), (lambda: None), \
-            f"the embedded store in {config['embedded.dir']}"
+            raise ConfigError(
+                "send-test with sink = embedded needs the embedded store's query module "
+                "(embedded_query), which this installation lacks"
+            ) from None
+        return (
+            (lambda sql: run_query(config, sql, "TabSeparated")),
+            (lambda: None),
+            f"the embedded store in {config['embedded.dir']}",
+        )
     if config["sink"] == "none":
-        raise ConfigError("sink is none: the agent does not ship, so the span can never reach a table; "
-                          "set --sink clickhouse (or embedded)")
+        raise ConfigError(
+            "sink is none: the agent does not ship, so the span can never reach a table; "
+            "set --sink clickhouse (or embedded)"
+        )
     from .shipper_cli import sink_from_config
 
     sink = sink_from_config(config)
-    return (lambda sql: sink.query(sql + " FORMAT TabSeparated")), sink.close, \
-        f"{sink.target} on ClickHouse at {sink.endpoint}"
+    return (
+        (lambda sql: sink.query(sql + " FORMAT TabSeparated")),
+        sink.close,
+        f"{sink.target} on ClickHouse at {sink.endpoint}",
+    )
 
 
 def cmd_send_test(args: argparse.Namespace, flags: dict[str, object]) -> int:
@@ -88,21 +100,33 @@ def _send_and_wait(config: Mapping[str, Any], query: Callable[[str], str], targe
     path = config["socket.path"]
     why = _reachable(path)
     if why is not None:
-        return _die(exitcodes.FAILURE, f"the agent is not reachable on {path} ({why}): is it running? check "
-                    "`automagik-telemetry status`")
-    client = AutomagikTelemetry(config=TelemetryConfig(
-        project_name=SERVICE, version=__version__, environment="send-test", service_name=SERVICE,
-        socket_path=path, exit_flush_timeout=0.5))
+        return _die(
+            exitcodes.FAILURE,
+            f"the agent is not reachable on {path} ({why}): is it running? check `automagik-telemetry status`",
+        )
+    client = AutomagikTelemetry(
+        config=TelemetryConfig(
+            project_name=SERVICE,
+            version=__version__,
+            environment="send-test",
+            service_name=SERVICE,
+            socket_path=path,
+            exit_flush_timeout=0.5,
+        )
+    )
     try:
         started = time.monotonic()
         with client.span(SPAN_NAME, {"send_test.id": uuid.uuid4().hex}) as span:
             trace_id, span_id = span.trace_id, span.span_id
         if not client.flush(timeout=min(timeout, 10.0)):
             stats = client.stats()
-            return _die(exitcodes.FAILURE, f"the agent on {path} did not acknowledge the span within "
-                        f"{min(timeout, 10.0):g}s (client: {stats.get('rejected_records', 0)} rejected "
-                        f"{stats.get('reject_reasons') or ''}, {stats.get('unconfirmed_records', 0)} unconfirmed): "
-                        "check `automagik-telemetry status` and the agent's log")
+            return _die(
+                exitcodes.FAILURE,
+                f"the agent on {path} did not acknowledge the span within "
+                f"{min(timeout, 10.0):g}s (client: {stats.get('rejected_records', 0)} rejected "
+                f"{stats.get('reject_reasons') or ''}, {stats.get('unconfirmed_records', 0)} unconfirmed): "
+                "check `automagik-telemetry status` and the agent's log",
+            )
         acked = time.monotonic()
     finally:
         client.shutdown(0.5)
@@ -119,16 +143,22 @@ def _send_and_wait(config: Mapping[str, Any], query: Callable[[str], str], targe
             last_error = " ".join(str(exc).split())
         if time.monotonic() >= deadline:
             error = f" (last query error: {last_error})" if last_error else ""
-            return _die(exitcodes.FAILURE, f"the span was acknowledged but is not in {target} after {timeout:g}s"
-                        f"{error}: check `automagik-telemetry status` and the shipper's log")
+            return _die(
+                exitcodes.FAILURE,
+                f"the span was acknowledged but is not in {target} after {timeout:g}s"
+                f"{error}: check `automagik-telemetry status` and the shipper's log",
+            )
         time.sleep(POLL_INTERVAL_S)
     visible = time.monotonic()
     print(f"span visible in {target} {visible - started:.2f}s after it was sent")
     return exitcodes.OK
 
 
-def add_parser(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser], None],
-               flags: Callable[[argparse.Namespace], dict[str, object]]) -> None:
+def add_parser(
+    sub: Any,
+    add_setting_flags: Callable[[argparse.ArgumentParser], None],
+    flags: Callable[[argparse.Namespace], dict[str, object]],
+) -> None:
     send = sub.add_parser("send-test", help="send one span through the agent and wait until it is queryable")
     add_setting_flags(send)
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the span (default 30)")

@@ -140,7 +140,7 @@ class FrozenBatch:
 
     def row_bytes(self, lo: int, hi: int) -> bytes:
         """Rows lo..hi-1 as one JSONEachRow body (a bisection half)."""
-        return self.body[self.offsets[lo]:self.offsets[hi]]
+        return self.body[self.offsets[lo] : self.offsets[hi]]
 
     def row(self, i: int) -> bytes:
         return self.row_bytes(i, i + 1)
@@ -167,8 +167,10 @@ def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> Fr
             continue
         resource_line, spans = spans[0], spans[1:]
         if entry.kind != SPAN_KIND:
-            dead += [DeadLetterEntry("unsupported", f"record kind {entry.kind} is not shipped", entry.seq, raw=s)
-                     for s in spans]
+            dead += [
+                DeadLetterEntry("unsupported", f"record kind {entry.kind} is not shipped", entry.seq, raw=s)
+                for s in spans
+            ]
             continue
         try:
             resource = parse_resource(resource_line)
@@ -186,8 +188,9 @@ def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> Fr
             seqs.append(entry.seq)
     first, last = entries[0].seq, entries[-1].seq
     salts = tuple(sorted({e.salt for e in entries}))
-    return FrozenBatch(first, last, salts, batch_token(agent_id, first, last, salts), profile, bytes(body), offsets,
-                       seqs, dead)
+    return FrozenBatch(
+        first, last, salts, batch_token(agent_id, first, last, salts), profile, bytes(body), offsets, seqs, dead
+    )
 
 
 # ------------------------------------------------------------------------------------------ pacing
@@ -302,8 +305,9 @@ class Shipper:
 
     def _recovered(self) -> None:
         if self._failures:
-            log.info("ClickHouse at %s accepts inserts again (after %d failed attempts)", self.sink.endpoint,
-                     self._failures)
+            log.info(
+                "ClickHouse at %s accepts inserts again (after %d failed attempts)", self.sink.endpoint, self._failures
+            )
         self._failures = 0
         self._last_problem = ""
 
@@ -380,8 +384,9 @@ class Shipper:
             # (the POST and gzip release the GIL); N is committed before N+1 is recorded and sent.
             while not self._stop.is_set():
                 entries = self._collect(resume_last)
-                resumed = (resume_last is not None and not resume_bisected and bool(entries)
-                           and entries[-1].seq == resume_last)
+                resumed = (
+                    resume_last is not None and not resume_bisected and bool(entries) and entries[-1].seq == resume_last
+                )
                 resume_last = None
                 if not entries:
                     continue
@@ -405,8 +410,15 @@ class Shipper:
         while not self._stop.is_set():
             o = self.options  # re-read: apply_options (SIGHUP) may have replaced it meanwhile
             max_records = 1_000_000 if resume_last is None else max(0, resume_last - self.reader.position)
-            got = self.reader.read(max_records=max_records, max_bytes=max(1, o.batch_bytes - size),
-                                   max_items=max(1, o.batch_rows - items)) if max_records else []
+            got = (
+                self.reader.read(
+                    max_records=max_records,
+                    max_bytes=max(1, o.batch_bytes - size),
+                    max_items=max(1, o.batch_rows - items),
+                )
+                if max_records
+                else []
+            )
             if got:
                 entries += got
                 items += sum(e.count for e in got)
@@ -459,8 +471,12 @@ class Shipper:
             batch = self._freeze(entries)
         self._write_inflight(batch)
         if resumed and self._already_stored(batch):
-            log.info("batch %d-%d was stored before the shipper stopped (probe of %d rows): not resending",
-                     batch.first_seq, batch.last_seq, min(PROBE_ROWS, batch.rows))
+            log.info(
+                "batch %d-%d was stored before the shipper stopped (probe of %d rows): not resending",
+                batch.first_seq,
+                batch.last_seq,
+                min(PROBE_ROWS, batch.rows),
+            )
             self.stats.resumed_batches_skipped += 1
             self.dead_letter.write(batch.dead)  # its transform failures were never written (no commit)
             self.reader.commit(batch.last_seq)
@@ -469,16 +485,22 @@ class Shipper:
         self._last_send_start = time.monotonic()
         self._inflight = _Sending(self._send_frozen, batch, entries)
 
-    def _send_frozen(self, batch: FrozenBatch,
-                     entries: list[WalEntry]) -> tuple[FrozenBatch, list[DeadLetterEntry] | None]:
+    def _send_frozen(
+        self, batch: FrozenBatch, entries: list[WalEntry]
+    ) -> tuple[FrozenBatch, list[DeadLetterEntry] | None]:
         """In the sender thread: the batch as finally sent and the rows refused (None if abandoned)."""
         while True:
             try:
                 return batch, self._send_batch(batch)
             except _ProfileChanged:
                 assert self.sink.profile is not None
-                log.warning("table %s now takes %s rows: re-encoding batch %d-%d", self.sink.target,
-                            self.sink.profile.value, batch.first_seq, batch.last_seq)
+                log.warning(
+                    "table %s now takes %s rows: re-encoding batch %d-%d",
+                    self.sink.target,
+                    self.sink.profile.value,
+                    batch.first_seq,
+                    batch.last_seq,
+                )
                 batch = freeze_batch(entries, self.sink.profile, self.agent_id())
 
     def _finish(self) -> bool:
@@ -497,8 +519,9 @@ class Shipper:
                 self.dead_letter.write(dead)
                 break
             except OSError as exc:  # keep the batch uncommitted until its bad rows are kept somewhere
-                self._problem(f"cannot write the dead-letter file {self.dead_letter.path}: {exc.strerror}",
-                              ErrorClass.CONFIG)
+                self._problem(
+                    f"cannot write the dead-letter file {self.dead_letter.path}: {exc.strerror}", ErrorClass.CONFIG
+                )
                 self._sleep(self.options.config_retry_s)
                 if self._abandon():
                     self._abandoned = True
@@ -512,8 +535,14 @@ class Shipper:
         s.dead_lettered_transform += len(batch.dead)
         s.dead_lettered_rejected += len(rejected)
         if dead:
-            log.warning("batch %d-%d: %d span(s) dead-lettered to %s (first: %s)", batch.first_seq,
-                        batch.last_seq, len(dead), self.dead_letter.path, dead[0].error)
+            log.warning(
+                "batch %d-%d: %d span(s) dead-lettered to %s (first: %s)",
+                batch.first_seq,
+                batch.last_seq,
+                len(dead),
+                self.dead_letter.path,
+                dead[0].error,
+            )
         return True
 
     def _already_stored(self, batch: FrozenBatch) -> bool:
@@ -526,8 +555,12 @@ class Shipper:
         caps = self.sink.capabilities
         # A token only deduplicates on a table with a dedup window: our modern schema has one, a legacy
         # table kept on a server upgraded past 22.2 does not (the probe still guards it).
-        if not batch.rows or caps is None or batch.rows >= 1_000_000 or (
-                caps.dedup_token and batch.profile is Profile.MODERN):
+        if (
+            not batch.rows
+            or caps is None
+            or batch.rows >= 1_000_000
+            or (caps.dedup_token and batch.profile is Profile.MODERN)
+        ):
             return False
         step = max(1, batch.rows // PROBE_ROWS)
         sample = [orjson.loads(batch.row(i)) for i in range(0, batch.rows, step)[:PROBE_ROWS]]
@@ -535,8 +568,12 @@ class Shipper:
         try:
             found = self.sink.count_present([r["span_id"] for r in sample], min(stamps), max(stamps))
         except SinkError as exc:
-            log.warning("could not check whether batch %d-%d was stored (%s): resending it", batch.first_seq,
-                        batch.last_seq, exc)
+            log.warning(
+                "could not check whether batch %d-%d was stored (%s): resending it",
+                batch.first_seq,
+                batch.last_seq,
+                exc,
+            )
             return False
         return found >= len(sample)
 
@@ -549,16 +586,25 @@ class Shipper:
             return None
         if r.ok:
             return []
-        log.warning("batch %d-%d (%d rows) refused as bad data, bisecting: %s", batch.first_seq, batch.last_seq,
-                    batch.rows, r.message)
+        log.warning(
+            "batch %d-%d (%d rows) refused as bad data, bisecting: %s",
+            batch.first_seq,
+            batch.last_seq,
+            batch.rows,
+            r.message,
+        )
         self._write_inflight(batch, bisecting=True)  # from now on parts of it may get stored
         return self._bisect(batch, 0, batch.rows, "", r)
 
-    def _bisect(self, batch: FrozenBatch, lo: int, hi: int, path: str,
-                failed: InsertResult) -> list[DeadLetterEntry] | None:
+    def _bisect(
+        self, batch: FrozenBatch, lo: int, hi: int, path: str, failed: InsertResult
+    ) -> list[DeadLetterEntry] | None:
         if hi - lo == 1:
-            return [DeadLetterEntry("rejected", failed.message, batch.line_seqs[lo], row=batch.row(lo),
-                                    error_code=failed.code)]
+            return [
+                DeadLetterEntry(
+                    "rejected", failed.message, batch.line_seqs[lo], row=batch.row(lo), error_code=failed.code
+                )
+            ]
         mid = (lo + hi) // 2
         out: list[DeadLetterEntry] = []
         for a, b, tag in ((lo, mid, "0"), (mid, hi, "1")):
@@ -574,8 +620,9 @@ class Shipper:
                 out += bad
         return out
 
-    def _send(self, body: bytes, token: str, rows: int, profile: Profile,
-              probe: Callable[[], bool] | None = None) -> InsertResult | None:
+    def _send(
+        self, body: bytes, token: str, rows: int, profile: Profile, probe: Callable[[], bool] | None = None
+    ) -> InsertResult | None:
         """Send until OK or BAD_DATA; None if abandoned. Raises _ProfileChanged after a re-detection.
 
         ``probe``: after a broken connection, asks whether the server stored the body anyway (servers
@@ -665,8 +712,12 @@ class Shipper:
     def _write_inflight(self, batch: FrozenBatch, bisecting: bool = False) -> None:
         try:
             os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
-            write_atomic(self.inflight_path, orjson.dumps({"first": batch.first_seq, "last": batch.last_seq,
-                                                            "token": batch.token, "bisecting": bisecting}))
+            write_atomic(
+                self.inflight_path,
+                orjson.dumps(
+                    {"first": batch.first_seq, "last": batch.last_seq, "token": batch.token, "bisecting": bisecting}
+                ),
+            )
         except OSError as exc:  # only dedup across restarts depends on it
             log.warning("cannot record the in-flight batch in %s: %s", self.inflight_path, exc.strerror)
 
@@ -693,9 +744,18 @@ class Shipper:
         if now - self._last_stats_log >= self.options.stats_log_interval_s:
             self._last_stats_log = now
             s = self.stats
-            log.info("shipped %d rows in %d batches (%d bytes, %d sent), %d dead-lettered, %d transient and "
-                     "%d config retries, cursor at %d", s.rows, s.batches, s.bytes_raw, s.bytes_compressed,
-                     s.dead_lettered, s.retries_transient, s.retries_config, s.committed_seq)
+            log.info(
+                "shipped %d rows in %d batches (%d bytes, %d sent), %d dead-lettered, %d transient and "
+                "%d config retries, cursor at %d",
+                s.rows,
+                s.batches,
+                s.bytes_raw,
+                s.bytes_compressed,
+                s.dead_lettered,
+                s.retries_transient,
+                s.retries_config,
+                s.committed_seq,
+            )
 
 
 class _Sending:
@@ -728,4 +788,3 @@ def run_in_thread(shipper: Shipper) -> threading.Thread:
     t = threading.Thread(target=shipper.run, name="shipper", daemon=True)
     t.start()
     return t
-

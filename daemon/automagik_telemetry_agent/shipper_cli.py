@@ -47,8 +47,12 @@ def sink_from_config(config: Mapping[str, Any], serve_queries: bool = False) -> 
         if missing:
             raise ChdbUnavailable(missing)
         try:
-            sink = EmbeddedSink(config["embedded.dir"], config["clickhouse.database"], config["clickhouse.table"],
-                                serve_queries=serve_queries)
+            sink = EmbeddedSink(
+                config["embedded.dir"],
+                config["clickhouse.database"],
+                config["clickhouse.table"],
+                serve_queries=serve_queries,
+            )
             load_chdb(sink.directory)  # fail now, with one line, rather than retrying forever
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -59,18 +63,28 @@ def sink_from_config(config: Mapping[str, Any], serve_queries: bool = False) -> 
 
     try:
         return ClickHouseHttpSink(
-            endpoint=config["clickhouse.endpoint"], database=config["clickhouse.database"],
-            table=config["clickhouse.table"], username=config["clickhouse.username"],
-            password=read_password(config), ca_bundle=config["clickhouse.ca_bundle"] or None,
-            verify_tls=config["clickhouse.verify_tls"], connect_timeout=config["clickhouse.connect_timeout"],
-            read_timeout=config["clickhouse.read_timeout"], compression=config["clickhouse.compression"])
+            endpoint=config["clickhouse.endpoint"],
+            database=config["clickhouse.database"],
+            table=config["clickhouse.table"],
+            username=config["clickhouse.username"],
+            password=read_password(config),
+            ca_bundle=config["clickhouse.ca_bundle"] or None,
+            verify_tls=config["clickhouse.verify_tls"],
+            connect_timeout=config["clickhouse.connect_timeout"],
+            read_timeout=config["clickhouse.read_timeout"],
+            compression=config["clickhouse.compression"],
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
 #: Live settings of the shipper (applied on reload) -> the ShipperOptions field each one sets.
-LIVE_OPTIONS = {"shipper.batch_size": "batch_rows", "shipper.batch_bytes": "batch_bytes",
-                "shipper.batch_wait": "batch_wait_s", "shipper.max_rows_per_second": "drain_rows_per_s"}
+LIVE_OPTIONS = {
+    "shipper.batch_size": "batch_rows",
+    "shipper.batch_bytes": "batch_bytes",
+    "shipper.batch_wait": "batch_wait_s",
+    "shipper.max_rows_per_second": "drain_rows_per_s",
+}
 ABANDON_GRACE_S = 0.5  # after agent.stop_timeout, the shipper process exits even if a send is still blocked
 
 
@@ -79,11 +93,16 @@ def shipper_options(config: Mapping[str, Any]) -> ShipperOptions:
     from .shipper import ShipperOptions
 
     return ShipperOptions(
-        batch_rows=config["shipper.batch_size"], batch_bytes=config["shipper.batch_bytes"],
-        batch_wait_s=config["shipper.batch_wait"], backoff_base_s=config["shipper.retry_base"],
-        backoff_cap_s=config["shipper.retry_max"], config_retry_s=config["shipper.config_retry"],
-        drain_rows_per_s=config["shipper.max_rows_per_second"], stop_deadline_s=config["agent.stop_timeout"],
-        dead_letter_dir=config["shipper.dead_letter_dir"] or None)
+        batch_rows=config["shipper.batch_size"],
+        batch_bytes=config["shipper.batch_bytes"],
+        batch_wait_s=config["shipper.batch_wait"],
+        backoff_base_s=config["shipper.retry_base"],
+        backoff_cap_s=config["shipper.retry_max"],
+        config_retry_s=config["shipper.config_retry"],
+        drain_rows_per_s=config["shipper.max_rows_per_second"],
+        stop_deadline_s=config["agent.stop_timeout"],
+        dead_letter_dir=config["shipper.dead_letter_dir"] or None,
+    )
 
 
 def cmd_shipper(args: argparse.Namespace, flags: dict[str, object]) -> int:
@@ -141,8 +160,10 @@ def cmd_shipper(args: argparse.Namespace, flags: dict[str, object]) -> int:
         was never committed, so it stays in the WAL and is sent again by the next shipper)."""
         stop_requested.wait()
         time.sleep(config["agent.stop_timeout"] + ABANDON_GRACE_S)
-        log.warning("still sending %.1f s after the stop request: abandoning the batch in flight (it stays in "
-                    "the WAL)", config["agent.stop_timeout"] + ABANDON_GRACE_S)
+        log.warning(
+            "still sending %.1f s after the stop request: abandoning the batch in flight (it stays in the WAL)",
+            config["agent.stop_timeout"] + ABANDON_GRACE_S,
+        )
         logging.shutdown()
         os._exit(exitcodes.OK)
 
@@ -169,8 +190,12 @@ def cmd_shipper(args: argparse.Namespace, flags: dict[str, object]) -> int:
         signal.signal(signum, on_stop)
     if link is not None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor sends reloads through the channel
-        link.start_reporting(loop_age=liveness.age, collect=lambda: _collect_shipper(shipper), on_config=apply,
-                             is_ready=lambda: shipper.reader is not None)
+        link.start_reporting(
+            loop_age=liveness.age,
+            collect=lambda: _collect_shipper(shipper),
+            on_config=apply,
+            is_ready=lambda: shipper.reader is not None,
+        )
     else:
         threading.Thread(target=reload_from_file, name="reload", daemon=True).start()
         signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
@@ -219,8 +244,11 @@ def cmd_schema_apply(args: argparse.Namespace, flags: dict[str, object]) -> int:
     return exitcodes.OK
 
 
-def add_parsers(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser], None],
-                flags: Callable[[argparse.Namespace], dict[str, object]]) -> None:
+def add_parsers(
+    sub: Any,
+    add_setting_flags: Callable[[argparse.ArgumentParser], None],
+    flags: Callable[[argparse.Namespace], dict[str, object]],
+) -> None:
     shipper = sub.add_parser("shipper", help="ship the WAL to ClickHouse in the foreground")
     add_setting_flags(shipper)
     shipper.set_defaults(func=lambda a: cmd_shipper(a, flags(a)))
@@ -229,6 +257,7 @@ def add_parsers(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser],
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)
     apply = schema_sub.add_parser("apply", help="create or migrate the traces table (needs CREATE rights)")
     add_setting_flags(apply)
-    apply.add_argument("--ttl-days", type=int, default=0, help="drop rows older than this (modern servers; "
-                       "0 = keep forever)")
+    apply.add_argument(
+        "--ttl-days", type=int, default=0, help="drop rows older than this (modern servers; 0 = keep forever)"
+    )
     apply.set_defaults(func=lambda a: cmd_schema_apply(a, flags(a)))

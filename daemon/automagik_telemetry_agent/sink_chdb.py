@@ -64,8 +64,10 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "automagik-telemetry.lock"
 #: What to do when chDB is not installed (one line, printed by the agent, the shipper and `query`).
-INSTALL_HINT = ("the embedded sink needs chDB, which is not installed: install 'automagik-telemetry[embedded]' "
-                "(pip install chdb-core), or use --sink clickhouse / --sink none")
+INSTALL_HINT = (
+    "the embedded sink needs chDB, which is not installed: install 'automagik-telemetry[embedded]' "
+    "(pip install chdb-core), or use --sink clickhouse / --sink none"
+)
 _CWD_CONFIGS = ("config.xml", "config.yaml", "config.yml")
 _CODE_ANYWHERE = re.compile(r"Code:\s*(\d+)")
 #: Settings of the read-only session that serves `automagik-telemetry query`: its statements run in
@@ -89,8 +91,9 @@ class StoreBusy(Exception):
 
     def __init__(self, directory: str, pid: int | None) -> None:
         who = f"process {pid}" if pid else "another process"
-        super().__init__(f"the embedded store {directory} is in use by {who} (chDB allows one process per data "
-                         "directory)")
+        super().__init__(
+            f"the embedded store {directory} is in use by {who} (chDB allows one process per data directory)"
+        )
         self.directory = directory
         self.pid = pid
 
@@ -139,8 +142,9 @@ def _import_session_module(directory: str) -> Any:
         with _in_directory(directory):
             return importlib.import_module("chdb.session")
     except ImportError as exc:
-        raise ChdbUnavailable(f"chDB is installed but cannot be loaded ({exc}): reinstall "
-                              "'automagik-telemetry[embedded]'") from None
+        raise ChdbUnavailable(
+            f"chDB is installed but cannot be loaded ({exc}): reinstall 'automagik-telemetry[embedded]'"
+        ) from None
 
 
 def load_chdb(directory: str) -> None:
@@ -150,8 +154,7 @@ def load_chdb(directory: str) -> None:
     try:
         os.makedirs(directory, mode=0o750, exist_ok=True)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot create the embedded store directory {directory}: {exc.strerror}") \
-            from None
+        raise OSError(exc.errno, f"cannot create the embedded store directory {directory}: {exc.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OSError(0, f"the embedded store directory {directory} is not writable by this user")
     _import_session_module(directory)
@@ -201,12 +204,16 @@ class EmbeddedStore:
         try:
             os.makedirs(self.directory, mode=0o750, exist_ok=True)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot create the embedded store directory {self.directory}: "
-                          f"{exc.strerror}") from None
+            raise OSError(
+                exc.errno, f"cannot create the embedded store directory {self.directory}: {exc.strerror}"
+            ) from None
         for name in _CWD_CONFIGS:
             if os.path.exists(os.path.join(self.directory, name)):
-                raise OSError(0, f"the embedded store directory {self.directory} holds a {name}, which chDB "
-                              "would read as its server configuration: move it away")
+                raise OSError(
+                    0,
+                    f"the embedded store directory {self.directory} holds a {name}, which chDB "
+                    "would read as its server configuration: move it away",
+                )
         session_module = _import_session_module(self.directory)
         self._take_lock()
         try:
@@ -246,8 +253,11 @@ class EmbeddedStore:
             if session is None:
                 continue
             if not lock.acquire(timeout=wait_s):
-                log.warning("embedded store %s: a statement is still running; leaving it (and the directory's "
-                            "lock) to the end of this process", self.directory)
+                log.warning(
+                    "embedded store %s: a statement is still running; leaving it (and the directory's "
+                    "lock) to the end of this process",
+                    self.directory,
+                )
                 left_open = True
                 continue
             try:
@@ -297,8 +307,9 @@ class EmbeddedSink:
     process.
     """
 
-    def __init__(self, directory: str, database: str = "telemetry", table: str = "traces",
-                 serve_queries: bool = True) -> None:
+    def __init__(
+        self, directory: str, database: str = "telemetry", table: str = "traces", serve_queries: bool = True
+    ) -> None:
         if not directory.strip():
             raise ValueError("embedded.dir must not be empty")
         self.store = EmbeddedStore(directory)
@@ -351,8 +362,9 @@ class EmbeddedSink:
                 try:
                     self.query_server = QueryServer(self.directory, self.store.read).start()
                 except OSError as exc:  # queries fall back to "stopped agent" errors; shipping goes on
-                    log.warning("cannot serve queries on the embedded store %s: %s", self.directory,
-                                exc.strerror or exc)
+                    log.warning(
+                        "cannot serve queries on the embedded store %s: %s", self.directory, exc.strerror or exc
+                    )
             log.info("embedded ClickHouse store %s open (chDB)", self.directory)
 
     # ------------------------------------------------------------------ the Sink interface
@@ -377,8 +389,11 @@ class EmbeddedSink:
                     if not table_columns(self.query, self.database, self.table):
                         # Dropped after its migrations were recorded: run them again (each statement is
                         # IF NOT EXISTS-safe, see schema.apply).
-                        log.warning("table %s was dropped from the embedded store %s: creating it again",
-                                    self.target, self.directory)
+                        log.warning(
+                            "table %s was dropped from the embedded store %s: creating it again",
+                            self.target,
+                            self.directory,
+                        )
                         for migration in render_migrations(Profile.MODERN, self.database, self.table, 0):
                             for statement in migration.statements:
                                 self.query(statement)
@@ -387,8 +402,12 @@ class EmbeddedSink:
                 except Exception as exc:  # SchemaError, ValueError: the migrations themselves
                     result = InsertResult(False, ErrorClass.CONFIG, None, f"creating {self.target}: {exc}")
                     raise SinkError(result, self.explain(result)) from None
-                log.info("created %s in the embedded store %s (migrations applied now: %s)", self.target,
-                         self.directory, ", ".join(map(str, applied)) or "none")
+                log.info(
+                    "created %s in the embedded store %s (migrations applied now: %s)",
+                    self.target,
+                    self.directory,
+                    ", ".join(map(str, applied)) or "none",
+                )
                 columns = table_columns(self.query, self.database, self.table)
             profile = require_row_shape(self.target, columns, self.explain)
             self.columns, self.profile = columns, profile
@@ -415,16 +434,19 @@ class EmbeddedSink:
         where = f"the embedded store {self.directory}"
         detail = f" (code {r.code}: {r.message})" if r.code is not None else f" ({r.message})"
         if r.code == 60 or r.code == 81:
-            return (f"table {self.target} is missing in {where}: the shipper creates it again at its next check "
-                    f"(shipper.config_retry){detail}")
+            return (
+                f"table {self.target} is missing in {where}: the shipper creates it again at its next check "
+                f"(shipper.config_retry){detail}"
+            )
         if r.code == 16 or (r.error_class is ErrorClass.CONFIG and "lacks columns" in r.message):
-            return (f"table {self.target} in {where} does not match the rows: it was not created by "
-                    f"automagik-telemetry; move {self.directory} away{detail}")
+            return (
+                f"table {self.target} in {where} does not match the rows: it was not created by "
+                f"automagik-telemetry; move {self.directory} away{detail}"
+            )
         if r.code in (243, 241, 173):
             return f"{where} is out of disk space or memory{detail}"
         if r.code == 164 or r.code == 36:
-            return f"{where} cannot be opened for writing (check its permissions and that one process uses it)" \
-                   f"{detail}"
+            return f"{where} cannot be opened for writing (check its permissions and that one process uses it){detail}"
         if r.error_class is ErrorClass.CONFIG and r.code is None:
             return r.message
         return f"{where} error{detail}"

@@ -51,8 +51,9 @@ class InsertResult:
 
     @classmethod
     def of(cls, c: Classified, raw_bytes: int = 0, sent_bytes: int = 0, encoding: str = "none") -> InsertResult:
-        return cls(c.error_class is ErrorClass.OK, c.error_class, c.code, c.message, c.status, raw_bytes,
-                   sent_bytes, encoding)
+        return cls(
+            c.error_class is ErrorClass.OK, c.error_class, c.code, c.message, c.status, raw_bytes, sent_bytes, encoding
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +90,10 @@ def _version_tuple(version: str) -> tuple[int, int]:
 def profile_row_keys(profile: Profile) -> frozenset[str]:
     """The columns a row of ``profile`` fills (what the target table must have)."""
     resource = parse_resource(b'{"attributes":[]}')
-    span = b'{"traceId":"0123456789abcdef0123456789abcdef","spanId":"0123456789abcdef","name":"x",' \
-           b'"startTimeUnixNano":"1700000000000000000"}'
+    span = (
+        b'{"traceId":"0123456789abcdef0123456789abcdef","spanId":"0123456789abcdef","name":"x",'
+        b'"startTimeUnixNano":"1700000000000000000"}'
+    )
     return frozenset(transform_span(span, resource, profile))
 
 
@@ -99,8 +102,9 @@ def require_row_shape(target: str, columns: dict[str, str], explain: Callable[[I
     of neither shape fit it (both sinks check the table they find the same way)."""
     profile = detect_table_profile(columns)
     if profile is None:
-        result = InsertResult(False, ErrorClass.CONFIG, None,
-                              f"table {target} has neither a Map `attributes` nor `attribute_keys`")
+        result = InsertResult(
+            False, ErrorClass.CONFIG, None, f"table {target} has neither a Map `attributes` nor `attribute_keys`"
+        )
         raise SinkError(result, explain(result))
     missing = sorted(profile_row_keys(profile) - set(columns))
     if missing:
@@ -114,21 +118,35 @@ def count_present_sql(target: str, span_ids: list[str], min_ns: int, max_ns: int
     left out), started within ``[min_ns, max_ns]``, ``target`` holds. The time range prunes partitions."""
     ids = ", ".join("'" + s + "'" for s in span_ids if s.isalnum()) or "''"
     lo, hi = min_ns // 1_000_000_000, max_ns // 1_000_000_000 + 1
-    return (f"SELECT count() FROM {target} WHERE timestamp >= toDateTime({lo}) AND timestamp <= toDateTime({hi}) "
-            f"AND span_id IN ({ids}) FORMAT TabSeparated")
+    return (
+        f"SELECT count() FROM {target} WHERE timestamp >= toDateTime({lo}) AND timestamp <= toDateTime({hi}) "
+        f"AND span_id IN ({ids}) FORMAT TabSeparated"
+    )
 
 
 class ClickHouseHttpSink:
-    def __init__(self, endpoint: str = "http://localhost:8123", database: str = "telemetry",
-                 table: str = "traces", username: str = "default", password: str = "",
-                 ca_bundle: str | None = None, verify_tls: bool = True, connect_timeout: float = 5.0,
-                 read_timeout: float = 60.0, compression: str = "auto", compression_threshold: int = 1024) -> None:
+    def __init__(
+        self,
+        endpoint: str = "http://localhost:8123",
+        database: str = "telemetry",
+        table: str = "traces",
+        username: str = "default",
+        password: str = "",
+        ca_bundle: str | None = None,
+        verify_tls: bool = True,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        compression: str = "auto",
+        compression_threshold: int = 1024,
+    ) -> None:
         parsed = urllib.parse.urlsplit(endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"ClickHouse endpoint {endpoint!r} is not an http(s)://host[:port] URL")
         if parsed.username or parsed.password:
-            raise ValueError("the ClickHouse endpoint URL must not carry credentials: use the username and "
-                             "password settings (or a password file)")
+            raise ValueError(
+                "the ClickHouse endpoint URL must not carry credentials: use the username and "
+                "password settings (or a password file)"
+            )
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
         self.endpoint = endpoint.rstrip("/")
@@ -157,8 +175,9 @@ class ClickHouseHttpSink:
     def query(self, sql: str) -> str:
         """Run one statement (POSTed as the body); its output text, or :class:`SinkError`."""
         try:
-            r = self.session.post(self.endpoint + "/", data=sql.encode(), timeout=self.timeout,
-                                  params={"wait_end_of_query": "1"})
+            r = self.session.post(
+                self.endpoint + "/", data=sql.encode(), timeout=self.timeout, params={"wait_end_of_query": "1"}
+            )
         except (requests.RequestException, OSError) as exc:
             result = InsertResult.of(classify_exception(exc))
             raise SinkError(result, self.explain(result)) from None
@@ -185,8 +204,9 @@ class ClickHouseHttpSink:
         self.columns, self.profile = columns, profile
         with_server = pick_profile(version) if vt != (0, 0) else profile
         if with_server is not profile:
-            log.info("ClickHouse %s: writing the %s row shape of the existing table %s", version,
-                     profile.value, self.target)
+            log.info(
+                "ClickHouse %s: writing the %s row shape of the existing table %s", version, profile.value, self.target
+            )
         return DetectResult(caps, columns, profile)
 
     def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:
@@ -229,8 +249,9 @@ class ClickHouseHttpSink:
         if encoding != "none":
             headers["Content-Encoding"] = encoding
         try:
-            r = self.session.post(self.endpoint + "/", params=self.insert_params(token), data=data,
-                                  headers=headers, timeout=self.timeout)
+            r = self.session.post(
+                self.endpoint + "/", params=self.insert_params(token), data=data, headers=headers, timeout=self.timeout
+            )
         except (requests.RequestException, OSError) as exc:
             return InsertResult.of(classify_exception(exc), len(body), len(data), encoding)
         c = classify_response(r.status_code, r.headers, r.content)
@@ -250,15 +271,21 @@ class ClickHouseHttpSink:
         where = f"ClickHouse at {self.endpoint}"
         detail = f" (code {code}: {r.message})" if code is not None else f" ({r.message})"
         if code in (60, 81):
-            return (f"table {self.target} does not exist on {where}: run `automagik-telemetry schema apply "
-                    f"--clickhouse-endpoint {self.endpoint} --database {self.database} --table {self.table}`"
-                    f"{detail}")
+            return (
+                f"table {self.target} does not exist on {where}: run `automagik-telemetry schema apply "
+                f"--clickhouse-endpoint {self.endpoint} --database {self.database} --table {self.table}`"
+                f"{detail}"
+            )
         if code in (16, 117) or (r.error_class is ErrorClass.CONFIG and "lacks columns" in r.message):
-            return (f"table {self.target} on {where} does not match the rows: run `automagik-telemetry schema "
-                    f"apply` or point --table at an automagik-telemetry table{detail}")
+            return (
+                f"table {self.target} on {where} does not match the rows: run `automagik-telemetry schema "
+                f"apply` or point --table at an automagik-telemetry table{detail}"
+            )
         if code in (193, 194, 516) or (code is None and r.status == 401):
-            return (f"{where} rejected user {self.username!r}'s password: fix --password / --password-file "
-                    f"/ AUTOMAGIK_TELEMETRY_CLICKHOUSE_PASSWORD{detail}")
+            return (
+                f"{where} rejected user {self.username!r}'s password: fix --password / --password-file "
+                f"/ AUTOMAGIK_TELEMETRY_CLICKHOUSE_PASSWORD{detail}"
+            )
         if code == 192:
             return f"{where} has no user {self.username!r}: fix --username{detail}"
         if code in (195,):
@@ -270,8 +297,10 @@ class ClickHouseHttpSink:
         if code == 115:
             return f"{where} ({self._version()}) does not know a setting the shipper sent{detail}"
         if r.message.startswith(NOT_CLICKHOUSE):
-            return (f"the server at {self.endpoint} is not ClickHouse's HTTP interface: point "
-                    f"--clickhouse-endpoint at it (port 8123 by default, 8443 with TLS){detail}")
+            return (
+                f"the server at {self.endpoint} is not ClickHouse's HTTP interface: point "
+                f"--clickhouse-endpoint at it (port 8123 by default, 8443 with TLS){detail}"
+            )
         if r.error_class is ErrorClass.CONFIG and r.status is None:
             return f"cannot talk to {where}: {r.message} (check --ca-bundle / --verify-tls / the URL)"
         if r.error_class is ErrorClass.TRANSIENT:
@@ -280,4 +309,3 @@ class ClickHouseHttpSink:
 
     def _version(self) -> str:
         return self.capabilities.version if self.capabilities else "version unknown"
-

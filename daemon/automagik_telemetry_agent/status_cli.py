@@ -43,8 +43,9 @@ def fetch_status(config: Mapping[str, Any], timeout: float = 5.0) -> dict[str, A
         if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
             return None
         if exc.errno in (errno.EACCES, errno.EPERM):
-            raise RuntimeError(f"permission denied on the control socket {path}: run this as the agent's user "
-                               "or root") from None
+            raise RuntimeError(
+                f"permission denied on the control socket {path}: run this as the agent's user or root"
+            ) from None
         raise RuntimeError(str(exc)) from None
     if not answer.get("ok") or not isinstance(answer.get("status"), dict):
         raise RuntimeError(f"the agent refused the status request: {answer.get('error', answer)}")
@@ -60,7 +61,7 @@ def duration_text(seconds: float | None) -> str:
         return f"{s:.1f}s"
     parts = [(int(s // 86400), "d"), (int(s % 86400 // 3600), "h"), (int(s % 3600 // 60), "m"), (int(s % 60), "s")]
     first = next(i for i, (n, _) in enumerate(parts) if n)
-    return " ".join(f"{n}{unit}" for n, unit in parts[first:first + 2])
+    return " ".join(f"{n}{unit}" for n, unit in parts[first : first + 2])
 
 
 def size_text(n: float | None) -> str:
@@ -77,8 +78,11 @@ def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     m = status.get("metrics") or {}
     rows: list[tuple[str, str]] = [
-        ("agent", f"{status.get('state', 'running')}, pid {status.get('pid', '?')}, "
-                  f"up {duration_text(status.get('uptime_s'))}"),
+        (
+            "agent",
+            f"{status.get('state', 'running')}, pid {status.get('pid', '?')}, "
+            f"up {duration_text(status.get('uptime_s'))}",
+        ),
     ]
     for name, child in sorted((status.get("children") or {}).items()):
         child = child or {}
@@ -88,25 +92,49 @@ def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
         rows.append((name, f"{child.get('state', '?')}{pid}, {child.get('restarts', 0)} restarts{seen}"))
     config = status.get("config") or {}
     if config:
-        rows.append(("sink", f"{config.get('sink', '?')}  (socket {config.get('socket.path', '?')}, "
-                             f"WAL {config.get('wal.dir', '?')})"))
+        rows.append(
+            (
+                "sink",
+                f"{config.get('sink', '?')}  (socket {config.get('socket.path', '?')}, "
+                f"WAL {config.get('wal.dir', '?')})",
+            )
+        )
     if status.get("metrics_unavailable"):
         rows.append(("counters", f"unavailable: {status['metrics_unavailable']}"))
     if m:
-        rows.append(("received", f"{m.get('spans_received', 0)} spans in {m.get('records_received', 0)} records, "
-                                 f"{m.get('rejected_messages', 0)} messages rejected"))
-        rows.append(("backlog", f"{size_text(m.get('wal_unshipped_bytes'))} unshipped of "
-                                f"{size_text(m.get('wal_bytes'))} WAL, oldest "
-                                f"{duration_text(m.get('wal_oldest_unshipped_age_s'))}"))
+        rows.append(
+            (
+                "received",
+                f"{m.get('spans_received', 0)} spans in {m.get('records_received', 0)} records, "
+                f"{m.get('rejected_messages', 0)} messages rejected",
+            )
+        )
+        rows.append(
+            (
+                "backlog",
+                f"{size_text(m.get('wal_unshipped_bytes'))} unshipped of "
+                f"{size_text(m.get('wal_bytes'))} WAL, oldest "
+                f"{duration_text(m.get('wal_oldest_unshipped_age_s'))}",
+            )
+        )
         last = m.get("last_ship_time")
         ago = f"{duration_text(now - last)} ago" if last else "never"
-        rows.append(("last ship", f"{ago}, {m.get('rows_shipped', 0)} rows shipped, "
-                                  f"{m.get('insert_failures', 0)} failed inserts"))
-        rows.append(("drops", f"{m.get('wal_dropped_spans', 0)} spans by the WAL disk policy, "
-                              f"{m.get('client_dropped_spans', 0)} reported by clients"))
+        rows.append(
+            (
+                "last ship",
+                f"{ago}, {m.get('rows_shipped', 0)} rows shipped, {m.get('insert_failures', 0)} failed inserts",
+            )
+        )
+        rows.append(
+            (
+                "drops",
+                f"{m.get('wal_dropped_spans', 0)} spans by the WAL disk policy, "
+                f"{m.get('client_dropped_spans', 0)} reported by clients",
+            )
+        )
         rows.append(("dead letters", f"{m.get('dead_lettered_rows', 0)} rows"))
         error = " ".join(str(m.get("last_error") or "none").split())
-        rows.append(("last error", error if len(error) <= MAX_ERROR else error[:MAX_ERROR - 3] + "..."))
+        rows.append(("last error", error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 3] + "..."))
         if m.get("metrics_port"):
             rows.append(("metrics", f"port {m['metrics_port']}"))
     width = max(len(label) for label, _ in rows)
@@ -133,8 +161,11 @@ def cmd_status(args: argparse.Namespace, flags: dict[str, object]) -> int:
     return exitcodes.OK
 
 
-def add_parser(sub: Any, add_setting_flags: Callable[[argparse.ArgumentParser], None],
-               flags: Callable[[argparse.Namespace], dict[str, object]]) -> None:
+def add_parser(
+    sub: Any,
+    add_setting_flags: Callable[[argparse.ArgumentParser], None],
+    flags: Callable[[argparse.Namespace], dict[str, object]],
+) -> None:
     status = sub.add_parser("status", help="ask the running agent how it is doing (exit 3: not running)")
     add_setting_flags(status)
     status.add_argument("--json", action="store_true", help="print the agent's status dict as JSON")

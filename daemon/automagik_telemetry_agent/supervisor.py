@@ -105,9 +105,15 @@ class _Rate:
 
 
 class Supervisor:
-    def __init__(self, config: AgentConfig, reload: Callable[[], AgentConfig], listener: ListenSocket,
-                 notifier: Notifier | None = None, policy: RestartPolicy | None = None,
-                 control_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        reload: Callable[[], AgentConfig],
+        listener: ListenSocket,
+        notifier: Notifier | None = None,
+        policy: RestartPolicy | None = None,
+        control_path: str | None = None,
+    ) -> None:
         self.config = config  # the effective configuration (live changes applied, the rest as started)
         self.reload = reload
         self.listener = listener
@@ -115,7 +121,8 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.control_path = control_path
         self.children: dict[str, Child] = {
-            "ingest": Child("ingest", ["ingest", "--listen-fd", str(listener.fd)], (listener.fd,))}
+            "ingest": Child("ingest", ["ingest", "--listen-fd", str(listener.fd)], (listener.fd,))
+        }
         if config["sink"] != "none":
             self.children["shipper"] = Child("shipper", ["shipper"])
         self.state = "starting"
@@ -129,8 +136,12 @@ class Supervisor:
         self._signal_r: socket.socket | None = None
         self._signal_w: socket.socket | None = None
         self._announced = False
-        self._on_signal = {signal.SIGTERM: self.handle_sigterm, signal.SIGINT: self.handle_sigint,
-                           signal.SIGHUP: self.handle_sighup, signal.SIGCHLD: self.handle_sigchld}
+        self._on_signal = {
+            signal.SIGTERM: self.handle_sigterm,
+            signal.SIGINT: self.handle_sigint,
+            signal.SIGHUP: self.handle_sighup,
+            signal.SIGCHLD: self.handle_sigchld,
+        }
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
@@ -170,8 +181,14 @@ class Supervisor:
         self.metrics = _agent_metrics(self.config["metrics.listen"])
         if self.metrics is not None:
             self.metrics.serve(self.config["metrics.listen"])
-        log.info("supervisor %d: socket %s%s, WAL %s, sink %s", os.getpid(), self.listener.path,
-                 " (from systemd)" if self.listener.activated else "", self.config["wal.dir"], self.config["sink"])
+        log.info(
+            "supervisor %d: socket %s%s, WAL %s, sink %s",
+            os.getpid(),
+            self.listener.path,
+            " (from systemd)" if self.listener.activated else "",
+            self.config["wal.dir"],
+            self.config["sink"],
+        )
 
     def _turn(self) -> None:
         for key, mask in self.selector.select(self._timeout()):
@@ -273,8 +290,9 @@ class Supervisor:
         process.channel.send_config(self.config)
         self.selector.register(process.channel.sock, selectors.EVENT_READ, child)
         self.timers.next_status = 0.0  # a state change: refresh STATUS= now
-        log.info("%s started (pid %d)%s", child.name, process.pid,
-                 f", restart #{child.restarts}" if child.restarts else "")
+        log.info(
+            "%s started (pid %d)%s", child.name, process.pid, f", restart #{child.restarts}" if child.restarts else ""
+        )
 
     def handle_reports(self, child: Child) -> None:
         process = child.process
@@ -356,15 +374,21 @@ class Supervisor:
         if code in self.policy.give_up_codes:
             child.why = f"{how}{words or ' (see its log above)'}"
         else:
-            child.why = (f"died {child.failed_starts} times in a row before it was ready; last time it {how}"
-                         f"{words or ' (see its log above)'}")
+            child.why = (
+                f"died {child.failed_starts} times in a row before it was ready; last time it {how}"
+                f"{words or ' (see its log above)'}"
+            )
         self._give_up(child)
 
     def _give_up(self, child: Child) -> None:
         code = exitcodes.IO_ERROR if child.exit_code == exitcodes.IO_ERROR else exitcodes.CHILD_FAILED
         if code == exitcodes.IO_ERROR:
-            log.critical("%s: the WAL's storage failed; stopping the agent (exit %d). The next start recovers "
-                         "what is on disk%s", child.name, code, f": {child.last_error}" if child.last_error else "")
+            log.critical(
+                "%s: the WAL's storage failed; stopping the agent (exit %d). The next start recovers what is on disk%s",
+                child.name,
+                code,
+                f": {child.last_error}" if child.last_error else "",
+            )
         else:
             log.critical("%s cannot start: %s; giving up (exit %d)", child.name, child.why, code)
         self.stop(f"{child.name} failed", exit_code=code)
@@ -398,8 +422,12 @@ class Supervisor:
         if self.timers.stop_deadline is not None and now >= self.timers.stop_deadline:
             for child in self.children.values():
                 if child.state is State.STOPPING and child.process is not None and not child.kill_reason:
-                    log.error("%s (pid %d) did not stop within %.0f s; killing it (its data stays in the WAL)",
-                              child.name, child.pid, self.config["agent.stop_timeout"] + STOP_MARGIN_S)
+                    log.error(
+                        "%s (pid %d) did not stop within %.0f s; killing it (its data stays in the WAL)",
+                        child.name,
+                        child.pid,
+                        self.config["agent.stop_timeout"] + STOP_MARGIN_S,
+                    )
                     child.kill_reason = "killed at the stop deadline"
                     child.process.kill()
         interval = self.notifier.watchdog_interval_s
@@ -421,8 +449,9 @@ class Supervisor:
         else:  # STARTING: recovery may take long, but the reporter thread must keep talking
             since = child.last_report if child.last_report is not None else child.started_at
             if now - since > limit:
-                self._kill_hung(child, f"no report for {now - since:.0f} s while starting, "
-                                       f"agent.heartbeat_timeout is {limit:g} s")
+                self._kill_hung(
+                    child, f"no report for {now - since:.0f} s while starting, agent.heartbeat_timeout is {limit:g} s"
+                )
 
     def _kill_hung(self, child: Child, why: str) -> None:
         assert child.process is not None
@@ -434,8 +463,8 @@ class Supervisor:
         """Every child RUNNING and heard from recently: the condition for WATCHDOG=1."""
         fresh = min(FRESH_S, self.config["agent.heartbeat_timeout"] / 2)
         return self.state == "running" and all(
-            c.state is State.RUNNING and not c.kill_reason and c.silence(now) <= fresh
-            for c in self.children.values())
+            c.state is State.RUNNING and not c.kill_reason and c.silence(now) <= fresh for c in self.children.values()
+        )
 
     # ------------------------------------------------------------------ status
     def summary(self) -> dict[str, Any]:
@@ -453,16 +482,24 @@ class Supervisor:
             "pid": os.getpid(),
             "uptime_s": round(now - self.started, 3),
             "state": self.state,
-            "children": {name: {"state": c.state.value, "pid": c.pid if c.state in ALIVE else None,
-                                "restarts": c.restarts,
-                                "last_report_age_s": None if c.last_report is None else round(now - c.last_report, 3),
-                                "loop_age_s": round(c.loop_age, 3),
-                                **({"error": c.why} if c.why else {})}
-                         for name, c in self.children.items()},
+            "children": {
+                name: {
+                    "state": c.state.value,
+                    "pid": c.pid if c.state in ALIVE else None,
+                    "restarts": c.restarts,
+                    "last_report_age_s": None if c.last_report is None else round(now - c.last_report, 3),
+                    "loop_age_s": round(c.loop_age, 3),
+                    **({"error": c.why} if c.why else {}),
+                }
+                for name, c in self.children.items()
+            },
             "metrics": self.summary(),
             **({"metrics_unavailable": NO_METRICS} if self.metrics is None else {}),
-            "config": {"socket.path": self.config["socket.path"], "wal.dir": self.config["wal.dir"],
-                       "sink": self.config["sink"]},
+            "config": {
+                "socket.path": self.config["socket.path"],
+                "wal.dir": self.config["wal.dir"],
+                "sink": self.config["sink"],
+            },
             "socket_activated": self.listener.activated,
             "systemd_notify": self.notifier.enabled,
         }
@@ -481,8 +518,11 @@ class Supervisor:
         if "shipper" in self.children:
             last = m.get("last_ship_time")
             parts.append(f"last ship {max(0.0, time.time() - last):.0f}s ago" if last else "nothing shipped yet")
-        troubles = [f"{c.name} {c.state.value} ({c.restarts} restarts)" for c in self.children.values()
-                    if c.state is not State.RUNNING]
+        troubles = [
+            f"{c.name} {c.state.value} ({c.restarts} restarts)"
+            for c in self.children.values()
+            if c.state is not State.RUNNING
+        ]
         return ", ".join(parts) + (f"; {', '.join(troubles)}" if troubles else "")
 
     def handle_control(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -558,8 +598,10 @@ def _agent_metrics(listen: str) -> Any:
         return AgentMetrics()
     except ImportError:
         if listen:
-            raise MissingExtra(f"metrics.listen is {listen!r} but prometheus-client is not installed: install "
-                               "'automagik-telemetry[agent]', or set metrics.listen = \"\"") from None
+            raise MissingExtra(
+                f"metrics.listen is {listen!r} but prometheus-client is not installed: install "
+                "'automagik-telemetry[agent]', or set metrics.listen = \"\""
+            ) from None
         log.warning("%s: `status` shows no counters", NO_METRICS)
         return None
 

@@ -125,8 +125,9 @@ class Resource:
     #: Per profile (index ``profile is Profile.LEGACY``: no Enum hashing per span), a row with every
     #: column in output order, the resource's already filled in (:func:`_row_template`; ``None`` until
     #: built); each span copies it. Not part of the value.
-    templates: list[dict[str, Any] | bool | None] = field(default_factory=lambda: [None, None], repr=False,
-                                                          compare=False)
+    templates: list[dict[str, Any] | bool | None] = field(
+        default_factory=lambda: [None, None], repr=False, compare=False
+    )
 
 
 # --------------------------------------------------------------------------------------------- values
@@ -404,8 +405,20 @@ def _events(events: object) -> str:
     return orjson.dumps(out).decode()
 
 
-_SPAN_COLUMNS = ("trace_id", "span_id", "parent_span_id", "span_name", "span_kind", "timestamp", "timestamp_ns",
-                 "duration_ns", "duration_ms", "status_code", "status_message", "events")
+_SPAN_COLUMNS = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "span_name",
+    "span_kind",
+    "timestamp",
+    "timestamp_ns",
+    "duration_ns",
+    "duration_ms",
+    "status_code",
+    "status_message",
+    "events",
+)
 
 
 def _row_template(resource: Resource, profile: Profile) -> dict[str, Any] | bool:
@@ -537,8 +550,23 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     if template is None:
         template = resource.templates[legacy] = _row_template(resource, profile)
     if template is False:
-        return _slow_row(resource, profile, trace_id, span_id, parent, name, span_kind, start_ns, duration_ns,
-                         status_code, status_message, events, attributes, second, frac)
+        return _slow_row(
+            resource,
+            profile,
+            trace_id,
+            span_id,
+            parent,
+            name,
+            span_kind,
+            start_ns,
+            duration_ns,
+            status_code,
+            status_message,
+            events,
+            attributes,
+            second,
+            frac,
+        )
     row = template.copy()  # type: ignore[union-attr]
     row["trace_id"] = trace_id
     row["span_id"] = span_id
@@ -594,9 +622,23 @@ def _end_ns(end: object, start_ns: int) -> int:
     return end_ns
 
 
-def _slow_row(resource: Resource, profile: Profile, trace_id: str, span_id: str, parent: str, name: str,
-              span_kind: str, start_ns: int, duration_ns: int, status_code: str, status_message: str, events: str,
-              attributes: dict[str, str], second: str, frac: int) -> dict[str, Any]:
+def _slow_row(
+    resource: Resource,
+    profile: Profile,
+    trace_id: str,
+    span_id: str,
+    parent: str,
+    name: str,
+    span_kind: str,
+    start_ns: int,
+    duration_ns: int,
+    status_code: str,
+    status_message: str,
+    events: str,
+    attributes: dict[str, str],
+    second: str,
+    frac: int,
+) -> dict[str, Any]:
     """The row built key by key, for a hand-made :class:`Resource` whose columns shadow span columns."""
     row: dict[str, Any] = {
         "trace_id": trace_id,

@@ -35,8 +35,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:
-    return any(getattr(getattr(request.node, f"_agent_rep_{when}", None), "failed", False)
-               for when in ("setup", "call"))
+    return any(
+        getattr(getattr(request.node, f"_agent_rep_{when}", None), "failed", False) for when in ("setup", "call")
+    )
 
 
 @pytest.fixture

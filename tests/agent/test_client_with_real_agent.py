@@ -47,8 +47,9 @@ def test_spans_from_the_real_client_are_durable_in_the_wal_when_flush_returns_tr
     finally:
         agent.cleanup()
     items = agent.dump()
-    assert sorted(int(a["value"]["intValue"]) for x in items for a in x["record"]["attributes"]
-                  if a["key"] == "i") == list(range(3000))
+    assert sorted(
+        int(a["value"]["intValue"]) for x in items for a in x["record"]["attributes"] if a["key"] == "i"
+    ) == list(range(3000))
 
 
 def test_client_never_blocks_when_the_agent_is_sigstopped_and_recovers_after_sigcont(tmp_path: Path) -> None:

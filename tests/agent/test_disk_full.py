@@ -60,8 +60,13 @@ class SmallDisk:
 
     def agent_settings(self, **settings: Any) -> dict[str, Any]:
         segment = "256KiB" if self.tmpfs else "2MiB"  # fallback: bigger than the file size limit
-        return {"wal_dir": self.wal_dir, "preexec_fn": self.preexec_fn, "fsync": "always",
-                "segment_size": segment, **settings}
+        return {
+            "wal_dir": self.wal_dir,
+            "preexec_fn": self.preexec_fn,
+            "fsync": "always",
+            "segment_size": segment,
+            **settings,
+        }
 
     def write_file(self, name: str, size: int) -> str:
         """A filler file of ``size`` bytes on this disk (tmpfs only; in fallback mode it frees nothing)."""
@@ -114,8 +119,12 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         disk = SmallDisk(root, "rlimit_fsize", "forced by AUTOMAGIK_TELEMETRY_TEST_DISK_FULL=rlimit")
     else:
         try:
-            result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(root)],
-                                    capture_output=True, text=True, timeout=30)
+            result = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(root)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             why = result.stderr.strip() or f"mount exited {result.returncode}"
         except (OSError, subprocess.TimeoutExpired) as exc:
             result, why = None, str(exc)
@@ -124,8 +133,10 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         else:
             disk = SmallDisk(root, "rlimit_fsize", f"cannot mount a tmpfs ({why})")
     if not disk.tmpfs:
-        warnings.warn(f"disk-full tests ran with RLIMIT_FSIZE={RLIMIT_FILE_SIZE} instead of a full tmpfs: "
-                      f"{disk.why}", stacklevel=1)
+        warnings.warn(
+            f"disk-full tests ran with RLIMIT_FSIZE={RLIMIT_FILE_SIZE} instead of a full tmpfs: {disk.why}",
+            stacklevel=1,
+        )
     print(f"disk-full mechanism: {disk.mode} ({disk.why})")
     try:
         yield disk
@@ -181,7 +192,8 @@ class Sender:
         n_rejected = sum(self.reject_reasons.values())
         assert {k: v for k, v in stats["rejected_messages"].items() if v} == dict(self.reject_reasons)
         assert {k: v for k, v in stats["rejected_items"].items() if v} == {
-            k: v * self.items for k, v in self.reject_reasons.items()}
+            k: v * self.items for k, v in self.reject_reasons.items()
+        }
         assert stats["records_received"] == len(self.acked) // self.items
         assert stats["items_received"] == len(self.acked)
         assert stats["messages_received"] == self.seq + self.stats_calls
@@ -205,8 +217,11 @@ def consume_all(wal_dir: str) -> list[str]:
     try:
         while entries := reader.read(max_records=10_000):
             for entry in entries:
-                names += [line.split(b'"name":"', 1)[1].split(b'"', 1)[0].decode()
-                          for line in entry.payload.split(b"\n")[1:] if line]
+                names += [
+                    line.split(b'"name":"', 1)[1].split(b'"', 1)[0].decode()
+                    for line in entry.payload.split(b"\n")[1:]
+                    if line
+                ]
                 last = entry.seq
         if last:
             reader.commit(last)
@@ -223,8 +238,7 @@ def drops_ledger(wal_dir: str) -> list[dict[str, str]]:
         return []
 
 
-def check_wal(agent: AgentProcess, acked: list[str], rejected: list[str],
-              consumed: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+def check_wal(agent: AgentProcess, acked: list[str], rejected: list[str], consumed: list[str] = ()) -> list[str]:  # type: ignore[assignment]
     """After the agent stopped: every ACKed item is in the WAL exactly once (or was consumed and its
     segment deleted), nothing rejected is anywhere, and `wal verify` is clean. Returns the dump names."""
     names = dumped_names(agent.dump())
@@ -241,8 +255,7 @@ def check_wal(agent: AgentProcess, acked: list[str], rejected: list[str],
 
 
 # ---------------------------------------------------------------------------------------------- tests
-def test_disk_full_rejects_exactly_loses_nothing_acked_and_recovers(small_disk: SmallDisk,
-                                                                      agent_factory: Any) -> None:
+def test_disk_full_rejects_exactly_loses_nothing_acked_and_recovers(small_disk: SmallDisk, agent_factory: Any) -> None:
     """Filling the disk: the agent keeps running; every message it could not write got REJECT disk_full
     (counted exactly, items too); what it ACKed is in the WAL once; the WAL size it reports is the size
     on disk; once space is freed (a file deleted, or records consumed and committed) it accepts again
@@ -293,9 +306,11 @@ def test_disk_full_rejects_exactly_loses_nothing_acked_and_recovers(small_disk: 
         sender.close()
     assert agent.terminate() == 0
     check_wal(agent, sender.acked, sender.rejected, consumed)
-    print(f"[{disk.mode}] full after {first_full} items in {fill_time:.2f}s; rejected "
-          f"{dict(sender.reject_reasons)}; accepted again {recovered_after_delete:.2f}s after deleting "
-          f"files, {recovered_after_consume:.2f}s after consuming")
+    print(
+        f"[{disk.mode}] full after {first_full} items in {fill_time:.2f}s; rejected "
+        f"{dict(sender.reject_reasons)}; accepted again {recovered_after_delete:.2f}s after deleting "
+        f"files, {recovered_after_consume:.2f}s after consuming"
+    )
 
 
 def test_agent_restarts_on_a_full_disk_and_recovers(small_disk: SmallDisk, agent_factory: Any) -> None:
@@ -327,8 +342,9 @@ def test_agent_restarts_on_a_full_disk_and_recovers(small_disk: SmallDisk, agent
     check_wal(agent, sender.acked + sender2.acked, sender.rejected + sender2.rejected)
 
 
-def test_full_disk_with_drop_oldest_watermark_drops_counted_and_never_crashes(small_disk: SmallDisk,
-                                                                                agent_factory: Any) -> None:
+def test_full_disk_with_drop_oldest_watermark_drops_counted_and_never_crashes(
+    small_disk: SmallDisk, agent_factory: Any
+) -> None:
     """drop_oldest with a free-space watermark on a disk filled to the last page (the drop ledger
     itself cannot be written before a segment is deleted): the agent keeps running, frees space by
     dropping the oldest segments, counts each dropped record exactly (= ACKed records no longer in
@@ -383,8 +399,7 @@ def test_drop_oldest_size_cap_drops_oldest_segments_counted_exactly(agent_factor
     """--wal-max-size with drop_oldest: nothing is rejected; the oldest segments are deleted;
     dropped_records["wal_size_cap"] == exactly the ACKed records no longer in the WAL, each range in
     drops.log; a consumer reading from the start counts the same gap; the WAL verifies clean."""
-    agent = agent_factory(fsync="always", segment_size="64KiB", wal_max_size="256KiB",
-                          disk_policy="drop_oldest")
+    agent = agent_factory(fsync="always", segment_size="64KiB", wal_max_size="256KiB", disk_policy="drop_oldest")
     sender = Sender(agent, items=2, pad=2000)
     try:
         for _ in range(250):  # ~1 MiB: 4x the cap
@@ -403,7 +418,7 @@ def test_drop_oldest_size_cap_drops_oldest_segments_counted_exactly(agent_factor
     assert lost_records > 0
     assert stats["wal"]["dropped_records"] == {"wal_size_cap": lost_records}
     assert stats["wal"]["dropped_items"] == {"wal_size_cap": len(lost)}
-    assert sorted(lost) == sorted(sender.acked[:len(lost)]), "dropped records are not the oldest ones"
+    assert sorted(lost) == sorted(sender.acked[: len(lost)]), "dropped records are not the oldest ones"
     ledger = drops_ledger(agent.wal_dir)
     assert ledger and all(e["reason"] == "wal_size_cap" for e in ledger)
     covered = sorted(s for e in ledger for s in range(int(e["first_seq"]), int(e["last_seq"]) + 1))
@@ -424,8 +439,7 @@ def test_reject_new_size_cap_rejects_new_exactly_and_drops_nothing(agent_factory
     """--wal-max-size with reject_new: nothing is ever dropped; once over the cap new messages get
     REJECT disk_full (counted exactly, items too); every ACKed record stays in the WAL; after the
     consumer commits, the agent deletes consumed segments and accepts again within a few seconds."""
-    agent = agent_factory(fsync="always", segment_size="64KiB", wal_max_size="256KiB",
-                          disk_policy="reject_new")
+    agent = agent_factory(fsync="always", segment_size="64KiB", wal_max_size="256KiB", disk_policy="reject_new")
     sender = Sender(agent, items=2, pad=2000)
     try:
         started = time.monotonic()
@@ -445,8 +459,10 @@ def test_reject_new_size_cap_rejects_new_exactly_and_drops_nothing(agent_factory
         sender.close()
     assert agent.terminate() == 0
     check_wal(agent, sender.acked, sender.rejected, consumed)
-    print(f"reject_new: {dict(sender.reject_reasons)} rejected; the WAL overshot the cap by {overshoot} "
-          f"bytes before the once-a-second check; accepting again {recovered:.2f}s after the commit")
+    print(
+        f"reject_new: {dict(sender.reject_reasons)} rejected; the WAL overshot the cap by {overshoot} "
+        f"bytes before the once-a-second check; accepting again {recovered:.2f}s after the commit"
+    )
 
 
 LEDGER_APPEND = r"""
@@ -476,8 +492,14 @@ def test_drop_ledger_line_is_all_or_nothing_on_a_full_disk(small_disk: SmallDisk
     def preexec() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run([sys.executable, "-c", LEDGER_APPEND, str(path)], capture_output=True, text=True,
-                            env=agent_env(), timeout=30, preexec_fn=None if disk.tmpfs else preexec)
+    result = subprocess.run(
+        [sys.executable, "-c", LEDGER_APPEND, str(path)],
+        capture_output=True,
+        text=True,
+        env=agent_env(),
+        timeout=30,
+        preexec_fn=None if disk.tmpfs else preexec,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[0] == "error", f"a line that did not fit was written: {result.stdout}"
     assert path.read_text() == first, "a torn line was left in the ledger"

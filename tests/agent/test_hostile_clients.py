@@ -57,12 +57,24 @@ STATS_SEQ_BASE = 1 << 62  # seqs of our own STATS_REQUESTs: never used by the me
 FUZZ_EXAMPLES = int(os.environ.get("AUTOMAGIK_TELEMETRY_FUZZ_EXAMPLES", "300"))
 
 
-def header(*, magic: bytes = b"AT", version: int = 1, type: int = RECORDS, kind: int = 1, flags: int = 0,
-           reserved: int = 0, count: int = 1, length: int | None = None, seq: int = 1,
-           payload: bytes = b"") -> bytes:
+def header(
+    *,
+    magic: bytes = b"AT",
+    version: int = 1,
+    type: int = RECORDS,
+    kind: int = 1,
+    flags: int = 0,
+    reserved: int = 0,
+    count: int = 1,
+    length: int | None = None,
+    seq: int = 1,
+    payload: bytes = b"",
+) -> bytes:
     """A message with any header fields (``length`` defaults to the payload's)."""
-    return HEADER.pack(magic, version, type, kind, flags, reserved, count,
-                       len(payload) if length is None else length, seq) + payload
+    return (
+        HEADER.pack(magic, version, type, kind, flags, reserved, count, len(payload) if length is None else length, seq)
+        + payload
+    )
 
 
 def nonzero(counters: dict[str, int]) -> dict[str, int]:
@@ -171,8 +183,9 @@ class Ledger:
             "messages_received": self.messages,
             "records_received": self.records,
             "items_received": self.items,
-            "rejected_messages": {k: v for k, v in (self.rejected + Counter(
-                too_many_connections=self.refused_connections)).items() if v},
+            "rejected_messages": {
+                k: v for k, v in (self.rejected + Counter(too_many_connections=self.refused_connections)).items() if v
+            },
             "rejected_items": {k: v for k, v in self.rejected_items.items() if v},
         }
         assert got == want
@@ -250,8 +263,16 @@ def test_garbage_frames_are_rejected_and_counted_by_reason(agent: AgentProcess) 
         send_and_expect(client, ledger, ok)
     stats = ledger.agent_stats(agent)
     assert stats["rejected_messages"] == {
-        "too_short": 3, "bad_magic": 3, "bad_version": 2, "bad_type": 5, "bad_flags": 2,
-        "length_mismatch": 3, "unsupported_kind": 3, "empty": 2, "bad_payload": 5, "bad_seq": 1,
+        "too_short": 3,
+        "bad_magic": 3,
+        "bad_version": 2,
+        "bad_type": 5,
+        "bad_flags": 2,
+        "length_mismatch": 3,
+        "unsupported_kind": 3,
+        "empty": 2,
+        "bad_payload": 5,
+        "bad_seq": 1,
     }
     assert nonzero(stats["rejected_items"]) == {"unsupported_kind": 3, "bad_payload": 2}
     assert stats["client_reported"] == {"sent_records": 3}
@@ -318,7 +339,13 @@ def test_half_frame_length_mismatch_is_rejected(agent: AgentProcess) -> None:
             o2 = send_and_expect(client, ledger, second)
             assert o1.kind == o2.kind == "reject"
         assert [o.reason for o in (expected_outcome(p) for pair in pieces for p in pair)] == [
-            "too_short", "bad_magic", "length_mismatch", "bad_magic", "length_mismatch", "bad_magic"]
+            "too_short",
+            "bad_magic",
+            "length_mismatch",
+            "bad_magic",
+            "length_mismatch",
+            "bad_magic",
+        ]
         for i, delta in enumerate((-len(whole) + 24, -1, 1, 1000, 1 << 31)):
             hdr = bytearray(whole)
             struct.pack_into("<IIQ", hdr, 8, 3, len(whole) - 24 + delta, 100 + i)
@@ -363,8 +390,13 @@ def test_wrong_count_payload_is_rejected(agent: AgentProcess) -> None:
     assert stats["items_received"] == 5
     assert agent.terminate() == 0
     dump = agent.dump()
-    assert [d["record"].get("name") if isinstance(d.get("record"), dict) else d.get("raw")
-            for d in dump] == ["ok", "\ufffd\ufffd broken", "e", "", ""]
+    assert [d["record"].get("name") if isinstance(d.get("record"), dict) else d.get("raw") for d in dump] == [
+        "ok",
+        "\ufffd\ufffd broken",
+        "e",
+        "",
+        "",
+    ]
 
 
 def test_unknown_type_version_magic_flags_kind_rejected(agent: AgentProcess) -> None:
@@ -397,7 +429,7 @@ def test_unknown_type_version_magic_flags_kind_rejected(agent: AgentProcess) -> 
     with RawClient(agent.socket_path) as client:
         # Batches small enough that the agent's replies never fill the socket (REJECT is best effort).
         for start in range(0, len(messages), 50):
-            batch = messages[start:start + 50]
+            batch = messages[start : start + 50]
             outcomes = [ledger.sent(m) for m in batch]
             for m in batch:
                 client.send_raw(m)
@@ -410,7 +442,12 @@ def test_unknown_type_version_magic_flags_kind_rejected(agent: AgentProcess) -> 
         assert client.wait_ack(seq)
     stats = ledger.agent_stats(agent)
     assert stats["rejected_messages"] == {
-        "bad_type": 256 - 3, "bad_version": 255, "unsupported_kind": 255, "bad_flags": 255, "bad_magic": 510}
+        "bad_type": 256 - 3,
+        "bad_version": 255,
+        "unsupported_kind": 255,
+        "bad_flags": 255,
+        "bad_magic": 510,
+    }
     assert nonzero(stats["rejected_items"]) == {"unsupported_kind": 255}
     assert stats["records_received"] == 1
 
@@ -435,8 +472,9 @@ def test_stalled_clients_do_not_delay_others(agent: AgentProcess) -> None:
                 good.send_records([record_line(f"good-{seq}")], seq=seq)
                 assert good.wait_ack(seq, 5), f"good client: no ACK for {seq}"
                 latencies.append(time.monotonic() - started)
-        assert max(latencies) < 1.0, (f"ACK latency max {max(latencies):.3f}s, "
-                                      f"median {statistics.median(latencies):.4f}s")
+        assert max(latencies) < 1.0, (
+            f"ACK latency max {max(latencies):.3f}s, median {statistics.median(latencies):.4f}s"
+        )
         stats = agent.stats()
         assert stats["connections_open"] >= 200  # the 200 idle ones (the stalled one is gone)
         assert stats["rejected_messages"]["bad_magic"] > MAX_OUTBOX
@@ -521,8 +559,13 @@ def test_flooding_client_does_not_starve_others(agent_factory: Any) -> None:
 
 
 def _flood_and_measure(agent: AgentProcess) -> None:
-    flood = subprocess.Popen([sys.executable, "-c", FLOOD_SCRIPT, agent.socket_path, "4"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent_env(), text=True)
+    flood = subprocess.Popen(
+        [sys.executable, "-c", FLOOD_SCRIPT, agent.socket_path, "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=agent_env(),
+        text=True,
+    )
     try:
         assert flood.stdout is not None
         assert flood.stdout.readline().strip() == "flooding", flood.stderr.read() if flood.stderr else ""
@@ -546,17 +589,24 @@ def _flood_and_measure(agent: AgentProcess) -> None:
     assert flood.returncode == 0, err
     assert result["sent"] > 200, f"the flood was not a flood: {result}"
     assert len(latencies) >= 20
-    assert max(latencies) < 2.0, (f"victim ACK latency max {max(latencies):.3f}s median "
-                                  f"{statistics.median(latencies):.4f}s under a flood of {result}")
+    assert max(latencies) < 2.0, (
+        f"victim ACK latency max {max(latencies):.3f}s median "
+        f"{statistics.median(latencies):.4f}s under a flood of {result}"
+    )
     # The flooder's last messages may still be queued in its (closed) connection: they still count.
-    stats = wait_until(lambda: (s := agent.stats())["records_received"] == result["sent"] + seq and s, 10,
-                       message=f"{result['sent'] + seq} records received")
+    stats = wait_until(
+        lambda: (s := agent.stats())["records_received"] == result["sent"] + seq and s,
+        10,
+        message=f"{result['sent'] + seq} records received",
+    )
     assert stats["rejected_messages"] == {}
     assert agent.terminate() == 0
     code, report = agent.verify()
     assert code == 0 and report["records"] == result["sent"] + seq
-    print(f"flood {result}, victim {len(latencies)} msgs, latency max {max(latencies):.3f}s "
-          f"median {statistics.median(latencies):.4f}s")
+    print(
+        f"flood {result}, victim {len(latencies)} msgs, latency max {max(latencies):.3f}s "
+        f"median {statistics.median(latencies):.4f}s"
+    )
 
 
 @pytest.mark.agent_settings(max_connections=5)
@@ -583,6 +633,7 @@ def test_too_many_connections_refused_and_counted(agent: AgentProcess) -> None:
             client.send_records([record_line(f"conn-{i}")], seq=1)
             assert client.wait_ack(1)
         clients.pop().close()
+
         # The slot comes back once the agent has seen the close.
         def connect_ok() -> bool:
             with RawClient(agent.socket_path) as c:
@@ -590,6 +641,7 @@ def test_too_many_connections_refused_and_counted(agent: AgentProcess) -> None:
                     return c.request_stats(seq=9, timeout=2)["connections_open"] == 5
                 except (AgentClosedConnection, AssertionError):
                     return False
+
         wait_until(connect_ok, 5, interval=0.05, message="a freed connection slot")
     finally:
         for client in clients:
@@ -648,8 +700,11 @@ def test_client_disconnect_mid_stream_loses_nothing_acked(agent: AgentProcess) -
     finally:
         agent.cont()
     assert frozen_sent
-    wait_until(lambda: agent.stats()["records_received"] == len(sent), 10,
-               message=f"all {len(sent)} sent records to be received")
+    wait_until(
+        lambda: agent.stats()["records_received"] == len(sent),
+        10,
+        message=f"all {len(sent)} sent records to be received",
+    )
     assert agent.terminate() == 0
     names = dumped_names(agent.dump())
     counts = Counter(names)
@@ -670,13 +725,25 @@ def _mutate(draw: st.DrawFn, msg: bytearray) -> bytearray:
             msg[draw(st.integers(0, len(msg) - 1))] = draw(st.integers(0, 255))
         elif op == "field":
             offset, size = draw(st.sampled_from(fields))
-            interesting = [0, 1, 2, 3, 0x10, 0x7F, 0x80, 0x81, 0xFF, len(msg) - 24, len(msg) - 23,
-                           (1 << (8 * size)) - 1]
+            interesting = [
+                0,
+                1,
+                2,
+                3,
+                0x10,
+                0x7F,
+                0x80,
+                0x81,
+                0xFF,
+                len(msg) - 24,
+                len(msg) - 23,
+                (1 << (8 * size)) - 1,
+            ]
             value = draw(st.sampled_from(interesting) | st.integers(0, (1 << (8 * size)) - 1))
             if len(msg) >= offset + size:
-                msg[offset:offset + size] = (value % (1 << (8 * size))).to_bytes(size, "little")
+                msg[offset : offset + size] = (value % (1 << (8 * size))).to_bytes(size, "little")
         elif op == "truncate":
-            del msg[draw(st.integers(1, max(1, len(msg)))):]
+            del msg[draw(st.integers(1, max(1, len(msg)))) :]
         elif op == "extend":
             msg += draw(st.binary(min_size=1, max_size=40))
         elif op == "newline" and msg:
@@ -690,26 +757,28 @@ def _mutate(draw: st.DrawFn, msg: bytearray) -> bytearray:
 def fuzzed_message(draw: st.DrawFn) -> bytes:
     seq = draw(st.integers(1, 1 << 20) | st.sampled_from([0, (1 << 64) - 1]))
     n = draw(st.integers(1, 4))
-    valid = encode_records([record_line(f"fz-{seq}-{i}", pad=draw(st.integers(0, 30))) for i in range(n)],
-                           seq=seq)
-    choice = draw(st.sampled_from(["random", "header+random", "mutated", "mutated", "valid", "control",
-                                   "oversized"]))
+    valid = encode_records([record_line(f"fz-{seq}-{i}", pad=draw(st.integers(0, 30))) for i in range(n)], seq=seq)
+    choice = draw(st.sampled_from(["random", "header+random", "mutated", "mutated", "valid", "control", "oversized"]))
     if choice == "random":
         msg = draw(st.binary(min_size=1, max_size=200))
     elif choice == "header+random":
-        msg = header(type=draw(st.sampled_from([1, 2, 0x10, 0x81, 7])), kind=draw(st.integers(0, 3)),
-                     count=draw(st.integers(0, 5)), seq=seq, payload=draw(st.binary(max_size=120)))
+        msg = header(
+            type=draw(st.sampled_from([1, 2, 0x10, 0x81, 7])),
+            kind=draw(st.integers(0, 3)),
+            count=draw(st.integers(0, 5)),
+            seq=seq,
+            payload=draw(st.binary(max_size=120)),
+        )
     elif choice == "mutated":
         msg = bytes(_mutate(draw, bytearray(valid)))
     elif choice == "valid":
         msg = valid
     elif choice == "control":
         body = draw(st.sampled_from([b"", b"{}", b'{"instance":"fz","n":1}', b"[1]", b"\x00"]))
-        msg = header(type=draw(st.sampled_from([CLIENT_STATS, STATS_REQUEST])), count=0, kind=0, seq=seq,
-                     payload=body)
+        msg = header(type=draw(st.sampled_from([CLIENT_STATS, STATS_REQUEST])), count=0, kind=0, seq=seq, payload=body)
     else:
         msg = valid + b"\n" * (MAX_MESSAGE_SIZE + draw(st.integers(-30, 30)) - len(valid))
-        msg = msg[:24 - 12] + struct.pack("<I", len(msg) - 24) + msg[16:]
+        msg = msg[: 24 - 12] + struct.pack("<I", len(msg) - 24) + msg[16:]
     return msg if msg else b"\x00"
 
 
@@ -723,8 +792,13 @@ def test_fuzzed_frames_never_crash_the_agent(agent_factory: Any) -> None:
     examples = 0
     deadline = time.monotonic() + 60 * FUZZ_EXAMPLES / 300
 
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=False, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=False,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(st.lists(fuzzed_message(), min_size=1, max_size=8))
     def run(messages: list[bytes]) -> None:
         nonlocal examples
@@ -759,15 +833,19 @@ def test_fuzzed_frames_never_crash_the_agent(agent_factory: Any) -> None:
     with RawClient(agent.socket_path) as client:
         send_and_expect(client, ledger, encode_records([record_line("after-fuzz")], seq=1))
     stats = ledger.agent_stats(agent)
-    assert stats["messages_received"] == stats["records_received"] + sum(
-        stats["rejected_messages"].values()) + ledger.control
+    assert (
+        stats["messages_received"]
+        == stats["records_received"] + sum(stats["rejected_messages"].values()) + ledger.control
+    )
     assert agent.terminate() == 0
     dump = agent.dump()
     assert len(dump) == stats["items_received"]
     code, report = agent.verify()
     assert code == 0 and report["records"] == stats["records_received"]
-    print(f"fuzz: {examples} examples, {ledger.messages} messages in {elapsed:.1f}s; "
-          f"accepted {ledger.records} records, rejected {dict(ledger.rejected)}")
+    print(
+        f"fuzz: {examples} examples, {ledger.messages} messages in {elapsed:.1f}s; "
+        f"accepted {ledger.records} records, rejected {dict(ledger.rejected)}"
+    )
     assert examples >= min(100, FUZZ_EXAMPLES)
 
 
@@ -777,8 +855,7 @@ def test_client_stats_flood_cannot_break_stats(agent: AgentProcess) -> None:
     the counters an honest client reported first."""
     ledger = Ledger()
     with RawClient(agent.socket_path) as client:
-        honest = header(type=CLIENT_STATS, count=0, kind=0, seq=1,
-                        payload=b'{"instance":"honest","sent_records":5}')
+        honest = header(type=CLIENT_STATS, count=0, kind=0, seq=1, payload=b'{"instance":"honest","sent_records":5}')
         send_and_expect(client, ledger, honest)
         for i in range(40):
             counters: dict[str, Any] = {"instance": f"hostile-{i}"}

@@ -69,8 +69,10 @@ def _one_round(tmp_path: Path, fsync: str, kill_after: float) -> tuple[int, int]
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     logs = [tmp_path / f"acks-{w}.log" for w in range(WRITERS)]
-    writers = [subprocess.Popen([sys.executable, str(script), agent.socket_path, f"w{w}", str(logs[w])],
-                                env=agent_env()) for w in range(WRITERS)]
+    writers = [
+        subprocess.Popen([sys.executable, str(script), agent.socket_path, f"w{w}", str(logs[w])], env=agent_env())
+        for w in range(WRITERS)
+    ]
     try:
         deadline = time.monotonic() + 15
         while not all(log.exists() for log in logs) and time.monotonic() < deadline:
@@ -97,8 +99,12 @@ def _one_round(tmp_path: Path, fsync: str, kill_after: float) -> tuple[int, int]
     for w, log in enumerate(logs):
         acked, rejected = _acked(log)
         assert not rejected
-        missing = [f"w{w}-{m}-{j}" for m in range(1, acked + 1) for j in range(SPANS_PER_MESSAGE)
-                   if names[f"w{w}-{m}-{j}"] != 1]
+        missing = [
+            f"w{w}-{m}-{j}"
+            for m in range(1, acked + 1)
+            for j in range(SPANS_PER_MESSAGE)
+            if names[f"w{w}-{m}-{j}"] != 1
+        ]
         assert not missing, f"acknowledged but lost after kill -9: {missing[:5]} (of {len(missing)})"
         acked_spans += acked * SPANS_PER_MESSAGE
     return acked_spans, sum(names.values())
@@ -113,8 +119,9 @@ def test_kill9_during_concurrent_writes_loses_no_acknowledged_record(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fsync", ["always", "interval"])
-def test_kill9_matrix_random_kill_times_lose_no_acknowledged_record(tmp_path: Path, fsync: str,
-                                                                   crash_matrix_size: int) -> None:
+def test_kill9_matrix_random_kill_times_lose_no_acknowledged_record(
+    tmp_path: Path, fsync: str, crash_matrix_size: int
+) -> None:
     rng = random.Random(f"kill9-{fsync}")
     rounds = max(2, crash_matrix_size // 3)
     for i in range(rounds):

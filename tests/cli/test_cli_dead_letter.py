@@ -28,8 +28,9 @@ pytestmark = pytest.mark.clickhouse
 N = 20
 
 
-def produce_dead_letters(clickhouse: Any, db: str, tmp_path: Path, messages: dict[int, str],
-                         bad_trace: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+def produce_dead_letters(
+    clickhouse: Any, db: str, tmp_path: Path, messages: dict[int, str], bad_trace: frozenset[int] = frozenset()
+) -> list[dict[str, Any]]:
     """Ship N spans into a table refusing non-numeric status messages; return the dead-letter entries."""
     (ddl,) = render_migrations(Profile.LEGACY, db, "traces", 0)[0].statements
     clickhouse.query(ddl.replace("status_message   String", "status_message   UInt8"))
@@ -48,8 +49,18 @@ def produce_dead_letters(clickhouse: Any, db: str, tmp_path: Path, messages: dic
 
 
 def cli(clickhouse: Any, db: str, tmp_path: Path, *args: str) -> Any:
-    return run_cli("dead-letter", *args, "--config", "/dev/null", "--wal-dir", str(tmp_path / "wal"),
-                   "--clickhouse-endpoint", clickhouse.url, "--database", db)
+    return run_cli(
+        "dead-letter",
+        *args,
+        "--config",
+        "/dev/null",
+        "--wal-dir",
+        str(tmp_path / "wal"),
+        "--clickhouse-endpoint",
+        clickhouse.url,
+        "--database",
+        db,
+    )
 
 
 def span_ids(clickhouse: Any, db: str) -> set[str]:
@@ -72,7 +83,8 @@ def test_list_shows_every_entry_with_reason_and_code(clickhouse: Any, clickhouse
 
 
 def test_replay_after_fixing_the_table_lands_every_row_and_empties_the_file(
-        clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     bad = {2: "boom", 9: "1.5", 15: "boom"}
     produce_dead_letters(clickhouse, clickhouse_db, tmp_path, bad)
     assert span_ids(clickhouse, clickhouse_db) == {span_id(i) for i in range(N) if i not in bad}
@@ -93,16 +105,19 @@ def test_replay_after_fixing_the_table_lands_every_row_and_empties_the_file(
     assert "replayed 3 of 3 dead-lettered spans" in result.stdout and "0 left" in result.stdout
     assert span_ids(clickhouse, clickhouse_db) == {span_id(i) for i in range(N)}
     assert count(clickhouse, clickhouse_db) == N  # each exactly once
-    rows = clickhouse.query(f"SELECT status_message FROM {clickhouse_db}.traces WHERE span_id IN "
-                            f"('{span_id(2)}', '{span_id(9)}') ORDER BY status_message FORMAT TabSeparated")
+    rows = clickhouse.query(
+        f"SELECT status_message FROM {clickhouse_db}.traces WHERE span_id IN "
+        f"('{span_id(2)}', '{span_id(9)}') ORDER BY status_message FORMAT TabSeparated"
+    )
     assert rows.split() == ["1.5", "boom"]  # the rows as the shipper sent them
     assert (tmp_path / "dead-letter" / "dead-letter.jsonl").read_bytes() == b""
     again = cli(clickhouse, clickhouse_db, tmp_path, "replay")
     assert again.returncode == 0 and "nothing to replay" in again.stdout
 
 
-def test_replay_keeps_rows_still_refused_and_transform_failures(clickhouse: Any, clickhouse_db: str,
-                                                                 tmp_path: Path) -> None:
+def test_replay_keeps_rows_still_refused_and_transform_failures(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     produce_dead_letters(clickhouse, clickhouse_db, tmp_path, {4: "1.5", 12: "boom", 13: "2.25"}, frozenset({6}))
     clickhouse.query(f"ALTER TABLE {clickhouse_db}.traces MODIFY COLUMN status_message Float64")  # "boom" still bad
     result = cli(clickhouse, clickhouse_db, tmp_path, "replay")
@@ -113,12 +128,18 @@ def test_replay_keeps_rows_still_refused_and_transform_failures(clickhouse: Any,
     assert {span_id(4), span_id(13)} <= span_ids(clickhouse, clickhouse_db)
     left = DeadLetter(str(tmp_path / "dead-letter")).read()
     assert sorted((e["reason"], e.get("row", {}).get("span_id")) for e in left) == [
-        ("rejected", span_id(12)), ("transform", None)]
+        ("rejected", span_id(12)),
+        ("transform", None),
+    ]
 
 
-def test_replay_keeps_entries_the_shipper_appends_meanwhile(clickhouse: Any, clickhouse_db: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_keeps_entries_the_shipper_appends_meanwhile(
+    clickhouse: Any,
+    clickhouse_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The shipper appends (under the directory lock) while a replay is inserting: nothing is lost, and the
     shipper is not blocked by the replay's network round trips (it would deadlock here if it were)."""
     from automagik_telemetry_agent.sink_http import ClickHouseHttpSink
@@ -129,8 +150,11 @@ def test_replay_keeps_entries_the_shipper_appends_meanwhile(clickhouse: Any, cli
     real_insert = ClickHouseHttpSink.insert
 
     def insert_while_shipper_appends(self: ClickHouseHttpSink, body: bytes, token: str | None = None) -> Any:
-        writer = threading.Thread(target=shipper_side.write, daemon=True,
-                                  args=([DeadLetterEntry("transform", "appended meanwhile", 99, raw=b"x")],))
+        writer = threading.Thread(
+            target=shipper_side.write,
+            daemon=True,
+            args=([DeadLetterEntry("transform", "appended meanwhile", 99, raw=b"x")],),
+        )
         writer.start()
         writer.join(10)
         assert not writer.is_alive(), "the shipper's append waited for the replay"
@@ -139,9 +163,20 @@ def test_replay_keeps_entries_the_shipper_appends_meanwhile(clickhouse: Any, cli
     monkeypatch.setattr(ClickHouseHttpSink, "insert", insert_while_shipper_appends)
     from automagik_telemetry_agent.cli import build_parser
 
-    parsed = build_parser().parse_args(["dead-letter", "replay", "--config", "/dev/null", "--wal-dir",
-                                        str(tmp_path / "wal"), "--clickhouse-endpoint", clickhouse.url,
-                                        "--database", clickhouse_db])
+    parsed = build_parser().parse_args(
+        [
+            "dead-letter",
+            "replay",
+            "--config",
+            "/dev/null",
+            "--wal-dir",
+            str(tmp_path / "wal"),
+            "--clickhouse-endpoint",
+            clickhouse.url,
+            "--database",
+            clickhouse_db,
+        ]
+    )
     code = parsed.func(parsed)
     left = shipper_side.read()
     assert [e["error"] for e in left] == ["appended meanwhile"]  # the two replayed rows left, the new one kept
@@ -152,13 +187,25 @@ def test_replay_keeps_entries_the_shipper_appends_meanwhile(clickhouse: Any, cli
     assert count(clickhouse, clickhouse_db) == N
 
 
-def test_replay_when_clickhouse_is_unreachable_changes_nothing(clickhouse: Any, clickhouse_db: str,
-                                                               tmp_path: Path) -> None:
+def test_replay_when_clickhouse_is_unreachable_changes_nothing(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     produce_dead_letters(clickhouse, clickhouse_db, tmp_path, {8: "boom"})
     before = (tmp_path / "dead-letter" / "dead-letter.jsonl").read_bytes()
-    result = run_cli("dead-letter", "replay", "--config", "/dev/null", "--wal-dir", str(tmp_path / "wal"),
-                     "--clickhouse-endpoint", "http://127.0.0.1:9", "--database", clickhouse_db,
-                     "--connect-timeout", "1s")
+    result = run_cli(
+        "dead-letter",
+        "replay",
+        "--config",
+        "/dev/null",
+        "--wal-dir",
+        str(tmp_path / "wal"),
+        "--clickhouse-endpoint",
+        "http://127.0.0.1:9",
+        "--database",
+        clickhouse_db,
+        "--connect-timeout",
+        "1s",
+    )
     assert result.returncode == 1 and "nothing replayed" in result.stderr and "unavailable" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert (tmp_path / "dead-letter" / "dead-letter.jsonl").read_bytes() == before

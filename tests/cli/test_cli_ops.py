@@ -25,14 +25,36 @@ from automagik_telemetry_agent.status_cli import render
 
 
 def flags(agent: AgentProcess, *extra: str) -> list[str]:
-    return ["--config", agent.config_path, "--socket", agent.socket_path, "--wal-dir", agent.wal_dir,
-            "--wal-min-free", "0", *extra]
+    return [
+        "--config",
+        agent.config_path,
+        "--socket",
+        agent.socket_path,
+        "--wal-dir",
+        agent.wal_dir,
+        "--wal-min-free",
+        "0",
+        *extra,
+    ]
 
 
 def doctor(agent: AgentProcess, clickhouse: Any, db: str, *extra: str) -> tuple[int, dict[str, str], str]:
     """Run doctor for ClickHouse ``db``: (exit code, {check name: status}, stdout)."""
-    result = run_cli("doctor", *flags(agent, "--sink", "clickhouse", "--clickhouse-endpoint", clickhouse.url,
-                                      "--database", db, "--connect-timeout", "2s", *extra))
+    result = run_cli(
+        "doctor",
+        *flags(
+            agent,
+            "--sink",
+            "clickhouse",
+            "--clickhouse-endpoint",
+            clickhouse.url,
+            "--database",
+            db,
+            "--connect-timeout",
+            "2s",
+            *extra,
+        ),
+    )
     assert "Traceback" not in result.stderr, result.stderr
     checks = {}
     for line in result.stdout.splitlines():
@@ -59,15 +81,27 @@ def test_doctor_healthy_setup_exits_0(clickhouse: Any, clickhouse_db: str, inges
     code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db)
     assert code == 0, out
     assert failed(checks) == set()
-    for name in ("config", "setup", "socket", "WAL", "clickhouse reachable", "clickhouse auth", "clickhouse version",
-                 "clickhouse table", "clickhouse schema", "clickhouse insert", "dead letters"):
+    for name in (
+        "config",
+        "setup",
+        "socket",
+        "WAL",
+        "clickhouse reachable",
+        "clickhouse auth",
+        "clickhouse version",
+        "clickhouse table",
+        "clickhouse schema",
+        "clickhouse insert",
+        "dead letters",
+    ):
         assert checks.get(name) == "ok", out
     assert "legacy row profile" in out and "version 1" in out and out.rstrip().endswith(("passed", "warnings"))
 
 
 @pytest.mark.clickhouse
-def test_doctor_missing_table_fails_with_schema_apply(clickhouse: Any, clickhouse_db: str,
-                                                      ingest_agent: AgentProcess) -> None:
+def test_doctor_missing_table_fails_with_schema_apply(
+    clickhouse: Any, clickhouse_db: str, ingest_agent: AgentProcess
+) -> None:
     code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db)
     assert code == 1
     assert failed(checks) == {"clickhouse table"}
@@ -75,26 +109,30 @@ def test_doctor_missing_table_fails_with_schema_apply(clickhouse: Any, clickhous
 
 
 @pytest.mark.clickhouse
-def test_doctor_bad_password_fails_auth(clickhouse: Any, clickhouse_db: str, ingest_agent: AgentProcess,
-                                        tmp_path: Path) -> None:
+def test_doctor_bad_password_fails_auth(
+    clickhouse: Any, clickhouse_db: str, ingest_agent: AgentProcess, tmp_path: Path
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     password_file = tmp_path / "password"
     password_file.write_text(AGENT_PASSWORD + "-wrong\n")
-    code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db, "--username", AGENT_USER,
-                               "--password-file", str(password_file))
+    code, checks, out = doctor(
+        ingest_agent, clickhouse, clickhouse_db, "--username", AGENT_USER, "--password-file", str(password_file)
+    )
     assert code == 1
     assert failed(checks) == {"clickhouse auth"} and checks["clickhouse reachable"] == "ok"
     assert f"rejected user '{AGENT_USER}''s password" in out
     password_file.write_text(AGENT_PASSWORD + "\n")  # the control: the right password passes
-    code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db, "--username", AGENT_USER,
-                               "--password-file", str(password_file))
+    code, checks, out = doctor(
+        ingest_agent, clickhouse, clickhouse_db, "--username", AGENT_USER, "--password-file", str(password_file)
+    )
     assert code == 0, out
 
 
 @pytest.mark.clickhouse
 def test_doctor_unreachable_endpoint_fails(clickhouse: Any, clickhouse_db: str, ingest_agent: AgentProcess) -> None:
-    code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db, "--clickhouse-endpoint",
-                               f"http://127.0.0.1:{free_port()}")
+    code, checks, out = doctor(
+        ingest_agent, clickhouse, clickhouse_db, "--clickhouse-endpoint", f"http://127.0.0.1:{free_port()}"
+    )
     assert code == 1
     assert failed(checks) == {"clickhouse reachable"}
     assert "clickhouse table" not in checks  # nothing past an unreachable server
@@ -116,13 +154,19 @@ class _NotClickHouse(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.clickhouse
-def test_doctor_says_when_the_endpoint_is_not_clickhouse(clickhouse: Any, clickhouse_db: str,
-                                                         ingest_agent: AgentProcess) -> None:
+def test_doctor_says_when_the_endpoint_is_not_clickhouse(
+    clickhouse: Any, clickhouse_db: str, ingest_agent: AgentProcess
+) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotClickHouse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db, "--clickhouse-endpoint",
-                                   f"http://127.0.0.1:{server.server_address[1]}")
+        code, checks, out = doctor(
+            ingest_agent,
+            clickhouse,
+            clickhouse_db,
+            "--clickhouse-endpoint",
+            f"http://127.0.0.1:{server.server_address[1]}",
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -133,11 +177,13 @@ def test_doctor_says_when_the_endpoint_is_not_clickhouse(clickhouse: Any, clickh
 
 
 @pytest.mark.clickhouse
-def test_doctor_readonly_user_fails_insert_privilege(clickhouse: Any, clickhouse_db: str,
-                                                     ingest_agent: AgentProcess) -> None:
+def test_doctor_readonly_user_fails_insert_privilege(
+    clickhouse: Any, clickhouse_db: str, ingest_agent: AgentProcess
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
-    code, checks, out = doctor(ingest_agent, clickhouse, clickhouse_db, "--username", READONLY_USER,
-                               "--password", READONLY_PASSWORD)
+    code, checks, out = doctor(
+        ingest_agent, clickhouse, clickhouse_db, "--username", READONLY_USER, "--password", READONLY_PASSWORD
+    )
     assert code == 1
     assert failed(checks) == {"clickhouse insert"} and checks["clickhouse table"] == "ok"
     assert "read-only" in out
@@ -154,7 +200,8 @@ def test_doctor_agent_not_running_fails(clickhouse: Any, clickhouse_db: str, tmp
 
 def test_doctor_reports_dead_letters_as_warning(ingest_agent: AgentProcess) -> None:
     DeadLetter(str(Path(ingest_agent.wal_dir).parent / "dead-letter")).write(
-        [DeadLetterEntry("transform", "invalid JSON", 3, raw=b"{")])
+        [DeadLetterEntry("transform", "invalid JSON", 3, raw=b"{")]
+    )
     result = run_cli("doctor", *flags(ingest_agent, "--sink", "none"))
     assert result.returncode == 0, result.stdout
     assert re.search(r"^warn\s+dead letters: 1 spans in .*dead-letter.jsonl$", result.stdout, re.M)
@@ -172,24 +219,39 @@ def test_doctor_bad_config_fails_in_one_line(tmp_path: Path) -> None:
 def test_send_test_span_reaches_clickhouse(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     apply_schema(clickhouse, clickhouse_db)
     ch = ["--clickhouse-endpoint", clickhouse.url, "--database", clickhouse_db]
-    with AgentProcess(tmp_path / "agent", sink="clickhouse", metrics_listen="", batch_wait="100ms",
-                      clickhouse_endpoint=clickhouse.url, database=clickhouse_db) as agent:
+    with AgentProcess(
+        tmp_path / "agent",
+        sink="clickhouse",
+        metrics_listen="",
+        batch_wait="100ms",
+        clickhouse_endpoint=clickhouse.url,
+        database=clickhouse_db,
+    ) as agent:
         result = run_cli("send-test", *flags(agent, *ch), "--timeout", "20")
     assert result.returncode == 0, result.stdout + result.stderr
     trace_id, span_id = re.search(r"^span ([0-9a-f]{32})/([0-9a-f]{16}) acknowledged", result.stdout, re.M).groups()
     seconds = float(re.search(r"visible in .* (\d+\.\d+)s after it was sent", result.stdout).group(1))
     assert 0 < seconds < 20
-    row = clickhouse.query(f"SELECT service_name, span_name, environment FROM {clickhouse_db}.traces "
-                           f"WHERE trace_id = '{trace_id}' AND span_id = '{span_id}' FORMAT TabSeparated")
+    row = clickhouse.query(
+        f"SELECT service_name, span_name, environment FROM {clickhouse_db}.traces "
+        f"WHERE trace_id = '{trace_id}' AND span_id = '{span_id}' FORMAT TabSeparated"
+    )
     assert row.split("\t") == ["automagik-telemetry", "automagik-telemetry.send-test", "send-test\n"]
 
 
 @pytest.mark.clickhouse
-def test_send_test_says_when_the_span_never_reaches_the_table(clickhouse: Any, clickhouse_db: str,
-                                                              tmp_path: Path) -> None:
+def test_send_test_says_when_the_span_never_reaches_the_table(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     ch = ["--clickhouse-endpoint", clickhouse.url, "--database", clickhouse_db]  # no table: the shipper waits
-    with AgentProcess(tmp_path / "agent", sink="clickhouse", metrics_listen="", batch_wait="100ms",
-                      clickhouse_endpoint=clickhouse.url, database=clickhouse_db) as agent:
+    with AgentProcess(
+        tmp_path / "agent",
+        sink="clickhouse",
+        metrics_listen="",
+        batch_wait="100ms",
+        clickhouse_endpoint=clickhouse.url,
+        database=clickhouse_db,
+    ) as agent:
         result = run_cli("send-test", *flags(agent, *ch), "--timeout", "2")
     assert result.returncode == 1
     assert "acknowledged by the agent" in result.stdout
@@ -199,8 +261,17 @@ def test_send_test_says_when_the_span_never_reaches_the_table(clickhouse: Any, c
 
 
 def test_send_test_without_an_agent_says_not_reachable(tmp_path: Path) -> None:
-    result = run_cli("send-test", "--config", "/dev/null", "--socket", str(tmp_path / "none.sock"),
-                     "--wal-dir", str(tmp_path / "wal"), "--timeout", "2")
+    result = run_cli(
+        "send-test",
+        "--config",
+        "/dev/null",
+        "--socket",
+        str(tmp_path / "none.sock"),
+        "--wal-dir",
+        str(tmp_path / "wal"),
+        "--timeout",
+        "2",
+    )
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert f"the agent is not reachable on {tmp_path / 'none.sock'}" in line and "is it running?" in line
@@ -210,8 +281,9 @@ def test_send_test_without_an_agent_says_not_reachable(tmp_path: Path) -> None:
 def test_send_test_span_reaches_the_embedded_store(tmp_path: Path) -> None:
     pytest.importorskip("chdb")
     store = str(tmp_path / "store")
-    with AgentProcess(tmp_path / "agent", sink="embedded", embedded=store, metrics_listen="",
-                      batch_wait="100ms") as agent:
+    with AgentProcess(
+        tmp_path / "agent", sink="embedded", embedded=store, metrics_listen="", batch_wait="100ms"
+    ) as agent:
         result = run_cli("send-test", *flags(agent, "--sink", "embedded", "--embedded", store), "--timeout", "30")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"visible in the embedded store in {store}" in result.stdout
@@ -239,15 +311,32 @@ def test_status_of_a_running_agent(tmp_path: Path) -> None:
 
 
 def test_status_render_lines_line_up() -> None:
-    status = {"pid": 10, "uptime_s": 3725.0, "state": "running",
-              "children": {"ingest": {"state": "running", "pid": 11, "restarts": 0, "last_report_age_s": 0.4},
-                           "shipper": {"state": "backoff", "pid": None, "restarts": 3, "last_report_age_s": None}},
-              "metrics": {"spans_received": 1200, "records_received": 40, "rejected_messages": 0,
-                          "wal_bytes": 3 * 1024**2, "wal_unshipped_bytes": 1024**2, "wal_oldest_unshipped_age_s": 75,
-                          "last_ship_time": 1000.0, "rows_shipped": 900, "insert_failures": 2,
-                          "wal_dropped_spans": 0, "client_dropped_spans": 5, "dead_lettered_rows": 1,
-                          "last_error": "table telemetry.traces does not exist", "metrics_port": None},
-              "config": {"socket.path": "/run/a.sock", "wal.dir": "/var/lib/wal", "sink": "clickhouse"}}
+    status = {
+        "pid": 10,
+        "uptime_s": 3725.0,
+        "state": "running",
+        "children": {
+            "ingest": {"state": "running", "pid": 11, "restarts": 0, "last_report_age_s": 0.4},
+            "shipper": {"state": "backoff", "pid": None, "restarts": 3, "last_report_age_s": None},
+        },
+        "metrics": {
+            "spans_received": 1200,
+            "records_received": 40,
+            "rejected_messages": 0,
+            "wal_bytes": 3 * 1024**2,
+            "wal_unshipped_bytes": 1024**2,
+            "wal_oldest_unshipped_age_s": 75,
+            "last_ship_time": 1000.0,
+            "rows_shipped": 900,
+            "insert_failures": 2,
+            "wal_dropped_spans": 0,
+            "client_dropped_spans": 5,
+            "dead_lettered_rows": 1,
+            "last_error": "table telemetry.traces does not exist",
+            "metrics_port": None,
+        },
+        "config": {"socket.path": "/run/a.sock", "wal.dir": "/var/lib/wal", "sink": "clickhouse"},
+    }
     lines = render(status, now=1090.0)
     assert lines[0] == "agent:         running, pid 10, up 1h 2m"
     assert "shipper:       backoff, 3 restarts" in lines

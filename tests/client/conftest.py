@@ -41,8 +41,13 @@ def make_client(sock_path: str) -> Iterator[Callable[..., AutomagikTelemetry]]:
     clients: list[AutomagikTelemetry] = []
 
     def make(**overrides: Any) -> AutomagikTelemetry:
-        settings: dict[str, Any] = {"project_name": "test-app", "version": "1.2.3", "socket_path": sock_path,
-                                    "flush_interval": 0.05, "exit_flush_timeout": 0.2}
+        settings: dict[str, Any] = {
+            "project_name": "test-app",
+            "version": "1.2.3",
+            "socket_path": sock_path,
+            "flush_interval": 0.05,
+            "exit_flush_timeout": 0.2,
+        }
         settings.update(overrides)
         client = AutomagikTelemetry(config=TelemetryConfig(**settings))
         clients.append(client)
@@ -62,8 +67,7 @@ def child_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def agent_process(sock_path: str,
-                  child_env: dict[str, str]) -> Iterator[Callable[[str], subprocess.Popen[str]]]:
+def agent_process(sock_path: str, child_env: dict[str, str]) -> Iterator[Callable[[str], subprocess.Popen[str]]]:
     """``agent_process(mode)``: a fake agent in its own process (so it can be SIGSTOPped)."""
     processes: list[subprocess.Popen[str]] = []
 

@@ -195,8 +195,11 @@ class FakeAgent:
                 elif header.type == MessageType.RECORDS:
                     lines = payload.decode().split("\n")[:-1]
                     if self.mode != "reject":
-                        self.messages.append(Received(conn.number, header.seq, json.loads(lines[0]),
-                                                      [json.loads(line) for line in lines[1:]]))
+                        self.messages.append(
+                            Received(
+                                conn.number, header.seq, json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+                            )
+                        )
                     burst_seq = header.seq
                 self._changed.notify_all()
             if header.type == MessageType.RECORDS and self.mode == "reject":

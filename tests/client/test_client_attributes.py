@@ -45,43 +45,55 @@ class Point:
         return "Point(1, 2)"
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("hi", {"stringValue": "hi"}),
-    ("", {"stringValue": ""}),
-    (True, {"boolValue": True}),
-    (False, {"boolValue": False}),
-    (0, {"intValue": 0}),
-    (-(2**63), {"intValue": -(2**63)}),
-    (2**63 - 1, {"intValue": 2**63 - 1}),
-    (2**63, {"stringValue": str(2**63)}),  # beyond int64
-    (1.5, {"doubleValue": 1.5}),
-    (-0.0, {"doubleValue": -0.0}),
-    (1e300, {"doubleValue": 1e300}),
-    (float("nan"), {"stringValue": "nan"}),
-    (float("inf"), {"stringValue": "inf"}),
-    (float("-inf"), {"stringValue": "-inf"}),
-    (b"\x00\xffab", {"bytesValue": base64.b64encode(b"\x00\xffab").decode()}),
-    (bytearray(b"xy"), {"bytesValue": base64.b64encode(b"xy").decode()}),
-    ([1, "a", None, 2.5], {"arrayValue": {"values": [{"intValue": 1}, {"stringValue": "a"},
-                                                     {"doubleValue": 2.5}]}}),
-    ((True,), {"arrayValue": {"values": [{"boolValue": True}]}}),
-    ({"k": 1, "n": None, 3: "x"}, {"kvlistValue": {"values": [
-        {"key": "k", "value": {"intValue": 1}}, {"key": "3", "value": {"stringValue": "x"}}]}}),
-    (Point(), {"stringValue": "Point(1, 2)"}),
-    (StrRaises(), {"stringValue": UNREPRESENTABLE}),
-    (StrReturnsNonStr(), {"stringValue": UNREPRESENTABLE}),
-    ({"bad": ItemsRaises(a=1)},
-     {"kvlistValue": {"values": [{"key": "bad", "value": {"kvlistValue": {"values": []}}}]}}),
-    ("line\nbreak\u2028\"quoted\"", {"stringValue": "line\nbreak\u2028\"quoted\""}),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("hi", {"stringValue": "hi"}),
+        ("", {"stringValue": ""}),
+        (True, {"boolValue": True}),
+        (False, {"boolValue": False}),
+        (0, {"intValue": 0}),
+        (-(2**63), {"intValue": -(2**63)}),
+        (2**63 - 1, {"intValue": 2**63 - 1}),
+        (2**63, {"stringValue": str(2**63)}),  # beyond int64
+        (1.5, {"doubleValue": 1.5}),
+        (-0.0, {"doubleValue": -0.0}),
+        (1e300, {"doubleValue": 1e300}),
+        (float("nan"), {"stringValue": "nan"}),
+        (float("inf"), {"stringValue": "inf"}),
+        (float("-inf"), {"stringValue": "-inf"}),
+        (b"\x00\xffab", {"bytesValue": base64.b64encode(b"\x00\xffab").decode()}),
+        (bytearray(b"xy"), {"bytesValue": base64.b64encode(b"xy").decode()}),
+        (
+            [1, "a", None, 2.5],
+            {"arrayValue": {"values": [{"intValue": 1}, {"stringValue": "a"}, {"doubleValue": 2.5}]}},
+        ),
+        ((True,), {"arrayValue": {"values": [{"boolValue": True}]}}),
+        (
+            {"k": 1, "n": None, 3: "x"},
+            {
+                "kvlistValue": {
+                    "values": [{"key": "k", "value": {"intValue": 1}}, {"key": "3", "value": {"stringValue": "x"}}]
+                }
+            },
+        ),
+        (Point(), {"stringValue": "Point(1, 2)"}),
+        (StrRaises(), {"stringValue": UNREPRESENTABLE}),
+        (StrReturnsNonStr(), {"stringValue": UNREPRESENTABLE}),
+        (
+            {"bad": ItemsRaises(a=1)},
+            {"kvlistValue": {"values": [{"key": "bad", "value": {"kvlistValue": {"values": []}}}]}},
+        ),
+        ('line\nbreak\u2028"quoted"', {"stringValue": 'line\nbreak\u2028"quoted"'}),
+    ],
+)
 def test_any_value_encoding_of_every_type(value: Any, expected: Any) -> None:
     assert encode(value) == expected
 
 
 def test_object_whose_class_lookup_raises_is_unrepresentable() -> None:
     assert encode(ClassRaises()) == {"stringValue": UNREPRESENTABLE}
-    assert json.loads(key_values({"x": ClassRaises()}, 10)) == [
-        {"key": "x", "value": {"stringValue": UNREPRESENTABLE}}]
+    assert json.loads(key_values({"x": ClassRaises()}, 10)) == [{"key": "x", "value": {"stringValue": UNREPRESENTABLE}}]
 
 
 def test_none_is_omitted() -> None:
@@ -113,8 +125,7 @@ def test_empty_attributes_encode_as_empty_list() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
-    lambda children: (st.lists(children, max_size=4)
-                      | st.dictionaries(st.text(max_size=5), children, max_size=4)),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
     max_leaves=20,
 )
 

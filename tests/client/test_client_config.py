@@ -17,9 +17,17 @@ def config(**overrides: Any) -> TelemetryConfig:
 def test_defaults_without_environment() -> None:
     c = config()
     assert (c.environment, c.service_name, c.socket_path, c.enabled) == (
-        "development", "app", DEFAULT_SOCKET_PATH, True)
+        "development",
+        "app",
+        DEFAULT_SOCKET_PATH,
+        True,
+    )
     assert (c.max_queue_size, c.flush_interval, c.exit_flush_timeout, c.max_attribute_length) == (
-        10_000, 0.2, 1.0, 4096)
+        10_000,
+        0.2,
+        1.0,
+        4096,
+    )
     assert c.resource_attributes == {}
     assert __version__ == "0.1.0"
 
@@ -37,8 +45,7 @@ def test_explicit_arguments_override_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AUTOMAGIK_TELEMETRY_SOCKET", "/tmp/x.sock")
     monkeypatch.setenv("AUTOMAGIK_TELEMETRY_ENABLED", "false")
     c = config(environment="staging", socket_path="/tmp/y.sock", enabled=True, service_name="svc")
-    assert (c.environment, c.socket_path, c.enabled, c.service_name) == (
-        "staging", "/tmp/y.sock", True, "svc")
+    assert (c.environment, c.socket_path, c.enabled, c.service_name) == ("staging", "/tmp/y.sock", True, "svc")
 
 
 @pytest.mark.parametrize("word", ["false", "FALSE", "0", "no", "off", " Off "])
@@ -53,24 +60,27 @@ def test_enabled_env_words_that_enable(monkeypatch: pytest.MonkeyPatch, word: st
     assert config().enabled is True
 
 
-@pytest.mark.parametrize("overrides", [
-    {"project_name": ""},
-    {"version": None},
-    {"max_queue_size": 0},
-    {"max_queue_size": -5},
-    {"max_queue_size": 1.5},
-    {"max_queue_size": True},
-    {"flush_interval": 0},
-    {"flush_interval": -1},
-    {"flush_interval": float("nan")},
-    {"exit_flush_timeout": -0.1},
-    {"exit_flush_timeout": float("inf")},
-    {"max_attribute_length": 0},
-    {"enabled": "yes"},
-    {"socket_path": "/tmp/" + "x" * 200},
-    {"resource_attributes": {1: "x"}},
-    {"environment": ""},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"project_name": ""},
+        {"version": None},
+        {"max_queue_size": 0},
+        {"max_queue_size": -5},
+        {"max_queue_size": 1.5},
+        {"max_queue_size": True},
+        {"flush_interval": 0},
+        {"flush_interval": -1},
+        {"flush_interval": float("nan")},
+        {"exit_flush_timeout": -0.1},
+        {"exit_flush_timeout": float("inf")},
+        {"max_attribute_length": 0},
+        {"enabled": "yes"},
+        {"socket_path": "/tmp/" + "x" * 200},
+        {"resource_attributes": {1: "x"}},
+        {"environment": ""},
+    ],
+)
 def test_invalid_values_raise_value_error_naming_the_setting(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="TelemetryConfig"):
         config(**overrides)

@@ -15,9 +15,21 @@ from automagik_telemetry import AutomagikTelemetry
 from automagik_telemetry.protocol import MAX_MESSAGE_SIZE
 
 MakeClient = Callable[..., AutomagikTelemetry]
-STATS_KEYS = {"enqueued_records", "sent_records", "sent_messages", "acked_records", "dropped_queue_full",
-              "dropped_oversized", "rejected_records", "unconfirmed_records", "reconnects", "send_errors",
-              "internal_errors", "queue_depth", "connected"}
+STATS_KEYS = {
+    "enqueued_records",
+    "sent_records",
+    "sent_messages",
+    "acked_records",
+    "dropped_queue_full",
+    "dropped_oversized",
+    "rejected_records",
+    "unconfirmed_records",
+    "reconnects",
+    "send_errors",
+    "internal_errors",
+    "queue_depth",
+    "connected",
+}
 
 
 def record(client: AutomagikTelemetry, count: int, prefix: str = "s", **attributes: object) -> None:
@@ -26,8 +38,9 @@ def record(client: AutomagikTelemetry, count: int, prefix: str = "s", **attribut
             pass
 
 
-def record_until_the_sender_is_stuck(client: AutomagikTelemetry, queue_size: int, payload: str,
-                                     timeout: float = 10.0) -> int:
+def record_until_the_sender_is_stuck(
+    client: AutomagikTelemetry, queue_size: int, payload: str, timeout: float = 10.0
+) -> int:
     """Record spans until the queue is full and stays full (the sender is blocked), then 10 more that
     must be dropped; return how many were recorded.
 
@@ -83,8 +96,7 @@ def test_flush_false_at_the_timeout_when_the_agent_is_absent(make_client: MakeCl
     assert client.stats()["queue_depth"] == 5 and client.stats()["connected"] is False
 
 
-def test_flush_false_at_the_timeout_when_the_agent_never_acks(
-        sock_path: str, make_client: MakeClient) -> None:
+def test_flush_false_at_the_timeout_when_the_agent_never_acks(sock_path: str, make_client: MakeClient) -> None:
     with FakeAgent(sock_path, mode="silent") as agent:
         client = make_client()
         record(client, 5)
@@ -102,7 +114,8 @@ def test_queue_full_drops_new_spans_and_counts_them_exactly(make_client: MakeCli
 
 
 def test_spans_queued_while_the_agent_is_absent_are_sent_when_it_appears(
-        sock_path: str, make_client: MakeClient) -> None:
+    sock_path: str, make_client: MakeClient
+) -> None:
     client = make_client()
     record(client, 20, prefix="early")
     assert not client.flush(0.1)
@@ -111,8 +124,7 @@ def test_spans_queued_while_the_agent_is_absent_are_sent_when_it_appears(
         assert sorted(span["name"] for span in agent.spans()) == sorted(f"early{i}" for i in range(20))
 
 
-def test_reconnects_after_the_agent_restarts_at_the_same_path(
-        sock_path: str, make_client: MakeClient) -> None:
+def test_reconnects_after_the_agent_restarts_at_the_same_path(sock_path: str, make_client: MakeClient) -> None:
     first = FakeAgent(sock_path)
     client = make_client()
     record(client, 5, prefix="first")
@@ -133,7 +145,8 @@ def test_reconnects_after_the_agent_restarts_at_the_same_path(
 
 
 def test_sent_but_unacked_spans_become_unconfirmed_and_are_never_resent(
-        sock_path: str, make_client: MakeClient) -> None:
+    sock_path: str, make_client: MakeClient
+) -> None:
     silent = FakeAgent(sock_path, mode="silent")
     client = make_client()
     record(client, 8, prefix="lost")
@@ -147,7 +160,8 @@ def test_sent_but_unacked_spans_become_unconfirmed_and_are_never_resent(
 
 
 def test_rejected_messages_are_counted_with_their_reason_and_fail_flush_promptly(
-        sock_path: str, make_client: MakeClient) -> None:
+    sock_path: str, make_client: MakeClient
+) -> None:
     with FakeAgent(sock_path, mode="reject", reject_reason="disk_full"):
         client = make_client()
         record(client, 6)
@@ -158,8 +172,7 @@ def test_rejected_messages_are_counted_with_their_reason_and_fail_flush_promptly
         assert stats["acked_records"] == 0
 
 
-def test_a_span_too_large_for_one_message_is_dropped_and_counted(
-        sock_path: str, make_client: MakeClient) -> None:
+def test_a_span_too_large_for_one_message_is_dropped_and_counted(sock_path: str, make_client: MakeClient) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client(max_attribute_length=200_000)
         with client.span("small-before"):
@@ -193,7 +206,8 @@ def test_emsgsize_drops_the_message_and_counts_it(sock_path: str, make_client: M
 
 
 def test_many_spans_are_split_into_valid_messages_with_consecutive_seqs(
-        sock_path: str, make_client: MakeClient) -> None:
+    sock_path: str, make_client: MakeClient
+) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client(max_queue_size=100_000)
         record(client, 3000, payload="z" * 200)
@@ -206,7 +220,8 @@ def test_many_spans_are_split_into_valid_messages_with_consecutive_seqs(
 
 
 def test_backpressure_queues_then_drops_and_delivers_after_the_agent_resumes(
-        sock_path: str, make_client: MakeClient) -> None:
+    sock_path: str, make_client: MakeClient
+) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client(max_queue_size=1000)
         record(client, 1, prefix="warmup")
@@ -225,7 +240,8 @@ def test_backpressure_queues_then_drops_and_delivers_after_the_agent_resumes(
 
 
 def test_client_stats_are_sent_periodically_and_at_shutdown(
-        sock_path: str, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    sock_path: str, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(transport_module, "STATS_INTERVAL", 0.1)
     with FakeAgent(sock_path) as agent:
         client = make_client()
@@ -253,7 +269,8 @@ def test_after_shutdown_spans_are_counted_not_queued(make_client: MakeClient) ->
 
 
 def test_sender_idles_without_spinning_after_a_flush_that_waited_for_acks(
-        sock_path: str, make_client: MakeClient) -> None:
+    sock_path: str, make_client: MakeClient
+) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client(flush_interval=1.0)
         record(client, 1)
@@ -275,7 +292,8 @@ def test_sender_idles_without_spinning_while_the_agent_is_absent(make_client: Ma
 
 
 def test_an_agent_that_reads_but_never_acks_gets_backpressure_after_the_window(
-        sock_path: str, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    sock_path: str, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(transport_module, "MAX_UNACKED_MESSAGES", 3)
     with FakeAgent(sock_path, mode="silent") as agent:
         client = make_client(max_queue_size=500)

@@ -54,7 +54,8 @@ def test_span_latency_with_no_agent(make_client: MakeClient) -> None:
 
 @pytest.mark.timeout(60)
 def test_span_latency_with_an_agent_that_never_reads(
-        make_client: MakeClient, agent_process: Callable[[str], subprocess.Popen[str]]) -> None:
+    make_client: MakeClient, agent_process: Callable[[str], subprocess.Popen[str]]
+) -> None:
     agent_process("no_read")
     client = make_client()
     with client.span("connect"):
@@ -68,7 +69,8 @@ def test_span_latency_with_an_agent_that_never_reads(
 
 @pytest.mark.timeout(60)
 def test_span_latency_with_the_agent_sigstopped(
-        make_client: MakeClient, agent_process: Callable[[str], subprocess.Popen[str]]) -> None:
+    make_client: MakeClient, agent_process: Callable[[str], subprocess.Popen[str]]
+) -> None:
     agent = agent_process("ack")
     client = make_client()
     with client.span("connect"):

@@ -24,8 +24,7 @@ def resource_pid(message: Any) -> int:
     return int(pid)
 
 
-def test_forked_child_sends_its_own_spans_and_never_the_parents(
-        sock_path: str, make_client: MakeClient) -> None:
+def test_forked_child_sends_its_own_spans_and_never_the_parents(sock_path: str, make_client: MakeClient) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client(flush_interval=30.0)  # keep the parent's spans queued across the fork
         with client.span("parent-sent"):
@@ -52,8 +51,9 @@ def test_forked_child_sends_its_own_spans_and_never_the_parents(
             pass
         assert client.flush(5.0)  # the parent's connection survived the child's exit
         names = sorted(span["name"] for span in agent.spans())
-        assert names == sorted(["parent-sent", "child-span", "parent-after-fork",
-                                *(f"parent-queued{i}" for i in range(5))])
+        assert names == sorted(
+            ["parent-sent", "child-span", "parent-after-fork", *(f"parent-queued{i}" for i in range(5))]
+        )
         child_messages = [m for m in agent.messages if m.records[0]["name"] == "child-span"]
         assert [resource_pid(m) for m in child_messages] == [pid]
         assert {resource_pid(m) for m in agent.messages if m not in child_messages} == {os.getpid()}
@@ -71,12 +71,10 @@ def test_fork_backstop_detects_a_changed_pid_on_the_enqueue_path(make_client: Ma
     assert client.stats()["enqueued_records"] == 1 and len(old.queue) == 0
 
 
-def run_script(body: str, env: dict[str, str],
-               timeout: float = 20.0) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_script(body: str, env: dict[str, str], timeout: float = 20.0) -> tuple[subprocess.CompletedProcess[str], float]:
     script = textwrap.dedent(body)
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     return result, time.monotonic() - start
 
 
@@ -97,20 +95,18 @@ SCRIPT = """
 """
 
 
-def test_short_script_spans_arrive_through_the_atexit_flush(
-        sock_path: str, child_env: dict[str, str]) -> None:
+def test_short_script_spans_arrive_through_the_atexit_flush(sock_path: str, child_env: dict[str, str]) -> None:
     with FakeAgent(sock_path) as agent:
         script = SCRIPT.format(path=sock_path, exit_timeout=5.0, count=3, pad=1, warmup=True)
         result, elapsed = run_script(script, child_env)
         assert result.returncode == 0, result.stderr
-        assert sorted(span["name"] for span in agent.spans()) == [
-            *(f"script-span-{i}" for i in range(3)), "warmup"]
+        assert sorted(span["name"] for span in agent.spans()) == [*(f"script-span-{i}" for i in range(3)), "warmup"]
         assert elapsed < 5.0  # returned as soon as the ACK came, not at the timeout
 
 
 def test_script_exits_within_exit_flush_timeout_when_the_agent_is_sigstopped(
-        sock_path: str, child_env: dict[str, str],
-        agent_process: Callable[[str], subprocess.Popen[str]]) -> None:
+    sock_path: str, child_env: dict[str, str], agent_process: Callable[[str], subprocess.Popen[str]]
+) -> None:
     agent = agent_process("ack")
     os.kill(agent.pid, signal.SIGSTOP)
     try:
@@ -126,7 +122,8 @@ def test_script_exits_within_exit_flush_timeout_when_the_agent_is_sigstopped(
 
 
 def test_script_exits_within_exit_flush_timeout_when_the_agent_never_reads(
-        sock_path: str, child_env: dict[str, str]) -> None:
+    sock_path: str, child_env: dict[str, str]
+) -> None:
     with FakeAgent(sock_path, mode="no_read") as agent:
         script = SCRIPT.format(path=sock_path, exit_timeout=0.5, count=3000, pad=1000, warmup=False)
         result, _ = run_script(script, child_env)

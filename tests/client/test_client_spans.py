@@ -47,8 +47,18 @@ def test_span_arrives_with_otlp_shape(sock_path: str, make_client: MakeClient) -
             span.set_attributes({"ok": True, "ratio": 0.5})
             span.set_status(StatusCode.OK, "fine")
         (record,) = deliver(client, agent, 1)
-        assert set(record) == {"traceId", "spanId", "parentSpanId", "name", "kind", "startTimeUnixNano",
-                               "endTimeUnixNano", "attributes", "status", "events"}
+        assert set(record) == {
+            "traceId",
+            "spanId",
+            "parentSpanId",
+            "name",
+            "kind",
+            "startTimeUnixNano",
+            "endTimeUnixNano",
+            "attributes",
+            "status",
+            "events",
+        }
         assert HEX32.match(record["traceId"]) and HEX16.match(record["spanId"])
         assert record["traceId"] != "0" * 32 and record["spanId"] != "0" * 16
         assert record["parentSpanId"] == ""
@@ -98,8 +108,7 @@ def test_nested_spans_share_trace_and_link_parents(sock_path: str, make_client: 
         assert len({span["spanId"] for span in spans.values()}) == 6
 
 
-def test_threads_start_new_traces_unless_the_context_is_copied(
-        sock_path: str, make_client: MakeClient) -> None:
+def test_threads_start_new_traces_unless_the_context_is_copied(sock_path: str, make_client: MakeClient) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client()
 
@@ -121,7 +130,8 @@ def test_threads_start_new_traces_unless_the_context_is_copied(
 
 
 def test_asyncio_tasks_inherit_the_parent_and_do_not_leak_into_each_other(
-        sock_path: str, make_client: MakeClient) -> None:
+    sock_path: str, make_client: MakeClient
+) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client()
 
@@ -177,8 +187,7 @@ class CheckoutError(Exception):
     pass
 
 
-def test_track_error_is_an_error_span_with_an_exception_event(
-        sock_path: str, make_client: MakeClient) -> None:
+def test_track_error_is_an_error_span_with_an_exception_event(sock_path: str, make_client: MakeClient) -> None:
     with FakeAgent(sock_path) as agent:
         client = make_client()
         try:
@@ -296,8 +305,7 @@ def test_recording_calls_never_raise_on_hostile_input(sock_path: str, make_clien
             raise BadError()
         assert client.stats()["internal_errors"] > 0
         spans = by_name(deliver(client, agent, 4))
-        assert spans["<unrepresentable>"]["attributes"] == [
-            {"key": "h", "value": {"stringValue": "<unrepresentable>"}}]
+        assert spans["<unrepresentable>"]["attributes"] == [{"key": "h", "value": {"stringValue": "<unrepresentable>"}}]
         assert spans["raising"]["status"]["message"] == "<unrepresentable>"
         assert all(span["name"] in {"<unrepresentable>", "error", "raising"} for span in spans.values())
 
@@ -343,21 +351,26 @@ def test_positional_construction_and_bad_construction() -> None:
 
 def test_span_lines_are_single_valid_json_lines() -> None:
     client = AutomagikTelemetry(config=TelemetryConfig(project_name="p", version="1", enabled=False))
-    span = Span(client, "name\nwith\r\nbreaks \u2028 \"q\" \ud800", {"k\n": "v\n"})
+    span = Span(client, 'name\nwith\r\nbreaks \u2028 "q" \ud800', {"k\n": "v\n"})
     span.add_event("ev\n", {"x": [1, {"y": b"\n"}]})
     span.end()
     line = span.to_line(4096)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     record = json.loads(line)
-    assert record["name"].startswith("name\nwith\r\nbreaks \u2028 \"q\" ")
+    assert record["name"].startswith('name\nwith\r\nbreaks \u2028 "q" ')
     assert record["attributes"] == [{"key": "k\n", "value": {"stringValue": "v\n"}}]
 
 
-@given(name=st.text(), message=st.text(), attributes=st.dictionaries(
-    st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
-    max_size=5))
-def test_any_span_serializes_to_exactly_one_json_line(
-        name: str, message: str, attributes: dict[str, Any]) -> None:
+@given(
+    name=st.text(),
+    message=st.text(),
+    attributes=st.dictionaries(
+        st.text(max_size=8),
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+        max_size=5,
+    ),
+)
+def test_any_span_serializes_to_exactly_one_json_line(name: str, message: str, attributes: dict[str, Any]) -> None:
     client = AutomagikTelemetry(config=TelemetryConfig(project_name="p", version="1", enabled=False))
     span = Span(client, name, attributes)
     span.set_status(StatusCode.ERROR, message)

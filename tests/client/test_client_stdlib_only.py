@@ -28,8 +28,12 @@ print(third_party)
 
 def test_client_imports_and_runs_with_no_site_packages_at_all() -> None:
     # -I: isolated (no PYTHONPATH, no user site); -S: no site-packages. Only the stdlib and client/.
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE.format(client=str(REPO / "client"))],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", PROBE.format(client=str(REPO / "client"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"non-stdlib modules imported: {result.stdout}"
 

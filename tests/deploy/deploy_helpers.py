@@ -64,8 +64,9 @@ def dashboard_queries(dashboard: Mapping[str, Any], field: str) -> list[Query]:
     for panel in iter_panels(dashboard):
         for target in panel.get("targets", []):
             if target.get(field):
-                out.append(Query(f"panel {panel['title']!r} target {target.get('refId')}", target[field], panel,
-                                 target))
+                out.append(
+                    Query(f"panel {panel['title']!r} target {target.get('refId')}", target[field], panel, target)
+                )
     for var in dashboard.get("templating", {}).get("list", []):
         if var.get("type") == "query":
             query = var["query"]
@@ -93,8 +94,14 @@ def _singlequote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def interpolate(sql: str, dashboard: Mapping[str, Any], values: Mapping[str, str | Sequence[str]],
-                time_from: int, time_to: int, interval_s: int) -> str:
+def interpolate(
+    sql: str,
+    dashboard: Mapping[str, Any],
+    values: Mapping[str, str | Sequence[str]],
+    time_from: int,
+    time_to: int,
+    interval_s: int,
+) -> str:
     """``sql`` as ClickHouse receives it when the dashboard's variables hold ``values`` (a list, or ALL)."""
     defs = variables(dashboard)
 
@@ -183,5 +190,10 @@ def legend_labels(legend: str) -> set[str]:
 
 def grafana_promql(expr: str) -> str:
     """A dashboard expression with Grafana's variables replaced by values Prometheus accepts."""
-    return (expr.replace("$__rate_interval", "1m").replace("$__interval", "1m").replace("$__range", "1h")
-            .replace("$job", ".*").replace("$instance", ".*"))
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$__interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$job", ".*")
+        .replace("$instance", ".*")
+    )

@@ -43,12 +43,18 @@ USER, PASSWORD = "automagik_agent", "s3cret pass'word"
 DDL_REFUSED, DATABASE_REFUSED, WRONG_PASSWORD = 392, 291, 193
 
 
-def render(template: str, user: str = USER, password: str | None = PASSWORD,
-           *args: str) -> subprocess.CompletedProcess[str]:
+def render(
+    template: str, user: str = USER, password: str | None = PASSWORD, *args: str
+) -> subprocess.CompletedProcess[str]:
     """Run render.sh as an operator would (the password on standard input)."""
-    return subprocess.run(["sh", str(USERS / "render.sh"), str(USERS / template), user, *args],
-                          input=None if password is None else password + "\n", capture_output=True, text=True,
-                          timeout=30, check=False)
+    return subprocess.run(
+        ["sh", str(USERS / "render.sh"), str(USERS / template), user, *args],
+        input=None if password is None else password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def rendered(template: str, *args: str) -> str:
@@ -172,8 +178,10 @@ def test_modern_user_sql_parses_on_chdb(chdb: Callable[[str], str], template: st
 def test_modern_agent_grants_are_exactly_insert_and_select_on_its_tables() -> None:
     statements = split_statements(rendered("modern-agent.sql"))
     grants = sorted(s for s in statements if s.startswith("GRANT"))
-    assert grants == [f"GRANT INSERT, SELECT ON telemetry.traces TO {USER}",
-                      f"GRANT SELECT ON telemetry.schema_migrations TO {USER}"]
+    assert grants == [
+        f"GRANT INSERT, SELECT ON telemetry.traces TO {USER}",
+        f"GRANT SELECT ON telemetry.schema_migrations TO {USER}",
+    ]
     grafana = [s for s in split_statements(rendered("modern-grafana.sql")) if s.startswith("GRANT")]
     assert grafana == [f"GRANT SELECT ON telemetry.traces TO {USER}"]
 

@@ -28,8 +28,9 @@ from .deploy_helpers import COMPOSE, GRAFANA, REPO, TRACES_DASHBOARD, USERS, loa
 AGENT_IMAGE_SERVICES = ("schema", "agent", "example")
 SETTING_ENV = {s.env_name: s for s in SETTINGS}
 OTHER_AGENT_ENV = {MIGRATIONS_ENV, ENV_PREFIX + "CONFIG"}
-CLIENT_ENV = set(re.findall(r'"(AUTOMAGIK_TELEMETRY_[A-Z_]+)"', (REPO / "client/automagik_telemetry/config.py")
-                            .read_text()))
+CLIENT_ENV = set(
+    re.findall(r'"(AUTOMAGIK_TELEMETRY_[A-Z_]+)"', (REPO / "client/automagik_telemetry/config.py").read_text())
+)
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[?-][^}]*)?\}")
 
 
@@ -101,8 +102,11 @@ def test_dockerfile_copies_what_the_package_build_and_the_services_need() -> Non
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
                 copies[source.rstrip("/")] = target
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", project["project"]["readme"],
-              *project["tool"]["setuptools"]["packages"]["find"]["where"]}
+    needed = {
+        "pyproject.toml",
+        project["project"]["readme"],
+        *project["tool"]["setuptools"]["packages"]["find"]["where"],
+    }
     assert needed <= set(copies), f"the image build needs {sorted(needed - set(copies))}"
     env = dict(re.findall(r"^ENV (\w+)=(\S+)", dockerfile(), re.MULTILINE))
     assert set(env) <= OTHER_AGENT_ENV | set(SETTING_ENV), env
@@ -165,8 +169,10 @@ def test_schema_service_config_loads_as_the_clickhouse_admin() -> None:
     admin = services()["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"]
     assert services()["schema"]["environment"]["AUTOMAGIK_TELEMETRY_CLICKHOUSE_PASSWORD"] == admin
     agent = agent_config()
-    assert (config["clickhouse.database"], config["clickhouse.table"]) == (agent["clickhouse.database"],
-                                                                           agent["clickhouse.table"])
+    assert (config["clickhouse.database"], config["clickhouse.table"]) == (
+        agent["clickhouse.database"],
+        agent["clickhouse.table"],
+    )
 
 
 def test_env_example_lists_every_variable_compose_needs() -> None:
@@ -187,8 +193,13 @@ def test_clickhouse_init_script_sends_the_rendered_users(tmp_path: Path) -> None
     fake.write_text(f'#!/bin/sh\necho "ARGS $*" >> {tmp_path}/calls\ncat >> {tmp_path}/calls\n')
     fake.chmod(0o755)
     script = (COMPOSE / "clickhouse-init.sh").read_text().replace("/automagik-users", str(USERS))
-    env = {**env_of("clickhouse"), "PATH": f"{fake.parent}:{os.environ['PATH']}", "CLICKHOUSE_PASSWORD": "adm",
-           "AGENT_CLICKHOUSE_PASSWORD": "agent-pw", "GRAFANA_CLICKHOUSE_PASSWORD": "grafana-pw"}
+    env = {
+        **env_of("clickhouse"),
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "CLICKHOUSE_PASSWORD": "adm",
+        "AGENT_CLICKHOUSE_PASSWORD": "agent-pw",
+        "GRAFANA_CLICKHOUSE_PASSWORD": "grafana-pw",
+    }
     done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls").read_text()

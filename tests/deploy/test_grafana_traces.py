@@ -58,8 +58,15 @@ def make_spans() -> list[Span]:
     spans: list[Span] = []
     n = 0
 
-    def add(service: str, name: str, start: float, duration: float, error: str | None = None,
-            trace: int | None = None, parent: int | None = None) -> Span:
+    def add(
+        service: str,
+        name: str,
+        start: float,
+        duration: float,
+        error: str | None = None,
+        trace: int | None = None,
+        parent: int | None = None,
+    ) -> Span:
         nonlocal n
         n += 1
         s = Span(service, name, trace if trace is not None else 1000 + n, n, parent, start, duration, error)
@@ -91,12 +98,18 @@ def rows(profile: Profile) -> bytes:
     """JSONEachRow body of every span, made by the shipper's transform for ``profile``."""
     out = []
     for s in SPANS:
-        resource = parse_resource(orjson.dumps({"attributes": [
-            {"key": "service.name", "value": {"stringValue": s.service}}]}))
+        resource = parse_resource(
+            orjson.dumps({"attributes": [{"key": "service.name", "value": {"stringValue": s.service}}]})
+        )
         start_ns = (T0 * 10**9) + round(s.start * 1e9)
-        span: dict[str, Any] = {"traceId": s.trace_id, "spanId": s.span_id, "name": s.name, "kind": 2,
-                                "startTimeUnixNano": str(start_ns),
-                                "endTimeUnixNano": str(start_ns + round(s.duration_ms * 1e6))}
+        span: dict[str, Any] = {
+            "traceId": s.trace_id,
+            "spanId": s.span_id,
+            "name": s.name,
+            "kind": 2,
+            "startTimeUnixNano": str(start_ns),
+            "endTimeUnixNano": str(start_ns + round(s.duration_ms * 1e6)),
+        }
         if s.parent is not None:
             span["parentSpanId"] = f"{s.parent:016x}"
         if s.error is not None:
@@ -143,8 +156,9 @@ def modern(chdb_session_factory: Callable[..., Any]) -> Engine:
     return Engine("modern chDB", "telemetry", lambda sql: _parse(execute(sql + "\nFORMAT JSONEachRow")))
 
 
-@pytest.fixture(params=[pytest.param("legacy", marks=pytest.mark.clickhouse),
-                        pytest.param("modern", marks=pytest.mark.chdb)])
+@pytest.fixture(
+    params=[pytest.param("legacy", marks=pytest.mark.clickhouse), pytest.param("modern", marks=pytest.mark.chdb)]
+)
 def engine(request: pytest.FixtureRequest) -> Engine:
     return request.getfixturevalue(request.param)
 
@@ -160,8 +174,15 @@ def panel_query(title: str) -> Query:
 
 
 def run(engine: Engine, query: Query, table: str = "traces", **values: Any) -> list[dict[str, Any]]:
-    settings = {"datasource": "ch", "database": engine.database, "table": table, "service": ALL,
-                "span_name": ALL, "trace_id": f"{TRACE:032x}", **values}
+    settings = {
+        "datasource": "ch",
+        "database": engine.database,
+        "table": table,
+        "service": ALL,
+        "span_name": ALL,
+        "trace_id": f"{TRACE:032x}",
+        **values,
+    }
     return engine.run(interpolate(query.text, DASHBOARD, settings, T0, T1, INTERVAL))
 
 
@@ -178,21 +199,27 @@ def test_dashboard_targets_use_the_clickhouse_plugin_through_the_datasource_vari
         if panel["type"] == "row":
             continue
         for thing in (panel, *panel["targets"]):
-            assert thing["datasource"] == {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}, \
-                panel["title"]
+            assert thing["datasource"] == {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}, panel[
+                "title"
+            ]
         for target in panel["targets"]:
             # format: 0 = time series, 1 = table (the plugin's formats); time series need a `time` column.
             assert target["format"] == (0 if panel["type"] == "timeseries" else 1), panel["title"]
             assert target["editorType"] == "sql"
     titles = {p["title"] for p in iter_panels(DASHBOARD)}
-    assert {"Request rate by service", "Error rate by service", "Duration p50 / p95 / p99", "Top errors",
-            "Trace lookup", "Latency and errors by service and span name"} <= titles
+    assert {
+        "Request rate by service",
+        "Error rate by service",
+        "Duration p50 / p95 / p99",
+        "Top errors",
+        "Trace lookup",
+        "Latency and errors by service and span name",
+    } <= titles
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=lambda q: q.where)
 @pytest.mark.parametrize("selection", ["all", "filtered"])
-def test_every_query_runs_on_both_profiles_and_on_an_empty_table(engine: Engine, query: Query,
-                                                                 selection: str) -> None:
+def test_every_query_runs_on_both_profiles_and_on_an_empty_table(engine: Engine, query: Query, selection: str) -> None:
     values = {} if selection == "all" else {"service": ["checkout", QUOTED], "span_name": ["POST /cart", "odd"]}
     got = run(engine, query, **values)
     assert got, f"{query.where} returned nothing on {engine.name}"

@@ -67,8 +67,10 @@ def exposed(text: str) -> Exposed:
 
 def used_expressions() -> list[tuple[str, str, str]]:
     """``(where, expr, legend)`` of every PromQL expression in the agent dashboard and the alert rules."""
-    out = [(q.where, q.text, (q.target or {}).get("legendFormat", ""))
-           for q in dashboard_queries(load_json(AGENT_DASHBOARD), "expr")]
+    out = [
+        (q.where, q.text, (q.target or {}).get("legendFormat", ""))
+        for q in dashboard_queries(load_json(AGENT_DASHBOARD), "expr")
+    ]
     doc = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
     for group in doc["groups"]:
         for rule in group["rules"]:
@@ -96,8 +98,9 @@ def problems(samples: Exposed) -> list[str]:
                 if label not in samples[name]:
                     found.append(f"{where}: {name} has no label {label!r}")
                 elif op == "=" and value not in samples[name][label]:
-                    found.append(f"{where}: {name}{{{label}={value!r}}} never occurs "
-                                 f"(values: {sorted(samples[name][label])})")
+                    found.append(
+                        f"{where}: {name}{{{label}={value!r}}} never occurs (values: {sorted(samples[name][label])})"
+                    )
         if names:
             for label in (grouping_labels(expr) | legend_labels(legend)) - available:
                 found.append(f"{where}: label {label!r} is not on {sorted(names)}")
@@ -172,18 +175,28 @@ def test_the_check_catches_a_renamed_metric_and_a_wrong_label(exposition: str) -
     assert any("label 'reason'" in p or "no label 'reason'" in p for p in problems(broken))
 
 
-def test_a_running_agent_exposes_what_dashboards_and_alerts_use(clickhouse: Any, clickhouse_db: str,
-                                                                tmp_path: Path) -> None:
+def test_a_running_agent_exposes_what_dashboards_and_alerts_use(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
-    with AgentProcess(tmp_path, metrics_listen="127.0.0.1:0", sink="clickhouse", clickhouse_endpoint=clickhouse.url,
-                      database=clickhouse_db, batch_wait="200ms").start() as agent:
+    with AgentProcess(
+        tmp_path,
+        metrics_listen="127.0.0.1:0",
+        sink="clickhouse",
+        clickhouse_endpoint=clickhouse.url,
+        database=clickhouse_db,
+        batch_wait="200ms",
+    ).start() as agent:
 
         def status() -> dict[str, Any]:
             done = run_cli("status", "--json", "--config", agent.config_path, "--socket", agent.socket_path)
             return json.loads(done.stdout) if done.returncode == 0 else {}
 
-        port = wait_until(lambda: (status().get("metrics") or {}).get("metrics_port"), 20,
-                          message="status --json to show the metrics port")
+        port = wait_until(
+            lambda: (status().get("metrics") or {}).get("metrics_port"),
+            20,
+            message="status --json to show the metrics port",
+        )
         t = send_known_traffic(agent.socket_path, valid=10)
 
         def shipped() -> Any:

@@ -96,8 +96,15 @@ def test_every_alert_says_how_bad_what_happened_and_what_to_do() -> None:
         assert annotations["runbook"].strip() and "\n" not in annotations["runbook"].strip(), rule["alert"]
         assert annotations["runbook_url"].startswith("docs/"), rule["alert"]
     assert len(names) == len(set(names))
-    for required in ("AgentDown", "ShippingFailing", "BacklogGrowing", "BacklogOld", "WalDroppedSpans",
-                     "ClientsDroppingSpans", "DeadLetters"):
+    for required in (
+        "AgentDown",
+        "ShippingFailing",
+        "BacklogGrowing",
+        "BacklogOld",
+        "WalDroppedSpans",
+        "ClientsDroppingSpans",
+        "DeadLetters",
+    ):
         assert "AutomagikTelemetry" + required in names
 
 
@@ -134,11 +141,20 @@ def test_job_name_matches_between_scrape_configs_alerts_and_dashboard() -> None:
 def test_dashboard_promql_parses(tmp_path: Path) -> None:
     """Every expression of the agent dashboard, with Grafana's variables filled in, as recording rules:
     `promtool check rules` parses each one."""
-    queries = [q for q in dashboard_queries(load_json(AGENT_DASHBOARD), "expr")
-               if not q.text.startswith("label_values")]
+    queries = [
+        q for q in dashboard_queries(load_json(AGENT_DASHBOARD), "expr") if not q.text.startswith("label_values")
+    ]
     assert len(queries) > 20
-    doc = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": grafana_promql(q.text)} for i, q in enumerate(queries)]}]}
+    doc = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": grafana_promql(q.text)} for i, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
     (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(doc))
     done = promtool("check", "rules", str(tmp_path / "dashboard.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -156,10 +172,18 @@ def test_agent_dashboard_reads_prometheus_through_the_datasource_variable_and_co
             assert thing["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         for target in panel["targets"]:
             used |= metric_names(target["expr"])
-    essentials = {"ingest_spans_received_total", "wal_unshipped_bytes", "wal_oldest_unshipped_age_seconds",
-                  "shipper_rows_total", "shipper_retries_total", "shipper_insert_failures_total",
-                  "wal_dropped_spans_total", "client_dropped_spans_total", "shipper_dead_lettered_rows_total",
-                  "child_up"}
+    essentials = {
+        "ingest_spans_received_total",
+        "wal_unshipped_bytes",
+        "wal_oldest_unshipped_age_seconds",
+        "shipper_rows_total",
+        "shipper_retries_total",
+        "shipper_insert_failures_total",
+        "wal_dropped_spans_total",
+        "client_dropped_spans_total",
+        "shipper_dead_lettered_rows_total",
+        "child_up",
+    }
     assert {"automagik_telemetry_" + e for e in essentials} <= used
 
 

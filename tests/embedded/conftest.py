@@ -31,12 +31,19 @@ BASE_NS = 1_700_000_000_000_000_000
 
 def span_line(i: int, name: str | None = None, error: bool = False) -> bytes:
     """A valid OTLP span line numbered ``i``; its span id is :func:`span_id` (unique per ``i``)."""
-    return json.dumps({
-        "traceId": f"{i + 1:032x}", "spanId": span_id(i), "name": name or f"op-{i % 5}", "kind": 1,
-        "startTimeUnixNano": str(BASE_NS + i * 1000), "endTimeUnixNano": str(BASE_NS + i * 1000 + 500),
-        "attributes": [{"key": "i", "value": {"intValue": str(i)}}],
-        "status": {"code": 2 if error else 1},
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "traceId": f"{i + 1:032x}",
+            "spanId": span_id(i),
+            "name": name or f"op-{i % 5}",
+            "kind": 1,
+            "startTimeUnixNano": str(BASE_NS + i * 1000),
+            "endTimeUnixNano": str(BASE_NS + i * 1000 + 500),
+            "attributes": [{"key": "i", "value": {"intValue": str(i)}}],
+            "status": {"code": 2 if error else 1},
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def span_id(i: int) -> str:
@@ -125,8 +132,7 @@ def embedded_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     started: list[AgentProcess] = []
 
     def make(store: Path, **settings: Any) -> AgentProcess:
-        settings = {"sink": "embedded", "embedded": str(store), "metrics_listen": "", "batch_wait": "50ms",
-                    **settings}
+        settings = {"sink": "embedded", "embedded": str(store), "metrics_listen": "", "batch_wait": "50ms", **settings}
         agent = AgentProcess(tmp_path / f"agent{len(started)}", **settings)
         started.append(agent)
         return agent.start()

@@ -32,14 +32,17 @@ def send_spans(agent: AgentProcess, first: int, count: int, per_message: int = 1
         seq = 0
         for start in range(first, first + count, per_message):
             seq += 1
-            lines = [span_line(i, error=bool(errors_every) and i % errors_every == 0)
-                     for i in range(start, min(start + per_message, first + count))]
+            lines = [
+                span_line(i, error=bool(errors_every) and i % errors_every == 0)
+                for i in range(start, min(start + per_message, first + count))
+            ]
             client.send_records(lines, seq, resource=RESOURCE)
         assert client.wait_ack(seq, timeout=30)
 
 
 def test_query_answers_through_the_running_agent_and_directly_once_it_stopped(
-        embedded_agent: Callable[..., AgentProcess], store_dir: Path) -> None:
+    embedded_agent: Callable[..., AgentProcess], store_dir: Path
+) -> None:
     agent = embedded_agent(store_dir)
     send_spans(agent, 0, 500, errors_every=50)
     wait_count(store_dir, 500)
@@ -49,8 +52,14 @@ def test_query_answers_through_the_running_agent_and_directly_once_it_stopped(
     running = run_cli("query", "--embedded", str(store_dir), sql)
     # ... so this answer came through its socket: opening the store directly is impossible meanwhile.
     assert (running.returncode, running.stdout, running.stderr) == (0, "500\t500\t10\n", "")
-    pretty = run_cli("query", "--embedded", str(store_dir), "--format", "JSONEachRow",
-                     "SELECT span_name, count() AS n FROM telemetry.traces GROUP BY span_name ORDER BY span_name")
+    pretty = run_cli(
+        "query",
+        "--embedded",
+        str(store_dir),
+        "--format",
+        "JSONEachRow",
+        "SELECT span_name, count() AS n FROM telemetry.traces GROUP BY span_name ORDER BY span_name",
+    )
     assert pretty.stdout.splitlines()[0] == '{"span_name":"op-0","n":100}', pretty.stderr
 
     assert agent.terminate() == 0
@@ -64,13 +73,17 @@ def test_query_answers_through_the_running_agent_and_directly_once_it_stopped(
     wait_count(store_dir, 600)
 
 
-def test_query_is_read_only_and_says_so_in_one_line(embedded_agent: Callable[..., AgentProcess],
-                                                     store_dir: Path) -> None:
+def test_query_is_read_only_and_says_so_in_one_line(
+    embedded_agent: Callable[..., AgentProcess], store_dir: Path
+) -> None:
     agent = embedded_agent(store_dir)
     send_spans(agent, 0, 50)
     wait_count(store_dir, 50)
-    for statement in ("DROP TABLE telemetry.traces", "INSERT INTO telemetry.traces (span_id) VALUES ('x')",
-                      "SELECT * FROM file('/etc/passwd', 'LineAsString')"):
+    for statement in (
+        "DROP TABLE telemetry.traces",
+        "INSERT INTO telemetry.traces (span_id) VALUES ('x')",
+        "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+    ):
         refused = run_cli("query", "--embedded", str(store_dir), statement)
         assert refused.returncode == 2, refused
         assert refused.stderr.startswith("automagik-telemetry: `automagik-telemetry query` is read-only")
@@ -92,13 +105,16 @@ def stored_rows(store: Path) -> int:
         m = re.fullmatch(r"([0-9A-Za-z]+)_(\d+)_(\d+)_(\d+)(?:_\d+)?", name)  # not tmp_insert_..., detached
         if m and (table / name / "count.txt").exists():
             parts.append((name, m.group(1), int(m.group(2)), int(m.group(3))))
-    return sum(int((table / name / "count.txt").read_text())
-               for name, part, lo, hi in parts
-               if not any(o != name and op == part and olo <= lo and hi <= ohi for o, op, olo, ohi in parts))
+    return sum(
+        int((table / name / "count.txt").read_text())
+        for name, part, lo, hi in parts
+        if not any(o != name and op == part and olo <= lo and hi <= ohi for o, op, olo, ohi in parts)
+    )
 
 
 def test_kill9_of_the_shipper_while_it_ships_loses_and_duplicates_nothing(
-        embedded_agent: Callable[..., AgentProcess], store_dir: Path) -> None:
+    embedded_agent: Callable[..., AgentProcess], store_dir: Path
+) -> None:
     total, per_batch = 6000, 40
     # One WAL record per batch, many small batches, paced: the shipper is mid-stream for a few seconds.
     agent = embedded_agent(store_dir, batch_size=per_batch, max_rows_per_second=2500, retry_base="50ms")
@@ -134,8 +150,11 @@ def test_kill9_of_the_shipper_while_it_ships_loses_and_duplicates_nothing(
     assert caught is not None and caught[0] - caught[1] == per_batch, caught  # one stored, uncommitted batch
     os.kill(pid, signal.SIGCONT)  # let the kernel deliver the SIGKILL to a stopped process promptly
 
-    wait_until(lambda: shipped() >= total and read_cursor(agent.wal_dir).seq == total // per_batch, 60,
-               message="everything shipped and committed")
+    wait_until(
+        lambda: shipped() >= total and read_cursor(agent.wal_dir).seq == total // per_batch,
+        60,
+        message="everything shipped and committed",
+    )
     # Exactly the spans sent: none missing, none twice.
     assert ask(store_dir, "SELECT count(), uniqExact(span_id) FROM telemetry.traces") == f"{total}\t{total}\n"
     ids = set((ask(store_dir, "SELECT span_id FROM telemetry.traces") or "").split())
@@ -157,10 +176,24 @@ def _without_chdb(tmp_path: Path) -> dict[str, str]:
 def test_without_the_embedded_extra_every_entry_point_says_what_to_install(tmp_path: Path) -> None:
     env = _without_chdb(tmp_path)
     store = tmp_path / "store"
-    common = ["--config", "/dev/null", "--wal-dir", str(tmp_path / "wal"), "--socket", str(tmp_path / "a.sock"),
-              "--wal-min-free", "0", "--metrics-listen", "", "--embedded", str(store)]
-    expected = ("automagik-telemetry: the embedded sink needs chDB, which is not installed: install "
-                "'automagik-telemetry[embedded]' (pip install chdb-core), or use --sink clickhouse / --sink none\n")
+    common = [
+        "--config",
+        "/dev/null",
+        "--wal-dir",
+        str(tmp_path / "wal"),
+        "--socket",
+        str(tmp_path / "a.sock"),
+        "--wal-min-free",
+        "0",
+        "--metrics-listen",
+        "",
+        "--embedded",
+        str(store),
+    ]
+    expected = (
+        "automagik-telemetry: the embedded sink needs chDB, which is not installed: install "
+        "'automagik-telemetry[embedded]' (pip install chdb-core), or use --sink clickhouse / --sink none\n"
+    )
     for command in (["agent", *common], ["shipper", *common]):
         result = run_cli(*command, env=env, timeout=30)
         assert (result.returncode, result.stderr) == (69, expected), command

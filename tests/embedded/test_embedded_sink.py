@@ -104,8 +104,7 @@ def span_row(sink: EmbeddedSink) -> bytes:
     return orjson.dumps(transform_span(span_line(1), parse_resource(RESOURCE), sink.profile)) + b"\n"
 
 
-def test_a_restarted_shipper_resends_a_stored_batch_without_duplicating_it(embedded_dir: Path,
-                                                                            tmp_path: Path) -> None:
+def test_a_restarted_shipper_resends_a_stored_batch_without_duplicating_it(embedded_dir: Path, tmp_path: Path) -> None:
     """The crash window tokens exist for: the store took a batch, the shipper died before its cursor moved."""
     wal = tmp_path / "wal"
     write_wal(wal, [[span_line(i) for i in range(k * 100, (k + 1) * 100)] for k in range(5)], resource=RESOURCE)
@@ -143,11 +142,12 @@ def test_a_second_process_gets_one_line_naming_the_holder(embedded_dir: Path) ->
             except SinkError as exc:
                 print(exc.result.error_class.value, exc)
         """)
-        out = subprocess.run([sys.executable, "-c", code], env=agent_env(), capture_output=True, text=True,
-                             timeout=60)
-        assert out.stdout.strip() == (f"transient the embedded store {embedded_dir} is in use by process "
-                                      f"{os.getpid()} (chDB allows one process per data directory): waiting "
-                                      "for it to exit"), out.stderr
+        out = subprocess.run([sys.executable, "-c", code], env=agent_env(), capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == (
+            f"transient the embedded store {embedded_dir} is in use by process "
+            f"{os.getpid()} (chDB allows one process per data directory): waiting "
+            "for it to exit"
+        ), out.stderr
         assert (embedded_dir / LOCK_FILE).exists()
     finally:
         sink.close()
@@ -158,28 +158,53 @@ def test_a_config_xml_in_the_working_directory_is_not_read(embedded_dir: Path, t
     elsewhere = tmp_path / "hijacked"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    (cwd / "config.xml").write_text(f"<clickhouse><path>{elsewhere}/</path>"
-                                    "<default_database>nowhere</default_database></clickhouse>")
+    (cwd / "config.xml").write_text(
+        f"<clickhouse><path>{elsewhere}/</path><default_database>nowhere</default_database></clickhouse>"
+    )
     sink = EmbeddedSink(str(embedded_dir), serve_queries=False)
     sink.detect()
     sink.insert(span_row(sink), "t1")
     sink.close()
-    out = subprocess.run([sys.executable, "-m", "automagik_telemetry_agent", "query", "--embedded",
-                          str(embedded_dir), "SELECT count(), currentDatabase() FROM telemetry.traces"],
-                         env=agent_env(), cwd=cwd, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "automagik_telemetry_agent",
+            "query",
+            "--embedded",
+            str(embedded_dir),
+            "SELECT count(), currentDatabase() FROM telemetry.traces",
+        ],
+        env=agent_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (out.returncode, out.stdout) == (0, "1\tdefault\n"), out.stderr
     assert not elsewhere.exists()
 
 
 def test_a_batch_spanning_more_partitions_than_one_insert_may_is_split_and_every_span_ships(
-        embedded_dir: Path, tmp_path: Path) -> None:
+    embedded_dir: Path, tmp_path: Path
+) -> None:
     """Spans from 300 different days (clients with wrong clocks) in one batch: the server refuses the block
     (Code 252, too many partitions for a single INSERT block). That is a property of these rows, not an
     overloaded server: the shipper bisects until each INSERT fits, instead of retrying the batch forever."""
     day = 86_400 * 10**9
-    lines = [json.dumps({"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "skewed", "kind": 1,
-                         "startTimeUnixNano": str(BASE_NS - i * day), "endTimeUnixNano": str(BASE_NS - i * day + 9),
-                         }).encode() for i in range(300)]
+    lines = [
+        json.dumps(
+            {
+                "traceId": f"{i + 1:032x}",
+                "spanId": f"{i + 1:016x}",
+                "name": "skewed",
+                "kind": 1,
+                "startTimeUnixNano": str(BASE_NS - i * day),
+                "endTimeUnixNano": str(BASE_NS - i * day + 9),
+            }
+        ).encode()
+        for i in range(300)
+    ]
     wal = tmp_path / "wal"
     seqs = write_wal(wal, [lines], resource=RESOURCE)
     sink = EmbeddedSink(str(embedded_dir), serve_queries=False)

@@ -22,24 +22,34 @@ EXAMPLES = {
 }
 
 
-def test_each_example_delivers_exactly_what_it_reports(embedded_agent: Callable[..., AgentProcess],
-                                                       store_dir: Path) -> None:
+def test_each_example_delivers_exactly_what_it_reports(
+    embedded_agent: Callable[..., AgentProcess], store_dir: Path
+) -> None:
     agent = embedded_agent(store_dir)
     total = 0
     for index, (script, args) in enumerate(EXAMPLES.items()):
         environment = f"example-{index}"
-        env = agent_env({"AUTOMAGIK_TELEMETRY_SOCKET": agent.socket_path,
-                         "AUTOMAGIK_TELEMETRY_ENVIRONMENT": environment})
-        run = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], env=env,
-                             capture_output=True, text=True, timeout=120)
+        env = agent_env(
+            {"AUTOMAGIK_TELEMETRY_SOCKET": agent.socket_path, "AUTOMAGIK_TELEMETRY_ENVIRONMENT": environment}
+        )
+        run = subprocess.run(
+            [sys.executable, str(REPO / "examples" / script), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         sent = json.loads(run.stdout.strip().splitlines()[-1])
         assert sent.get("durable", sent.get("all_durable")) is True, sent
         assert sent["errors"] > 0  # every example records failures too
         total += sent["spans"]
         wait_count(store_dir, sent["spans"], where=f"WHERE environment = '{environment}'")
-        out = ask(store_dir, "SELECT span_name, count(), countIf(status_code = 'ERROR') FROM telemetry.traces "
-                             f"WHERE environment = '{environment}' GROUP BY span_name ORDER BY span_name")
+        out = ask(
+            store_dir,
+            "SELECT span_name, count(), countIf(status_code = 'ERROR') FROM telemetry.traces "
+            f"WHERE environment = '{environment}' GROUP BY span_name ORDER BY span_name",
+        )
         assert out is not None
         rows = [line.split("\t") for line in out.splitlines()]
         assert {name: int(count) for name, count, _ in rows} == sent["by_name"], script

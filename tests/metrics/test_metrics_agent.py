@@ -29,18 +29,23 @@ def status(agent: AgentProcess) -> dict[str, Any]:
 
 
 def metrics_port(agent: AgentProcess) -> int:
-    return wait_until(lambda: (status(agent).get("metrics") or {}).get("metrics_port"), 15,
-                      message="status --json to show the metrics port")
+    return wait_until(
+        lambda: (status(agent).get("metrics") or {}).get("metrics_port"),
+        15,
+        message="status --json to show the metrics port",
+    )
 
 
 def scrape_when(port: int, ready: Any, what: str, timeout: float = 20.0) -> Samples:
     """Scrape until ``ready(samples)`` holds (children report about once a second)."""
+
     def attempt() -> Samples | None:
         samples = scrape(port)
         try:
             return samples if ready(samples) else None
         except KeyError:
             return None
+
     return wait_until(attempt, timeout, interval=0.2, message=what)
 
 
@@ -48,8 +53,11 @@ def test_scrape_of_a_running_agent_matches_the_traffic_across_an_ingest_restart(
     with AgentProcess(tmp_path, metrics_listen="127.0.0.1:0").start() as agent:
         port = metrics_port(agent)
         first = send_known_traffic(agent.socket_path, valid=30)
-        samples = scrape_when(port, lambda s: value(s, "ingest_records_received_total") == first.records,
-                              "the first traffic in the scrape")
+        samples = scrape_when(
+            port,
+            lambda s: value(s, "ingest_records_received_total") == first.records,
+            "the first traffic in the scrape",
+        )
         check_ingest_counters(samples, first)
         assert value(samples, "wal_unshipped_records") == first.records
         assert value(samples, "child_up", child="ingest") == 1
@@ -58,12 +66,16 @@ def test_scrape_of_a_running_agent_matches_the_traffic_across_an_ingest_restart(
 
         ingest_pid = status(agent)["children"]["ingest"]["pid"]
         os.kill(ingest_pid, signal.SIGKILL)
-        wait_until(lambda: status(agent)["children"]["ingest"].get("pid") not in (None, ingest_pid), 20,
-                   message="a new ingest child")
+        wait_until(
+            lambda: status(agent)["children"]["ingest"].get("pid") not in (None, ingest_pid),
+            20,
+            message="a new ingest child",
+        )
         second = send_known_traffic(agent.socket_path, valid=12, first_span=1000)  # the supervisor kept the socket
         records = first.records + second.records
-        samples = scrape_when(port, lambda s: value(s, "ingest_records_received_total") == records,
-                              "both runs' traffic in the scrape")
+        samples = scrape_when(
+            port, lambda s: value(s, "ingest_records_received_total") == records, "both runs' traffic in the scrape"
+        )
         assert value(samples, "ingest_messages_received_total") == first.messages + second.messages
         assert value(samples, "ingest_received_bytes_total") == first.bytes + second.bytes
         assert value(samples, "ingest_rejected_messages_total", reason="bad_magic") == 2
@@ -75,18 +87,32 @@ def test_scrape_of_a_running_agent_matches_the_traffic_across_an_ingest_restart(
 
 
 @pytest.mark.clickhouse
-def test_scrape_of_an_agent_shipping_to_clickhouse_matches_the_table(clickhouse: Any, clickhouse_db: str,
-                                                                     tmp_path: Path) -> None:
+def test_scrape_of_an_agent_shipping_to_clickhouse_matches_the_table(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
-    with AgentProcess(tmp_path, metrics_listen="127.0.0.1:0", sink="clickhouse", clickhouse_endpoint=clickhouse.url,
-                      database=clickhouse_db, batch_wait="200ms", retry_base="100ms").start() as agent:
+    with AgentProcess(
+        tmp_path,
+        metrics_listen="127.0.0.1:0",
+        sink="clickhouse",
+        clickhouse_endpoint=clickhouse.url,
+        database=clickhouse_db,
+        batch_wait="200ms",
+        retry_base="100ms",
+    ).start() as agent:
         port = metrics_port(agent)
         t = send_known_traffic(agent.socket_path, valid=50)
         wait_until(lambda: count(clickhouse, clickhouse_db) == t.spans, 30, message="every span in ClickHouse")
         # Each child reports on its own clock: wait for both to have reported the end state.
-        samples = scrape_when(port, lambda s: value(s, "shipper_rows_total") == t.spans
-                              and value(s, "ingest_records_received_total") == t.records
-                              and value(s, "wal_unshipped_records") == 0, "the shipped rows in the scrape")
+        samples = scrape_when(
+            port,
+            lambda s: (
+                value(s, "shipper_rows_total") == t.spans
+                and value(s, "ingest_records_received_total") == t.records
+                and value(s, "wal_unshipped_records") == 0
+            ),
+            "the shipped rows in the scrape",
+        )
         check_ingest_counters(samples, t)
         assert value(samples, "shipper_rows_total") == count(clickhouse, clickhouse_db)
         assert value(samples, "shipper_batches_total") >= 1
@@ -107,8 +133,10 @@ def test_agent_exits_2_with_one_line_when_the_metrics_port_is_taken(tmp_path: Pa
             agent.start()
     assert "exited with code 2" in str(err.value)
     lines = [line for line in agent.stderr_text.splitlines() if "metrics" in line and not line.startswith("---")]
-    assert lines == [f"automagik-telemetry: config error: cannot serve metrics on {listen}: Address already in use: "
-                     "choose another --metrics-listen (metrics.listen), or \"\" to turn the endpoint off"]
+    assert lines == [
+        f"automagik-telemetry: config error: cannot serve metrics on {listen}: Address already in use: "
+        'choose another --metrics-listen (metrics.listen), or "" to turn the endpoint off'
+    ]
 
 
 def _env_without_prometheus_client(tmp_path: Path) -> dict[str, str]:
@@ -119,20 +147,20 @@ def _env_without_prometheus_client(tmp_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(site), *SOURCE_PATHS])}
 
 
-def test_without_prometheus_client_an_agent_asked_for_metrics_exits_69_saying_what_to_install(
-        tmp_path: Path) -> None:
+def test_without_prometheus_client_an_agent_asked_for_metrics_exits_69_saying_what_to_install(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path, metrics_listen="127.0.0.1:0", env=_env_without_prometheus_client(tmp_path))
     with pytest.raises(AgentStartError) as err:
         agent.start()
     assert "exited with code 69" in str(err.value)
     lines = [line for line in agent.stderr_text.splitlines() if "prometheus-client" in line]
-    assert lines == ["automagik-telemetry: metrics.listen is '127.0.0.1:0' but prometheus-client is not installed: "
-                     "install 'automagik-telemetry[agent]', or set metrics.listen = \"\""]
+    assert lines == [
+        "automagik-telemetry: metrics.listen is '127.0.0.1:0' but prometheus-client is not installed: "
+        "install 'automagik-telemetry[agent]', or set metrics.listen = \"\""
+    ]
     assert "Traceback" not in agent.stderr_text
 
 
-def test_without_prometheus_client_and_no_endpoint_the_agent_still_stores_and_reports_status(
-        tmp_path: Path) -> None:
+def test_without_prometheus_client_and_no_endpoint_the_agent_still_stores_and_reports_status(tmp_path: Path) -> None:
     with AgentProcess(tmp_path, metrics_listen="", env=_env_without_prometheus_client(tmp_path)).start() as agent:
         traffic = send_known_traffic(agent.socket_path, valid=10)  # every accepted message was ACKed (durable)
         assert traffic.records == 10
@@ -140,12 +168,14 @@ def test_without_prometheus_client_and_no_endpoint_the_agent_still_stores_and_re
         assert sorted(report["children"]) == ["ingest"]  # the `none` sink of the default settings: no shipper
         assert all(child["state"] == "running" for child in report["children"].values())
         assert not report.get("metrics")  # nothing to aggregate without prometheus-client, and no crash
-        assert report["metrics_unavailable"] == ("prometheus-client is not installed "
-                                                 "(install 'automagik-telemetry[agent]')")
+        assert report["metrics_unavailable"] == (
+            "prometheus-client is not installed (install 'automagik-telemetry[agent]')"
+        )
         human = run_cli("status", "--config", agent.config_path, "--socket", agent.socket_path, timeout=30)
         assert human.returncode == 0, human.stderr
-        assert ("\ncounters:  unavailable: prometheus-client is not installed (install "
-                "'automagik-telemetry[agent]')\n") in human.stdout
+        assert (
+            "\ncounters:  unavailable: prometheus-client is not installed (install 'automagik-telemetry[agent]')\n"
+        ) in human.stdout
         assert agent.terminate() == 0
     dumped = run_cli("wal", "dump", agent.wal_dir, timeout=30)
     assert dumped.returncode == 0, dumped.stderr

@@ -20,9 +20,8 @@ def test_docs_table_lists_every_metric_with_its_type_and_labels() -> None:
 
 def test_every_metric_name_the_docs_mention_exists() -> None:
     text = DOC.read_text()
-    known = set(CATALOGUE) | {n[len(P):] for n in CATALOGUE}
+    known = set(CATALOGUE) | {n[len(P) :] for n in CATALOGUE}
     mentioned = set(re.findall(r"\b(?:automagik_telemetry_)?((?:ingest|wal|shipper|client|child)_[a-z_]+)", text))
-    unknown = {m for m in mentioned
-               if m not in known and re.sub(r"_(bucket|count|sum)$", "", m) not in known}
+    unknown = {m for m in mentioned if m not in known and re.sub(r"_(bucket|count|sum)$", "", m) not in known}
     # wal_* / shipper_* words that are settings or files rather than metrics
     assert unknown <= {"wal_size_cap", "wal_error"}, unknown

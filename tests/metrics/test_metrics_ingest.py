@@ -111,8 +111,9 @@ def test_scrape_matches_the_traffic_sent_to_ingest(tmp_path: Path, sock_dir: str
         ingest.stop()
 
 
-def test_counters_add_up_across_a_simulated_ingest_restart(tmp_path: Path, sock_dir: str,
-                                                           metrics: AgentMetrics) -> None:
+def test_counters_add_up_across_a_simulated_ingest_restart(
+    tmp_path: Path, sock_dir: str, metrics: AgentMetrics
+) -> None:
     wal_dir, sock = tmp_path / "wal", os.path.join(sock_dir, "agent.sock")
     ingest = InProcessIngest(wal_dir, sock)
     try:

@@ -42,8 +42,9 @@ def metrics() -> Iterator[AgentMetrics]:
     m.close()
 
 
-def test_scrape_of_ingest_and_shipper_matches_traffic_and_clickhouse(clickhouse: Any, clickhouse_db: str,
-                                                                     tmp_path: Path, metrics: AgentMetrics) -> None:
+def test_scrape_of_ingest_and_shipper_matches_traffic_and_clickhouse(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, metrics: AgentMetrics
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal_dir = tmp_path / "wal"
     sock_dir = tempfile.mkdtemp(prefix="at-metrics-", dir="/tmp")
@@ -88,8 +89,9 @@ def test_scrape_of_ingest_and_shipper_matches_traffic_and_clickhouse(clickhouse:
     assert summary["insert_failures"] == 0 and summary["metrics_port"] == server.port
 
 
-def test_failed_inserts_and_retries_are_counted_by_class(clickhouse: Any, clickhouse_db: str,
-                                                         tmp_path: Path, metrics: AgentMetrics) -> None:
+def test_failed_inserts_and_retries_are_counted_by_class(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, metrics: AgentMetrics
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal_dir = tmp_path / "wal"
     last = write_wal(wal_dir, [[span(i) for i in range(j * 10, j * 10 + 10)] for j in range(3)])[-1]
@@ -112,8 +114,9 @@ def test_failed_inserts_and_retries_are_counted_by_class(clickhouse: Any, clickh
     assert metrics.summary()["insert_failures"] == 3
 
 
-def test_corrupt_records_the_shipper_skips_are_counted(clickhouse: Any, clickhouse_db: str, tmp_path: Path,
-                                                       metrics: AgentMetrics) -> None:
+def test_corrupt_records_the_shipper_skips_are_counted(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, metrics: AgentMetrics
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal_dir = tmp_path / "wal"
     seqs = write_wal(wal_dir, [[span(i)] for i in range(5)])

@@ -31,8 +31,13 @@ LAST_SHIP = P + "shipper_last_success_timestamp_seconds"
 
 
 def report(counters: dict | None = None, **kw: dict) -> dict:
-    return {"counters": counters or {}, "gauges": kw.get("gauges", {}), "histograms": kw.get("histograms", {}),
-            "info": kw.get("info", {}), "max_counters": kw.get("max_counters", {})}
+    return {
+        "counters": counters or {},
+        "gauges": kw.get("gauges", {}),
+        "histograms": kw.get("histograms", {}),
+        "info": kw.get("info", {}),
+        "max_counters": kw.get("max_counters", {}),
+    }
 
 
 def hist(*values: float, bounds: tuple[float, ...] = (0.01, 0.1, 1.0)) -> dict:
@@ -111,10 +116,16 @@ def test_gauges_are_taken_as_reported_but_the_last_ship_time_survives_a_restart(
 
 def test_malformed_report_entries_are_ignored() -> None:
     m = AgentMetrics(version="test")
-    m.observe("ingest", 1, {"counters": {RECORDS: "x", P + "a_total": True, P + "b_total": float("nan"),
-                                         P + "ok_total": 3},
-                            "histograms": {FSYNC: {"bounds": [1.0], "counts": [1], "sum": 1.0}},
-                            "gauges": None, "info": {"agent_id": 5}})
+    m.observe(
+        "ingest",
+        1,
+        {
+            "counters": {RECORDS: "x", P + "a_total": True, P + "b_total": float("nan"), P + "ok_total": 3},
+            "histograms": {FSYNC: {"bounds": [1.0], "counts": [1], "sum": 1.0}},
+            "gauges": None,
+            "info": {"agent_id": 5},
+        },
+    )
     merged = m.merged()
     assert merged["counters"] == {P + "ok_total": 3} and merged["histograms"] == {} and merged["info"] == {}
 
@@ -158,8 +169,12 @@ def test_exposition_escapes_hostile_label_values() -> None:
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
     finally:
         m.close()
-    samples = {s.labels.get("counter"): s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == P + "client_reported_total"}
+    samples = {
+        s.labels.get("counter"): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == P + "client_reported_total"
+    }
     assert samples == {weird: 2}
 
 

@@ -34,12 +34,18 @@ class Traffic:
 
 def _records(lines: list[bytes], seq: int, *, count: int | None = None, kind: int = 1) -> bytes:
     payload = RESOURCE + b"\n" + b"".join(line + b"\n" for line in lines)
-    return protocol.encode(MessageType.RECORDS, payload, seq=seq, count=len(lines) if count is None else count,
-                           kind=kind)
+    return protocol.encode(
+        MessageType.RECORDS, payload, seq=seq, count=len(lines) if count is None else count, kind=kind
+    )
 
 
-def send_known_traffic(socket_path: str, valid: int = 40, first_span: int = 0, instance: str = "metrics-test",
-                       client_counters: dict[str, int] | None = None) -> Traffic:
+def send_known_traffic(
+    socket_path: str,
+    valid: int = 40,
+    first_span: int = 0,
+    instance: str = "metrics-test",
+    client_counters: dict[str, int] | None = None,
+) -> Traffic:
     """Send ``valid`` accepted RECORDS messages (1..5 spans each), five rejected ones with known reasons and
     one CLIENT_STATS; wait until the agent answered everything. Returns the expected counts."""
     t = Traffic()
@@ -80,8 +86,13 @@ def send_known_traffic(socket_path: str, valid: int = 40, first_span: int = 0, i
                 send(protocol.encode(MessageType.RECORDS, RESOURCE + b"\n", seq=seq, count=0, kind=1))
                 t.rejected_messages["empty"] += 1
                 seq += 1
-                send(protocol.encode(MessageType.CLIENT_STATS,
-                                     json.dumps({"instance": instance, **client_counters}).encode(), seq=seq))
+                send(
+                    protocol.encode(
+                        MessageType.CLIENT_STATS,
+                        json.dumps({"instance": instance, **client_counters}).encode(),
+                        seq=seq,
+                    )
+                )
                 t.client = dict(client_counters)
         assert client.wait_ack(seq, timeout=10), f"no ACK for the last message (replies: {client.replies[-3:]})"
         assert sorted(Counter(client.rejected.values()).items()) == sorted(t.rejected_messages.items())

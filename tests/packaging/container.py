@@ -79,8 +79,14 @@ class SystemdContainer:
         self._mounts.append(self.workdir)
         for name in ("upper", "work", "root"):
             (self.workdir / name).mkdir()
-        _mount("-t", "overlay", "overlay", "-o",
-               f"lowerdir=/,upperdir={self.workdir / 'upper'},workdir={self.workdir / 'work'}", str(self.root))
+        _mount(
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir=/,upperdir={self.workdir / 'upper'},workdir={self.workdir / 'work'}",
+            str(self.root),
+        )
         self._mounts.append(self.root)
         # Its own machine id (nspawn refuses the host's), and /run/systemd/nspawn on a tmpfs (nspawn only
         # deletes its state there when it is one; on this kind of host /run is a plain directory).
@@ -91,9 +97,19 @@ class SystemdContainer:
             self._mounts.append(NSPAWN_STATE)
 
     def _boot(self, timeout: float) -> None:
-        argv = ["systemd-nspawn", "--quiet", f"--directory={self.root}", f"--machine={self.name}", "--boot",
-                "--register=no", "--keep-unit", "--link-journal=no", "--console=pipe", "--",
-                "systemd.unit=basic.target"]
+        argv = [
+            "systemd-nspawn",
+            "--quiet",
+            f"--directory={self.root}",
+            f"--machine={self.name}",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--link-journal=no",
+            "--console=pipe",
+            "--",
+            "systemd.unit=basic.target",
+        ]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -102,15 +118,18 @@ class SystemdContainer:
                 raise ContainerUnavailable(f"systemd-nspawn exited {self.proc.returncode}: {self.log.read_text()}")
             if time.monotonic() > deadline:
                 raise ContainerUnavailable(f"no container init after {timeout}s: {self.log.read_text()}")
-            self.init_pid = next((p for p in _children(self.proc.pid)
-                                  if Path(f"/proc/{p}/comm").read_text().strip() == "systemd"), 0)
+            self.init_pid = next(
+                (p for p in _children(self.proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "systemd"), 0
+            )
             time.sleep(0.1)
         # Until its bus is up, systemctl cannot even ask: poll until the boot is over.
         state = ""
         while state not in ("running", "degraded"):
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise ContainerUnavailable(f"the container's systemd did not finish booting ({state or 'no answer'}):"
-                                           f" {self.log.read_text()[-2000:]}")
+                raise ContainerUnavailable(
+                    f"the container's systemd did not finish booting ({state or 'no answer'}):"
+                    f" {self.log.read_text()[-2000:]}"
+                )
             time.sleep(0.2)
             state = self.run(["systemctl", "is-system-running"], check=False, timeout=30).stdout.strip()
 
@@ -137,15 +156,24 @@ class SystemdContainer:
         self.stop()
 
     # ------------------------------------------------------------------ inside
-    def run(self, argv: list[str], *, check: bool = True, timeout: float = 60.0,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: list[str], *, check: bool = True, timeout: float = 60.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the container (all its namespaces, its root, a clean environment)."""
         clean = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]  # nothing from the test run
-        result = subprocess.run(["nsenter", f"--target={self.init_pid}", "--all", "--", *clean, *argv], input=input,
-                                capture_output=True, text=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            ["nsenter", f"--target={self.init_pid}", "--all", "--", *clean, *argv],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check:
-            assert result.returncode == 0, (f"in container: {' '.join(argv)} exited {result.returncode}\n"
-                                            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+            assert result.returncode == 0, (
+                f"in container: {' '.join(argv)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
         return result
 
     def path(self, inside: str) -> Path:

@@ -57,13 +57,13 @@ class Deb:
         return run(["dpkg-deb", "--info", str(self.path), name]).stdout
 
 
-def run(argv: list[str], *, check: bool = True, timeout: float = 120.0,
-        **kw: Any) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], *, check: bool = True, timeout: float = 120.0, **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run a command, text output captured; on failure (check) the assertion shows both streams."""
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if check:
-        assert result.returncode == 0, (f"{' '.join(map(str, argv))} exited {result.returncode}\n"
-                                        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        assert result.returncode == 0, (
+            f"{' '.join(map(str, argv))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result
 
 
@@ -111,8 +111,9 @@ class HostLock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(self.fd)
-                    raise AssertionError(f"another packaging test session held {self.PATH} for "
-                                         f"{self.timeout:.0f} s") from None
+                    raise AssertionError(
+                        f"another packaging test session held {self.PATH} for {self.timeout:.0f} s"
+                    ) from None
                 time.sleep(0.5)
 
     def release(self) -> None:
@@ -159,9 +160,11 @@ def foreign_installation() -> str | None:
     if TEST_MARKER.exists():
         return None
     what = f"package {PACKAGE} ({status()})" if status() != "not-installed" else " and ".join(map(str, leftovers))
-    return (f"{what} is on this host and was not installed by these tests; they install and purge "
-            f"{PACKAGE}, which deletes {STATE_DIR} (the WAL): run them on a test machine, or "
-            f"`dpkg --purge {PACKAGE}` first if that state is disposable")
+    return (
+        f"{what} is on this host and was not installed by these tests; they install and purge "
+        f"{PACKAGE}, which deletes {STATE_DIR} (the WAL): run them on a test machine, or "
+        f"`dpkg --purge {PACKAGE}` first if that state is disposable"
+    )
 
 
 def systemd_running() -> bool:
@@ -209,16 +212,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **extra}
 
 
-def installed_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60.0,
-                     check: bool = True) -> subprocess.CompletedProcess[str]:
+def installed_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run Python code with the package's own interpreter (its venv, its copy of the libraries)."""
     return run([str(VENV / "bin/python"), "-c", code], env=env or clean_env(), timeout=timeout, check=check)
 
 
 def installed_setting_env(key: str) -> str | None:
     """The environment variable of setting ``key`` in the INSTALLED code (None: it has no such setting)."""
-    code = ("from automagik_telemetry_agent.config import SETTINGS_BY_KEY as S; "
-            f"s = S.get({key!r}); print(s.env_name if s else '')")
+    code = (
+        "from automagik_telemetry_agent.config import SETTINGS_BY_KEY as S; "
+        f"s = S.get({key!r}); print(s.env_name if s else '')"
+    )
     return installed_python(code).stdout.strip() or None
 
 
@@ -227,16 +233,21 @@ class InstalledAgent:
     would), with the package's config file plus ``flags``; ready once it prints ``ready`` on stderr."""
 
     def __init__(self, socket_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.argv = as_service_user([COMMAND, "agent", "--config", str(CONFFILE), "--socket", str(socket_path),
-                                     *flags])
+        self.argv = as_service_user([COMMAND, "agent", "--config", str(CONFFILE), "--socket", str(socket_path), *flags])
         self.env = env or clean_env()
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._ready = threading.Event()
 
     def start(self, timeout: float = 30.0) -> InstalledAgent:
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=self.env)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.05):

@@ -36,8 +36,10 @@ from deb_host import (
     run,
 )
 
-WANTS = {SOCKET: Path("/etc/systemd/system/sockets.target.wants") / SOCKET,
-         SERVICE: Path("/etc/systemd/system/multi-user.target.wants") / SERVICE}
+WANTS = {
+    SOCKET: Path("/etc/systemd/system/sockets.target.wants") / SOCKET,
+    SERVICE: Path("/etc/systemd/system/multi-user.target.wants") / SERVICE,
+}
 
 
 def test_install_creates_the_users_the_state_directory_and_enables_both_units(installed: Deb) -> None:
@@ -77,11 +79,24 @@ def test_default_config_file_passes_config_check(installed: Deb) -> None:
         assert "sink = 'clickhouse'" in result.stdout
 
 
-def test_installed_agent_as_its_user_ships_client_spans_to_clickhouse(installed: Deb, run_dir: Path,
-                                                                     clickhouse: object, clickhouse_db: str) -> None:
+def test_installed_agent_as_its_user_ships_client_spans_to_clickhouse(
+    installed: Deb, run_dir: Path, clickhouse: object, clickhouse_db: str
+) -> None:
     url = clickhouse.url  # type: ignore[attr-defined]
-    applied = run([COMMAND, "schema", "apply", "--config", str(CONFFILE), "--clickhouse-endpoint", url,
-                   "--database", clickhouse_db], env=clean_env())
+    applied = run(
+        [
+            COMMAND,
+            "schema",
+            "apply",
+            "--config",
+            str(CONFFILE),
+            "--clickhouse-endpoint",
+            url,
+            "--database",
+            clickhouse_db,
+        ],
+        env=clean_env(),
+    )
     assert "applied migrations" in applied.stdout
     socket_path = run_dir / "agent.sock"
     env = clean_env()
@@ -90,10 +105,24 @@ def test_installed_agent_as_its_user_ships_client_spans_to_clickhouse(installed:
         env[control_env] = str(run_dir / "control.sock")
     spans = 300
     # WAL in the default place, /var/lib/automagik-telemetry/wal: the postinst made it writable for the user.
-    with InstalledAgent(socket_path, "--sink", "clickhouse", "--clickhouse-endpoint", url, "--database",
-                        clickhouse_db, "--metrics-listen", "", "--wal-min-free", "0", "--batch-wait", "0.2",
-                        env=env) as agent:
-        client = installed_python(textwrap.dedent(f"""
+    with InstalledAgent(
+        socket_path,
+        "--sink",
+        "clickhouse",
+        "--clickhouse-endpoint",
+        url,
+        "--database",
+        clickhouse_db,
+        "--metrics-listen",
+        "",
+        "--wal-min-free",
+        "0",
+        "--batch-wait",
+        "0.2",
+        env=env,
+    ) as agent:
+        client = installed_python(
+            textwrap.dedent(f"""
             from automagik_telemetry import AutomagikTelemetry
             telemetry = AutomagikTelemetry("packaging-test", "1.0")
             for i in range({spans}):
@@ -101,7 +130,9 @@ def test_installed_agent_as_its_user_ships_client_spans_to_clickhouse(installed:
                     pass
             print(telemetry.flush(timeout=20))
             telemetry.shutdown()
-        """), env=clean_env(AUTOMAGIK_TELEMETRY_SOCKET=str(socket_path)))
+        """),
+            env=clean_env(AUTOMAGIK_TELEMETRY_SOCKET=str(socket_path)),
+        )
         assert client.stdout.strip() == "True", client.stdout + client.stderr
         count = f"SELECT count() FROM {clickhouse_db}.traces WHERE span_name LIKE 'packaged-span-%'"
 
@@ -123,15 +154,20 @@ def _fill_wal(run_dir: Path, tag: str) -> None:
     control_env = deb_host.installed_setting_env("socket.control_path")
     if control_env:
         env[control_env] = str(run_dir / "control.sock")
-    with InstalledAgent(run_dir / "agent.sock", "--sink", "none", "--metrics-listen", "", "--wal-min-free", "0",
-                        env=env) as agent, RawClient(str(run_dir / "agent.sock")) as client:
+    with (
+        InstalledAgent(
+            run_dir / "agent.sock", "--sink", "none", "--metrics-listen", "", "--wal-min-free", "0", env=env
+        ) as agent,
+        RawClient(str(run_dir / "agent.sock")) as client,
+    ):
         for seq in (1, 2, 3):
             client.send_records([record_line(f"{tag}-{seq}")], seq=seq)
         assert client.wait_ack(3, timeout=10), agent.stderr
 
 
-def test_remove_and_upgrade_keep_the_wal_and_edited_config_purge_deletes_them(installed: Deb, run_dir: Path,
-                                                                             tmp_path: Path) -> None:
+def test_remove_and_upgrade_keep_the_wal_and_edited_config_purge_deletes_them(
+    installed: Deb, run_dir: Path, tmp_path: Path
+) -> None:
     _fill_wal(run_dir, "lifecycle")
     wal = deb_host.tree_digest(STATE_DIR)
     assert any(name.startswith("wal/") and name.endswith(".seg") for name in wal), wal

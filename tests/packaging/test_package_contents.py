@@ -22,12 +22,17 @@ def test_package_is_named_after_the_pyproject_version_and_the_host_architecture(
 
 def test_package_ships_the_command_units_sysusers_and_default_config(deb: Deb) -> None:
     files = deb.files()
-    for path in (f"/lib/systemd/system/{SERVICE}", f"/lib/systemd/system/{SOCKET}",
-                 f"/usr/lib/sysusers.d/{PACKAGE}.conf", str(CONFFILE), f"{VENV}/bin/{PACKAGE}",
-                 "/usr/share/doc/automagik-telemetry/README.packaging.md",
-                 "/usr/share/doc/automagik-telemetry/copyright",
-                 "/usr/share/automagik-telemetry/clickhouse/legacy/0001_traces.sql",  # for `schema apply`
-                 "/usr/share/automagik-telemetry/clickhouse/modern/0001_traces.sql"):
+    for path in (
+        f"/lib/systemd/system/{SERVICE}",
+        f"/lib/systemd/system/{SOCKET}",
+        f"/usr/lib/sysusers.d/{PACKAGE}.conf",
+        str(CONFFILE),
+        f"{VENV}/bin/{PACKAGE}",
+        "/usr/share/doc/automagik-telemetry/README.packaging.md",
+        "/usr/share/doc/automagik-telemetry/copyright",
+        "/usr/share/automagik-telemetry/clickhouse/legacy/0001_traces.sql",  # for `schema apply`
+        "/usr/share/automagik-telemetry/clickhouse/modern/0001_traces.sql",
+    ):
         assert path in files, f"{path} is not in the package"
     assert files[COMMAND].startswith("l"), "/usr/bin/automagik-telemetry should link into the venv"
     assert deb.control_file("conffiles").split() == [str(CONFFILE)]
@@ -57,16 +62,25 @@ def test_venv_is_relocated_to_its_installed_path(deb_tree: Path) -> None:
     assert cfg["home"] == "/usr/bin"
     assert cfg["include-system-site-packages"] == "false"
     # Nothing may name the build's staging directory (.../debian/automagik-telemetry/usr/lib/...).
-    found = subprocess.run(["grep", "-rlaF", f"/debian/{PACKAGE}{VENV}", str(deb_tree)], capture_output=True,
-                           text=True, check=False)
+    found = subprocess.run(
+        ["grep", "-rlaF", f"/debian/{PACKAGE}{VENV}", str(deb_tree)], capture_output=True, text=True, check=False
+    )
     assert found.stdout == "", f"files still naming the staging directory:\n{found.stdout}"
 
 
 def test_venv_holds_the_agent_and_its_dependencies_precompiled_and_no_pip(deb_tree: Path) -> None:
     site = deb_tree / SITE.relative_to("/")
     names = {p.name for p in site.iterdir()}
-    for module in ("automagik_telemetry", "automagik_telemetry_agent", "orjson", "zstandard", "requests",
-                   "prometheus_client", "certifi", "systemd"):
+    for module in (
+        "automagik_telemetry",
+        "automagik_telemetry_agent",
+        "orjson",
+        "zstandard",
+        "requests",
+        "prometheus_client",
+        "certifi",
+        "systemd",
+    ):
         assert module in names, f"{module} missing from the venv"
     assert not {n for n in names if re.match(r"(pip|setuptools|wheel)(-|$)", n)}, "build tools in the venv"
     # Byte-compiled at build time: the service cannot write .pyc files under ProtectSystem=strict.
@@ -81,7 +95,10 @@ def test_every_bundled_distribution_is_pinned_in_packaging_requirements_at_its_p
     for meta in site.glob("*.dist-info/METADATA"):
         fields = dict(line.split(": ", 1) for line in meta.read_text().splitlines()[:3] if ": " in line)
         installed[fields["Name"].lower().replace("_", "-")] = fields["Version"]
-    pins = dict(line.lower().split("==") for line in (REPO / "packaging/requirements.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.lower().split("==")
+        for line in (REPO / "packaging/requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert installed.pop(PACKAGE) == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert installed == {name: pins.get(name) for name in installed}

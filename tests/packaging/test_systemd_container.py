@@ -37,16 +37,33 @@ def ch_database(clickhouse: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def box(host: None, deb: Deb, clickhouse: Any, ch_database: str,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdContainer]:
+def box(
+    host: None, deb: Deb, clickhouse: Any, ch_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SystemdContainer]:
     """The package installed on the host, the schema applied, a container booted on top; the service is
     configured (drop-in) to ship to the test ClickHouse, with a short watchdog."""
     if deb_host.status() != "installed" or deb_host.installed_version() != deb.version:
         deb_host.install(deb.path)
-    run([COMMAND, "schema", "apply", "--config", str(CONFFILE), "--clickhouse-endpoint", clickhouse.url,
-         "--database", ch_database], env=clean_env())
-    settings = {"clickhouse.endpoint": clickhouse.url, "clickhouse.database": ch_database,
-                "shipper.batch_wait": "0.2", "metrics.listen": "127.0.0.1:0"}
+    run(
+        [
+            COMMAND,
+            "schema",
+            "apply",
+            "--config",
+            str(CONFFILE),
+            "--clickhouse-endpoint",
+            clickhouse.url,
+            "--database",
+            ch_database,
+        ],
+        env=clean_env(),
+    )
+    settings = {
+        "clickhouse.endpoint": clickhouse.url,
+        "clickhouse.database": ch_database,
+        "shipper.batch_wait": "0.2",
+        "metrics.listen": "127.0.0.1:0",
+    }
     env_lines = []
     for key, value in settings.items():
         name = deb_host.installed_setting_env(key)
@@ -81,8 +98,17 @@ def box(host: None, deb: Deb, clickhouse: Any, ch_database: str,
 def started(box: SystemdContainer) -> dict[str, str]:
     """Start the service (a no-op when it runs); its state once systemd has READY=1."""
     box.run(["systemctl", "start", SERVICE], timeout=150)
-    return box.show(SERVICE, "ActiveState", "SubState", "MainPID", "NRestarts", "StatusText", "User",
-                    "WatchdogUSec", "ExecMainStatus")
+    return box.show(
+        SERVICE,
+        "ActiveState",
+        "SubState",
+        "MainPID",
+        "NRestarts",
+        "StatusText",
+        "User",
+        "WatchdogUSec",
+        "ExecMainStatus",
+    )
 
 
 def send_spans(box: SystemdContainer, user: str, tag: str, count: int) -> str:
@@ -96,8 +122,10 @@ def send_spans(box: SystemdContainer, user: str, tag: str, count: int) -> str:
         print(telemetry.flush(timeout=20))
         telemetry.shutdown()
     """)
-    result = box.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", str(VENV / "bin/python"),
-                      "-c", code], timeout=90)
+    result = box.run(
+        ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", str(VENV / "bin/python"), "-c", code],
+        timeout=90,
+    )
     return result.stdout.strip()
 
 
@@ -121,8 +149,11 @@ def test_service_reaches_ready_as_its_user_inside_the_sandbox(box: SystemdContai
     assert fields["NoNewPrivs"].strip() == "1"
     assert fields["Seccomp"].strip() == "2"  # SystemCallFilter= (and MemoryDenyWriteExecute=) applied
     assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0
-    children = wait_until(lambda: box.run(["pgrep", "-P", state["MainPID"]], check=False).stdout.split(),
-                          timeout=10, message="the supervisor's children")
+    children = wait_until(
+        lambda: box.run(["pgrep", "-P", state["MainPID"]], check=False).stdout.split(),
+        timeout=10,
+        message="the supervisor's children",
+    )
     cgroup = box.run(["cat", f"/proc/{state['MainPID']}/cgroup"]).stdout
     assert len(children) == 2, "ingest and shipper"
     for child in children:  # same cgroup: KillMode=mixed and MemoryMax= cover them
@@ -131,16 +162,31 @@ def test_service_reaches_ready_as_its_user_inside_the_sandbox(box: SystemdContai
 
 
 def test_client_group_member_gets_spans_into_clickhouse_and_a_stranger_is_refused(
-        box: SystemdContainer, clickhouse: Any, ch_database: str) -> None:
+    box: SystemdContainer, clickhouse: Any, ch_database: str
+) -> None:
     started(box)
     assert send_spans(box, MEMBER, "member", 200) == "True"
-    wait_until(lambda: shipped(clickhouse, ch_database, "member") == 200, timeout=60,
-               message="the member's 200 spans in ClickHouse")
-    probe = ("import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
-             f"try:\n    s.connect({SOCKET_PATH!r})\n    print('connected')\n"
-             "except PermissionError:\n    print('refused')\n")
-    refused = box.run(["setpriv", f"--reuid={STRANGER}", f"--regid={STRANGER}", "--init-groups",
-                       str(VENV / "bin/python"), "-c", probe])
+    wait_until(
+        lambda: shipped(clickhouse, ch_database, "member") == 200,
+        timeout=60,
+        message="the member's 200 spans in ClickHouse",
+    )
+    probe = (
+        "import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+        f"try:\n    s.connect({SOCKET_PATH!r})\n    print('connected')\n"
+        "except PermissionError:\n    print('refused')\n"
+    )
+    refused = box.run(
+        [
+            "setpriv",
+            f"--reuid={STRANGER}",
+            f"--regid={STRANGER}",
+            "--init-groups",
+            str(VENV / "bin/python"),
+            "-c",
+            probe,
+        ]
+    )
     assert refused.stdout.strip() == "refused"
 
 
@@ -148,8 +194,9 @@ def test_agent_processes_log_structured_journal_entries(box: SystemdContainer) -
     # systemd-python is bundled: each process tags its entries (the shipper logs its totals when it stops).
     started(box)
     box.run(["systemctl", "restart", SERVICE], timeout=150)
-    out = box.run(["journalctl", "--no-pager", "-o", "json", "-t", "automagik-telemetry",
-                   "--output-fields=PROCESS,MESSAGE"]).stdout
+    out = box.run(
+        ["journalctl", "--no-pager", "-o", "json", "-t", "automagik-telemetry", "--output-fields=PROCESS,MESSAGE"]
+    ).stdout
     processes = {json.loads(line).get("PROCESS") for line in out.splitlines() if line.strip()}
     assert {"supervisor", "shipper"} <= processes, processes
 
@@ -159,8 +206,11 @@ def test_watchdog_is_fed_while_the_agent_is_healthy(box: SystemdContainer) -> No
     assert state["WatchdogUSec"] == f"{WATCHDOG_S}s"
     time.sleep(WATCHDOG_S * 2.5)
     after = box.show(SERVICE, "ActiveState", "MainPID", "NRestarts")
-    assert (after["ActiveState"], after["MainPID"], after["NRestarts"]) == \
-        ("active", state["MainPID"], state["NRestarts"]), box.journal(SERVICE)[-3000:]
+    assert (after["ActiveState"], after["MainPID"], after["NRestarts"]) == (
+        "active",
+        state["MainPID"],
+        state["NRestarts"],
+    ), box.journal(SERVICE)[-3000:]
 
 
 def test_watchdog_restarts_the_service_when_a_child_hangs(box: SystemdContainer) -> None:
@@ -169,8 +219,11 @@ def test_watchdog_restarts_the_service_when_a_child_hangs(box: SystemdContainer)
     state = started(box)
     ingest = box.run(["pgrep", "-P", state["MainPID"], "-f", "automagik_telemetry_agent ingest"]).stdout.split()
     box.run(["kill", "-STOP", *ingest])
-    wait_until(lambda: box.show(SERVICE, "NRestarts")["NRestarts"] != state["NRestarts"], timeout=60,
-               message="a watchdog restart")
+    wait_until(
+        lambda: box.show(SERVICE, "NRestarts")["NRestarts"] != state["NRestarts"],
+        timeout=60,
+        message="a watchdog restart",
+    )
     assert "Watchdog timeout" in box.journal(SERVICE)
     again = started(box)
     assert again["ActiveState"] == "active" and again["MainPID"] != state["MainPID"]
@@ -187,15 +240,19 @@ def test_reload_keeps_the_process_and_config_check_works_while_it_runs(box: Syst
     state = started(box)
     box.run(["systemctl", "reload", SERVICE], timeout=60)  # ExecReload=: SIGHUP, RELOADING=1 ... READY=1
     after = box.show(SERVICE, "ActiveState", "MainPID", "NRestarts")
-    assert (after["ActiveState"], after["MainPID"], after["NRestarts"]) == \
-        ("active", state["MainPID"], state["NRestarts"])
+    assert (after["ActiveState"], after["MainPID"], after["NRestarts"]) == (
+        "active",
+        state["MainPID"],
+        state["NRestarts"],
+    )
     # What agent.toml tells the admin to run before applying a change.
     check = box.run([COMMAND, "config", "check", "--no-runtime"], check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_stopping_the_service_keeps_the_socket_and_a_client_starts_it_again(
-        box: SystemdContainer, clickhouse: Any, ch_database: str) -> None:
+    box: SystemdContainer, clickhouse: Any, ch_database: str
+) -> None:
     started(box)
     inode = box.run(["stat", "-c", "%i", SOCKET_PATH]).stdout
     box.run(["systemctl", "stop", SERVICE], timeout=90)
@@ -205,8 +262,11 @@ def test_stopping_the_service_keeps_the_socket_and_a_client_starts_it_again(
     # Socket activation: the next client's connection starts the service again, on the same socket.
     assert send_spans(box, MEMBER, "reactivated", 50) == "True"
     assert box.show(SERVICE, "ActiveState")["ActiveState"] == "active"
-    wait_until(lambda: shipped(clickhouse, ch_database, "reactivated") == 50, timeout=60,
-               message="50 spans after socket activation")
+    wait_until(
+        lambda: shipped(clickhouse, ch_database, "reactivated") == 50,
+        timeout=60,
+        message="50 spans after socket activation",
+    )
 
 
 def test_upgrade_restarts_the_service_but_never_the_socket(box: SystemdContainer, deb: Deb) -> None:
@@ -220,12 +280,16 @@ def test_upgrade_restarts_the_service_but_never_the_socket(box: SystemdContainer
     assert box.run(["stat", "-c", "%i", SOCKET_PATH]).stdout == inode
 
 
-def test_remove_stops_both_units_keeps_the_wal_and_purge_deletes_it(box: SystemdContainer,
-                                                                   clickhouse: Any, ch_database: str) -> None:
+def test_remove_stops_both_units_keeps_the_wal_and_purge_deletes_it(
+    box: SystemdContainer, clickhouse: Any, ch_database: str
+) -> None:
     started(box)
     assert send_spans(box, MEMBER, "before-remove", 10) == "True"
-    wait_until(lambda: shipped(clickhouse, ch_database, "before-remove") == 10, timeout=60,
-               message="10 spans before the remove")
+    wait_until(
+        lambda: shipped(clickhouse, ch_database, "before-remove") == 10,
+        timeout=60,
+        message="10 spans before the remove",
+    )
     wal_before = box.run(["ls", "/var/lib/automagik-telemetry/wal"]).stdout.split()
     box.run(["dpkg", "--remove", "automagik-telemetry"], timeout=120)
     for unit in (SERVICE, SOCKET):

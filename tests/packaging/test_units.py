@@ -16,8 +16,18 @@ UNITS = Path("lib/systemd/system")
 
 def exposure(unit: Path) -> tuple[float, int, str]:
     """``systemd-analyze security --offline=true`` of a unit file: (overall exposure, exit code, output)."""
-    result = run(["systemd-analyze", "security", "--offline=true", f"--threshold={int(MAX_EXPOSURE * 10)}",
-                  "--no-pager", unit.name], check=False, cwd=unit.parent)
+    result = run(
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=true",
+            f"--threshold={int(MAX_EXPOSURE * 10)}",
+            "--no-pager",
+            unit.name,
+        ],
+        check=False,
+        cwd=unit.parent,
+    )
     output = result.stdout + result.stderr
     match = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)", output)
     assert match, f"no exposure level in:\n{output}"
@@ -27,8 +37,9 @@ def exposure(unit: Path) -> tuple[float, int, str]:
 def test_installed_units_pass_systemd_analyze_verify_without_a_warning(installed: Deb) -> None:
     # verify needs the real ExecStart= binary, hence on the installed units. It exits 0 even for an
     # unknown key or a bad value (only a warning), so any output fails the test.
-    result = run(["systemd-analyze", "verify", "--man=no", str(UNIT_DIR / SOCKET), str(UNIT_DIR / SERVICE)],
-                 check=False)
+    result = run(
+        ["systemd-analyze", "verify", "--man=no", str(UNIT_DIR / SOCKET), str(UNIT_DIR / SERVICE)], check=False
+    )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
@@ -58,8 +69,17 @@ def test_service_has_the_required_lifecycle_and_sandbox_settings(deb_tree: Path)
     assert one["ExecStart"].split()[:2] == ["/usr/bin/automagik-telemetry", "agent"]
     assert (one["User"], one["Group"]) == (USER, USER)
     assert one["StateDirectory"] == PACKAGE
-    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "MemoryDenyWriteExecute",
-                "RestrictNamespaces", "LockPersonality", "RestrictSUIDSGID", "RestrictRealtime"):
+    for key in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "MemoryDenyWriteExecute",
+        "RestrictNamespaces",
+        "LockPersonality",
+        "RestrictSUIDSGID",
+        "RestrictRealtime",
+    ):
         assert one[key] == "yes", key
     assert one["ProtectSystem"] == "strict"
     assert set(one["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
@@ -90,8 +110,11 @@ def test_service_runtime_directory_is_below_the_socket_directory_never_the_same(
 
 
 def test_sysusers_declares_the_service_user_and_the_client_group(deb_tree: Path) -> None:
-    lines = [line.split() for line in (deb_tree / f"usr/lib/sysusers.d/{PACKAGE}.conf").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.split()
+        for line in (deb_tree / f"usr/lib/sysusers.d/{PACKAGE}.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ["u", USER] in [line[:2] for line in lines]
     assert ["g", CLIENT_GROUP] in [line[:2] for line in lines]
 

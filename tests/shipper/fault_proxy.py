@@ -159,8 +159,9 @@ class FaultProxy:
                 self._conns.discard(conn)
             conn.close()
 
-    def _read_request(self, conn: socket.socket, buf: bytes) -> tuple[tuple[str, str, dict[str, str], bytes] | None,
-                                                                        bytes]:
+    def _read_request(
+        self, conn: socket.socket, buf: bytes
+    ) -> tuple[tuple[str, str, dict[str, str], bytes] | None, bytes]:
         while b"\r\n\r\n" not in buf:
             if not (chunk := self._recv(conn)):
                 return None, b""
@@ -217,12 +218,12 @@ class FaultProxy:
             return _reset(conn)
         return _answer(conn, status, reply, reply_headers)
 
-    def _forward(self, method: str, target: str, headers: dict[str, str],
-                 body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
         try:
-            upstream.request(method, target, body=body,
-                             headers={k: v for k, v in headers.items() if k not in _HOP})
+            upstream.request(method, target, body=body, headers={k: v for k, v in headers.items() if k not in _HOP})
             r = upstream.getresponse()
             return r.status, [(k, v) for k, v in r.getheaders() if k.lower() not in _HOP], r.read()
         finally:
@@ -231,8 +232,12 @@ class FaultProxy:
 
 def _answer(conn: socket.socket, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> bool:
     reason = http.client.responses.get(status, "Unknown")
-    head = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers or []),
-            f"Content-Length: {len(body)}", "Connection: keep-alive"]
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        *(f"{k}: {v}" for k, v in headers or []),
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive",
+    ]
     conn.sendall("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
     return True
 

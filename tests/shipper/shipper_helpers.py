@@ -15,11 +15,15 @@ from automagik_telemetry_agent.shipper import Shipper, ShipperOptions
 from automagik_telemetry_agent.sink_http import ClickHouseHttpSink
 from automagik_telemetry_agent.wal import WalOptions, WalWriter
 
-RESOURCE = orjson.dumps({"attributes": [
-    {"key": "service.name", "value": {"stringValue": "svc"}},
-    {"key": "host.name", "value": {"stringValue": "host-1"}},
-    {"key": "custom.res", "value": {"stringValue": "r"}},
-]})
+RESOURCE = orjson.dumps(
+    {
+        "attributes": [
+            {"key": "service.name", "value": {"stringValue": "svc"}},
+            {"key": "host.name", "value": {"stringValue": "host-1"}},
+            {"key": "custom.res", "value": {"stringValue": "r"}},
+        ]
+    }
+)
 BASE_NS = 1_700_000_000_000_000_000
 
 
@@ -32,8 +36,7 @@ def span(i: int, **overrides: Any) -> bytes:
         "kind": 2,
         "startTimeUnixNano": str(BASE_NS + i * 1000),
         "endTimeUnixNano": str(BASE_NS + i * 1000 + 500 + i),
-        "attributes": [{"key": "i", "value": {"intValue": str(i)}},
-                       {"key": "tag", "value": {"stringValue": f"t{i}"}}],
+        "attributes": [{"key": "i", "value": {"intValue": str(i)}}, {"key": "tag", "value": {"stringValue": f"t{i}"}}],
         "status": {"code": 1},
     }
     obj.update(overrides)
@@ -48,8 +51,7 @@ def write_wal(wal_dir: str | Path, records: list[list[bytes]], resource: bytes =
     """Append one WAL record per list of span lines; return their seqs. The writer is closed after."""
     writer = WalWriter(str(wal_dir), WalOptions(min_free_bytes=0, segment_bytes=1024 * 1024)).open()
     try:
-        seqs = [writer.append(resource + b"\n" + b"".join(s + b"\n" for s in spans), len(spans))
-                for spans in records]
+        seqs = [writer.append(resource + b"\n" + b"".join(s + b"\n" for s in spans), len(spans)) for spans in records]
         writer.flush()
         writer.sync()
     finally:
@@ -58,10 +60,16 @@ def write_wal(wal_dir: str | Path, records: list[list[bytes]], resource: bytes =
 
 
 def fast_options(tmp_path: Path, **kw: Any) -> ShipperOptions:
-    defaults: dict[str, Any] = dict(batch_wait_s=0.1, poll_interval_s=0.01, backoff_base_s=0.05,
-                                    backoff_cap_s=0.3, config_retry_s=0.2, stop_deadline_s=2.0,
-                                    state_dir=str(tmp_path / "shipper"),
-                                    dead_letter_dir=str(tmp_path / "dead-letter"))
+    defaults: dict[str, Any] = dict(
+        batch_wait_s=0.1,
+        poll_interval_s=0.01,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.3,
+        config_retry_s=0.2,
+        stop_deadline_s=2.0,
+        state_dir=str(tmp_path / "shipper"),
+        dead_letter_dir=str(tmp_path / "dead-letter"),
+    )
     defaults.update(kw)
     return ShipperOptions(**defaults)
 
@@ -111,8 +119,10 @@ def count(clickhouse: Any, database: str, table: str = "traces", where: str = ""
 
 
 def select_rows(clickhouse: Any, database: str, table: str = "traces") -> list[dict[str, Any]]:
-    out = clickhouse.query(f"SELECT * FROM {database}.{table} ORDER BY timestamp_ns FORMAT JSONEachRow",
-                           settings={"output_format_json_quote_64bit_integers": 0})
+    out = clickhouse.query(
+        f"SELECT * FROM {database}.{table} ORDER BY timestamp_ns FORMAT JSONEachRow",
+        settings={"output_format_json_quote_64bit_integers": 0},
+    )
     return [json.loads(line) for line in out.splitlines() if line]
 
 

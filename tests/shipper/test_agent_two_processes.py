@@ -20,8 +20,15 @@ pytestmark = pytest.mark.clickhouse
 
 
 def _agent(tmp_path: Path, clickhouse: Any, database: str) -> AgentProcess:
-    return AgentProcess(tmp_path, sink="clickhouse", clickhouse_endpoint=clickhouse.url, database=database,
-                        batch_wait="200ms", retry_base="100ms", retry_max="1s").start()
+    return AgentProcess(
+        tmp_path,
+        sink="clickhouse",
+        clickhouse_endpoint=clickhouse.url,
+        database=database,
+        batch_wait="200ms",
+        retry_base="100ms",
+        retry_max="1s",
+    ).start()
 
 
 def _emit(client: AutomagikTelemetry, start: int, n: int) -> None:
@@ -29,12 +36,14 @@ def _emit(client: AutomagikTelemetry, start: int, n: int) -> None:
         client.track_event("two.processes", {"i": i})
 
 
-def test_agent_ships_through_its_shipper_child_and_restarts_it_after_kill9(clickhouse: Any, clickhouse_db: str,
-                                                                          tmp_path: Path) -> None:
+def test_agent_ships_through_its_shipper_child_and_restarts_it_after_kill9(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     agent = _agent(tmp_path, clickhouse, clickhouse_db)
-    client = AutomagikTelemetry(config=TelemetryConfig(project_name="two-proc", version="1",
-                                                       socket_path=agent.socket_path))
+    client = AutomagikTelemetry(
+        config=TelemetryConfig(project_name="two-proc", version="1", socket_path=agent.socket_path)
+    )
     try:
         _emit(client, 0, 500)
         assert client.flush(10)
@@ -68,13 +77,15 @@ def test_agent_with_sink_none_runs_no_shipper(tmp_path: Path) -> None:
         agent.cleanup()
 
 
-def test_kill9_of_the_agent_stops_its_shipper_and_a_restart_ships_on(clickhouse: Any, clickhouse_db: str,
-                                                                     tmp_path: Path) -> None:
+def test_kill9_of_the_agent_stops_its_shipper_and_a_restart_ships_on(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     """The shipper child must not outlive a killed agent: two shippers would share one cursor."""
     apply_schema(clickhouse, clickhouse_db)
     agent = _agent(tmp_path, clickhouse, clickhouse_db)
-    client = AutomagikTelemetry(config=TelemetryConfig(project_name="two-proc", version="1",
-                                                       socket_path=agent.socket_path))
+    client = AutomagikTelemetry(
+        config=TelemetryConfig(project_name="two-proc", version="1", socket_path=agent.socket_path)
+    )
     try:
         shipper_pid = agent.child_pid("shipper")
         agent.kill_supervisor()

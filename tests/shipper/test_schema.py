@@ -214,9 +214,7 @@ class FakeEngine:
             return "".join(f"{v}\t{n}\t{p}\t{c}\n" for v, n, p, c in self.recorded)
         if sql.startswith("INSERT INTO d.schema_migrations"):
             values = sql.split("VALUES (", 1)[1].rstrip(")").split(", ")
-            self.recorded.append(
-                (int(values[0]), values[1].strip("'"), values[2].strip("'"), values[4].strip("'"))
-            )
+            self.recorded.append((int(values[0]), values[1].strip("'"), values[2].strip("'"), values[4].strip("'")))
         return ""
 
 
@@ -417,8 +415,7 @@ def test_chdb_modern_migrations_and_exact_round_trip(chdb_session_factory: ChdbF
     body = encode_rows(rows)
     execute("INSERT INTO telemetry.traces FORMAT JSONEachRow\n" + body.decode())
     out = execute(
-        "SELECT * FROM telemetry.traces "
-        "SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow"
+        "SELECT * FROM telemetry.traces SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow"
     )
     _assert_rows_equal(_read_back(out), rows)
     # The DateTime64 holds the exact nanosecond, in UTC whatever the session's time zone.
@@ -455,10 +452,7 @@ def test_chdb_ttl_and_dedup_settings(chdb_session_factory: ChdbFactory) -> None:
     ]
     body = encode_rows(rows).decode()
     for _ in range(2):
-        execute(
-            "INSERT INTO tel.spans SETTINGS insert_deduplication_token = 'wal-7-0' FORMAT JSONEachRow\n"
-            + body
-        )
+        execute("INSERT INTO tel.spans SETTINGS insert_deduplication_token = 'wal-7-0' FORMAT JSONEachRow\n" + body)
     assert execute("SELECT count() FROM tel.spans FORMAT TabSeparated") == f"{len(rows)}\n"
 
 
@@ -473,9 +467,7 @@ def test_chdb_legacy_profile_is_sticky(chdb_session_factory: ChdbFactory) -> Non
     assert profile is Profile.LEGACY
     rows = sample_rows(profile)
     execute("INSERT INTO tel.traces FORMAT JSONEachRow\n" + encode_rows(rows).decode())
-    out = execute(
-        "SELECT * FROM tel.traces SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow"
-    )
+    out = execute("SELECT * FROM tel.traces SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow")
     _assert_rows_equal(_read_back(out), rows)
 
 
@@ -503,9 +495,7 @@ def test_chdb_new_version_and_changed_checksum(chdb_session_factory: ChdbFactory
     path.write_text("-- an edited comment\n" + path.read_text())
     assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == []
     # ...but SQL is.
-    path.write_text(
-        path.read_text().replace("events              String", "events              String,\n x UInt8")
-    )
+    path.write_text(path.read_text().replace("events              String", "events              String,\n x UInt8"))
     with pytest.raises(SchemaError, match=r"migration 1 \(0001_traces, modern\) was applied with checksum"):
         apply(execute, Profile.MODERN, "tel", "traces", 0, root=root)
 
@@ -522,8 +512,7 @@ def test_server_legacy_migrations_and_exact_round_trip(clickhouse: Any, clickhou
     assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 30) == [1]
     assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 30) == []  # idempotent
     recorded = clickhouse.query(
-        f"SELECT version, name, profile, length(checksum) FROM {clickhouse_db}.schema_migrations "
-        "FORMAT TabSeparated"
+        f"SELECT version, name, profile, length(checksum) FROM {clickhouse_db}.schema_migrations FORMAT TabSeparated"
     )
     assert recorded == "1\t0001_traces\tlegacy\t64\n"
     columns = table_columns(clickhouse.query, clickhouse_db, "traces")

@@ -21,8 +21,10 @@ pytestmark = pytest.mark.chdb
 
 def _insert(execute: Any, body: bytes, token: str) -> None:
     assert "'" not in token and "\\" not in token
-    execute(f"INSERT INTO telemetry.traces SETTINGS insert_deduplication_token = '{token}' "
-            "FORMAT JSONEachRow\n" + body.decode())
+    execute(
+        f"INSERT INTO telemetry.traces SETTINGS insert_deduplication_token = '{token}' "
+        "FORMAT JSONEachRow\n" + body.decode()
+    )
 
 
 def _count(execute: Any) -> int:
@@ -58,8 +60,10 @@ def test_chdb_batch_bytes_and_dedup_token(chdb_session_factory: Any, tmp_path: P
     assert (again.body, again.token) == (batch.body, batch.token)
 
     _insert(execute, batch.body, batch.token)
-    out = execute("SELECT * FROM telemetry.traces ORDER BY timestamp_ns "
-                  "SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow")
+    out = execute(
+        "SELECT * FROM telemetry.traces ORDER BY timestamp_ns "
+        "SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow"
+    )
     got = [json.loads(line) for line in out.splitlines() if line]
     resource = parse_resource(RESOURCE)
     expected = [transform_span(line, resource, Profile.MODERN) for i, line in enumerate(lines) if i != 7]

@@ -76,8 +76,7 @@ def test_ships_every_row_exactly_and_commits(clickhouse: Any, clickhouse_db: str
     assert s.last_success_time is not None
 
 
-def test_restart_resumes_after_cursor_without_duplicates(clickhouse: Any, clickhouse_db: str,
-                                                         tmp_path: Path) -> None:
+def test_restart_resumes_after_cursor_without_duplicates(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal = tmp_path / "wal"
     for lo, n in ((0, 50), (50, 80)):
@@ -93,8 +92,7 @@ def test_restart_resumes_after_cursor_without_duplicates(clickhouse: Any, clickh
 # ------------------------------------------------------------------------------------- outages
 
 
-def test_clickhouse_outage_every_span_arrives_exactly_once(clickhouse: Any, clickhouse_db: str,
-                                                           tmp_path: Path) -> None:
+def test_clickhouse_outage_every_span_arrives_exactly_once(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal = tmp_path / "wal"
     produced = 0
@@ -123,8 +121,9 @@ def test_rate_limit_bounds_catch_up(clickhouse: Any, clickhouse_db: str, tmp_pat
     apply_schema(clickhouse, clickhouse_db)
     wal = tmp_path / "wal"
     seqs = write_wal(wal, [[span(i) for i in range(100 * r, 100 * r + 100)] for r in range(30)])
-    shipper = Shipper(str(wal), make_sink(clickhouse, clickhouse_db),
-                      fast_options(tmp_path, batch_rows=500, drain_rows_per_s=1000))
+    shipper = Shipper(
+        str(wal), make_sink(clickhouse, clickhouse_db), fast_options(tmp_path, batch_rows=500, drain_rows_per_s=1000)
+    )
     started = time.monotonic()
     with ShipperThread(shipper) as t:
         wait_for(lambda: _cursor(wal) == seqs[-1], 20, "backlog shipped")
@@ -138,14 +137,16 @@ def test_rate_limit_bounds_catch_up(clickhouse: Any, clickhouse_db: str, tmp_pat
 # ------------------------------------------------------------------------------------- configuration
 
 
-def test_wrong_password_keeps_data_and_says_so_once(clickhouse: Any, clickhouse_db: str, tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_password_keeps_data_and_says_so_once(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal = tmp_path / "wal"
     seqs = write_wal(wal, [[span(i) for i in range(30)]])
     caplog.set_level(logging.INFO, logger="automagik_telemetry_agent")
-    shipper = Shipper(str(wal), make_sink(clickhouse, clickhouse_db, username=AGENT_USER, password="wrong"),
-                      fast_options(tmp_path))
+    shipper = Shipper(
+        str(wal), make_sink(clickhouse, clickhouse_db, username=AGENT_USER, password="wrong"), fast_options(tmp_path)
+    )
     with ShipperThread(shipper) as t:
         wait_for(lambda: shipper.stats.retries_config >= 4, 10, "several config retries")
         t.stop()
@@ -156,16 +157,20 @@ def test_wrong_password_keeps_data_and_says_so_once(clickhouse: Any, clickhouse_
     assert "rejected user 'agent''s password" in errors[0] and "code 193" in errors[0]
     assert "wrong" not in errors[0].replace("Wrong password", "")  # the password itself is never logged
     # The operator fixes the password: everything arrives.
-    shipper = Shipper(str(wal), make_sink(clickhouse, clickhouse_db, username=AGENT_USER,
-                                          password=AGENT_PASSWORD), fast_options(tmp_path))
+    shipper = Shipper(
+        str(wal),
+        make_sink(clickhouse, clickhouse_db, username=AGENT_USER, password=AGENT_PASSWORD),
+        fast_options(tmp_path),
+    )
     with ShipperThread(shipper) as t:
         wait_for(lambda: _cursor(wal) == seqs[-1], 20, "shipped with the right password")
         t.stop()
     assert count(clickhouse, clickhouse_db) == 30
 
 
-def test_missing_table_says_run_schema_apply_then_ships(clickhouse: Any, clickhouse_db: str, tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_table_says_run_schema_apply_then_ships(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     wal = tmp_path / "wal"
     seqs = write_wal(wal, [[span(i) for i in range(40)]])
     caplog.set_level(logging.INFO, logger="automagik_telemetry_agent")
@@ -177,23 +182,33 @@ def test_missing_table_says_run_schema_apply_then_ships(clickhouse: Any, clickho
         assert f"table {clickhouse_db}.traces does not exist" in errors[0]
         assert "run `automagik-telemetry schema apply" in errors[0]
         assert _cursor(wal) == 0
-        result = run_cli("schema", "apply", "--config", "/dev/null", "--clickhouse-endpoint", clickhouse.url,
-                         "--database", clickhouse_db, "--table", "traces")
+        result = run_cli(
+            "schema",
+            "apply",
+            "--config",
+            "/dev/null",
+            "--clickhouse-endpoint",
+            clickhouse.url,
+            "--database",
+            clickhouse_db,
+            "--table",
+            "traces",
+        )
         assert result.returncode == 0, result.stderr
         assert "applied migrations 1" in result.stdout and "legacy profile" in result.stdout
         wait_for(lambda: _cursor(wal) == seqs[-1], 20, "shipped once the table exists")
         t.stop()
     assert count(clickhouse, clickhouse_db) == 40
-    again = run_cli("schema", "apply", "--config", "/dev/null", "--clickhouse-endpoint", clickhouse.url,
-                    "--database", clickhouse_db)
+    again = run_cli(
+        "schema", "apply", "--config", "/dev/null", "--clickhouse-endpoint", clickhouse.url, "--database", clickhouse_db
+    )
     assert again.returncode == 0 and "none (already up to date)" in again.stdout
 
 
 # ------------------------------------------------------------------------------------- bad data
 
 
-def test_bad_rows_are_dead_lettered_and_the_rest_ships(clickhouse: Any, clickhouse_db: str,
-                                                       tmp_path: Path) -> None:
+def test_bad_rows_are_dead_lettered_and_the_rest_ships(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     # A table whose status_message is a UInt8: the server refuses exactly the rows whose message is
     # not a small number -- a row-level rejection the transform cannot foresee.
     (ddl,) = render_migrations(Profile.LEGACY, clickhouse_db, "traces", 0)[0].statements
@@ -201,8 +216,7 @@ def test_bad_rows_are_dead_lettered_and_the_rest_ships(clickhouse: Any, clickhou
     clickhouse.query(ddl.replace("status_message   String", "status_message   UInt8"))
     wal = tmp_path / "wal"
     bad_server = {5, 17, 33}
-    lines = [span(i, status={"code": 2, "message": "boom" if i in bad_server else str(i % 10)})
-             for i in range(40)]
+    lines = [span(i, status={"code": 2, "message": "boom" if i in bad_server else str(i % 10)}) for i in range(40)]
     lines[9] = span(9, traceId="not-a-trace-id")  # the transform refuses this one
     lines.insert(20, b"")  # an empty span line: dead-lettered too
     seqs = write_wal(wal, [lines[:25], lines[25:]])
@@ -227,7 +241,8 @@ def test_bad_rows_are_dead_lettered_and_the_rest_ships(clickhouse: Any, clickhou
 
 
 def test_a_column_dropped_from_the_table_while_shipping_is_a_table_problem_not_bad_rows(
-        clickhouse: Any, clickhouse_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An operator drops a column the rows carry while the shipper runs. Every row then fails with
     "Unknown field found" (code 117), but no row is at fault: the batch must wait in the WAL with one line
     saying what to fix, not be bisected into the dead-letter file row by row."""
@@ -263,25 +278,38 @@ def test_end_to_end_agent_client_shipper(clickhouse: Any, clickhouse_db: str, tm
     apply_schema(clickhouse, clickhouse_db)
     agent = AgentProcess(tmp_path / "agent", fsync="always").start()
     try:
-        client = AutomagikTelemetry(config=TelemetryConfig(
-            project_name="e2e-project", version="1.2.3", environment="test", socket_path=agent.socket_path,
-            resource_attributes={"team": "core"}))
+        client = AutomagikTelemetry(
+            config=TelemetryConfig(
+                project_name="e2e-project",
+                version="1.2.3",
+                environment="test",
+                socket_path=agent.socket_path,
+                resource_attributes={"team": "core"},
+            )
+        )
         expected: dict[str, dict[str, Any]] = {}
         for i in range(300):
-            with client.span(f"work-{i % 3}", {"i": i, "ok": i % 2 == 0, "ratio": i / 4, "who": f"u{i}"},
-                             kind=3) as s:
+            with client.span(f"work-{i % 3}", {"i": i, "ok": i % 2 == 0, "ratio": i / 4, "who": f"u{i}"}, kind=3) as s:
                 if i % 10 == 0:
                     s.set_status(StatusCode.ERROR, f"failed {i}")
                 with client.span("child") as c:
                     pass
-            expected[s.span_id] = {"span_name": f"work-{i % 3}", "trace_id": s.trace_id, "i": i,
-                                   "duration_ns": s._end - s._start, "child": c.span_id}
-            expected[c.span_id] = {"span_name": "child", "trace_id": s.trace_id, "parent": s.span_id,
-                                   "duration_ns": c._end - c._start}
+            expected[s.span_id] = {
+                "span_name": f"work-{i % 3}",
+                "trace_id": s.trace_id,
+                "i": i,
+                "duration_ns": s._end - s._start,
+                "child": c.span_id,
+            }
+            expected[c.span_id] = {
+                "span_name": "child",
+                "trace_id": s.trace_id,
+                "parent": s.span_id,
+                "duration_ns": c._end - c._start,
+            }
         assert client.flush(10.0)
         client.shutdown(2.0)
-        shipper = Shipper(agent.wal_dir, make_sink(clickhouse, clickhouse_db),
-                          fast_options(tmp_path, batch_rows=250))
+        shipper = Shipper(agent.wal_dir, make_sink(clickhouse, clickhouse_db), fast_options(tmp_path, batch_rows=250))
         with ShipperThread(shipper) as t:
             wait_for(lambda: count(clickhouse, clickhouse_db) >= 600, 30, "600 rows in ClickHouse")
             wait_for(lambda: _cursor(Path(agent.wal_dir)) == shipper.stats.committed_seq > 0, 10, "cursor")
@@ -299,11 +327,16 @@ def test_end_to_end_agent_client_shipper(clickhouse: Any, clickhouse_db: str, tm
             attrs = dict(zip(r["attribute_keys"], r["attribute_values"], strict=True))
             if "i" in e:
                 i = e["i"]
-                assert attrs == {"i": str(i), "ok": "true" if i % 2 == 0 else "false", "ratio": repr(i / 4),
-                                 "who": f"u{i}"}
+                assert attrs == {
+                    "i": str(i),
+                    "ok": "true" if i % 2 == 0 else "false",
+                    "ratio": repr(i / 4),
+                    "who": f"u{i}",
+                }
                 assert r["span_kind"] == "CLIENT" and r["parent_span_id"] == ""
                 assert (r["status_code"], r["status_message"]) == (
-                    ("ERROR", f"failed {i}") if i % 10 == 0 else ("UNSET", ""))
+                    ("ERROR", f"failed {i}") if i % 10 == 0 else ("UNSET", "")
+                )
             else:
                 assert r["parent_span_id"] == e["parent"] and r["span_kind"] == "INTERNAL"
         code, report = agent.verify()
@@ -317,10 +350,31 @@ def test_end_to_end_agent_client_shipper(clickhouse: Any, clickhouse_db: str, tm
 
 
 def _shipper_cmd(wal: Path, tmp_path: Path, url: str, db: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "automagik_telemetry_agent", "shipper", "--config", "/dev/null",
-            "--wal-dir", str(wal), "--clickhouse-endpoint", url, "--database", db,
-            "--retry-base", "50ms", "--retry-max", "300ms", "--config-retry", "200ms", "--batch-wait", "100ms",
-            "--dead-letter-dir", str(tmp_path / "dead-letter"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "automagik_telemetry_agent",
+        "shipper",
+        "--config",
+        "/dev/null",
+        "--wal-dir",
+        str(wal),
+        "--clickhouse-endpoint",
+        url,
+        "--database",
+        db,
+        "--retry-base",
+        "50ms",
+        "--retry-max",
+        "300ms",
+        "--config-retry",
+        "200ms",
+        "--batch-wait",
+        "100ms",
+        "--dead-letter-dir",
+        str(tmp_path / "dead-letter"),
+        *extra,
+    ]
 
 
 def test_kill9_mid_batch_then_restart_loses_nothing(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
@@ -328,8 +382,9 @@ def test_kill9_mid_batch_then_restart_loses_nothing(clickhouse: Any, clickhouse_
     wal = tmp_path / "wal"
     total = 40_000
     seqs = write_wal(wal, [[span(i) for i in range(r, r + 500)] for r in range(0, total, 500)])
-    cmd = _shipper_cmd(wal, tmp_path, clickhouse.url, clickhouse_db, "--batch-size", "2000",
-                       "--max-rows-per-second", "20000")
+    cmd = _shipper_cmd(
+        wal, tmp_path, clickhouse.url, clickhouse_db, "--batch-size", "2000", "--max-rows-per-second", "20000"
+    )
     log_path = tmp_path / "shipper.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL, env=agent_env())
@@ -363,8 +418,7 @@ def test_kill9_mid_batch_then_restart_loses_nothing(clickhouse: Any, clickhouse_
     assert "resending the batch" in text or rows == distinct
 
 
-def test_sigterm_abandons_in_flight_batch_within_deadline(clickhouse: Any, clickhouse_db: str,
-                                                          tmp_path: Path) -> None:
+def test_sigterm_abandons_in_flight_batch_within_deadline(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal = tmp_path / "wal"
     seqs = write_wal(wal, [[span(i) for i in range(10)]])
@@ -390,8 +444,9 @@ def test_sigterm_abandons_in_flight_batch_within_deadline(clickhouse: Any, click
 
 
 @pytest.mark.parametrize("bisecting", [False, True])
-def test_restart_after_insert_before_commit(clickhouse: Any, clickhouse_db: str, tmp_path: Path,
-                                            bisecting: bool) -> None:
+def test_restart_after_insert_before_commit(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, bisecting: bool
+) -> None:
     """The crash window of a legacy server: the INSERT was stored, the cursor not written. The restarted
     shipper probes the in-flight batch and skips it -- unless it had gone into bisection (then parts
     may be stored and it resends: at-least-once)."""

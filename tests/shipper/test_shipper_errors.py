@@ -14,8 +14,7 @@ from automagik_telemetry_agent.clickhouse_errors import (
 )
 
 FROM_CLICKHOUSE = {"X-ClickHouse-Server-Display-Name": "ch1"}  # on every answer, also from 18.16
-LEGACY_60 = ("Code: 60, e.displayText() = DB::Exception: Table default.nope doesn't exist., "
-             "e.what() = DB::Exception\n")
+LEGACY_60 = "Code: 60, e.displayText() = DB::Exception: Table default.nope doesn't exist., e.what() = DB::Exception\n"
 MODERN_60 = "Code: 60. DB::Exception: Table default.nope does not exist. (UNKNOWN_TABLE) (version 25.3.1.1)\n"
 
 
@@ -42,8 +41,12 @@ def test_parse_code_header_wins_and_absent() -> None:
         (404, "Code: 115, e.displayText() = DB::Exception: Unknown setting x", ErrorClass.CONFIG, 115),
         (401, "Code: 193, e.displayText() = DB::Exception: Wrong password for user agent", ErrorClass.CONFIG, 193),
         (401, "Code: 192, e.displayText() = DB::Exception: Unknown user nobody", ErrorClass.CONFIG, 192),
-        (500, "Code: 164, e.displayText() = DB::Exception: Cannot insert into table in readonly mode",
-         ErrorClass.CONFIG, 164),
+        (
+            500,
+            "Code: 164, e.displayText() = DB::Exception: Cannot insert into table in readonly mode",
+            ErrorClass.CONFIG,
+            164,
+        ),
         (403, "Code: 516. DB::Exception: Authentication failed", ErrorClass.CONFIG, 516),
         (500, "Code: 27, e.displayText() = DB::Exception: Cannot parse input", ErrorClass.BAD_DATA, 27),
         (400, "Code: 26, e.displayText() = DB::Exception: Cannot parse JSON string", ErrorClass.BAD_DATA, 26),
@@ -51,8 +54,12 @@ def test_parse_code_header_wins_and_absent() -> None:
         (500, "Code: 117. DB::Exception: Cannot parse JSON object here", ErrorClass.BAD_DATA, 117),  # a row
         (400, "Code: 53. DB::Exception: Type mismatch", ErrorClass.BAD_DATA, 53),
         (500, "Code: 252. DB::Exception: Too many parts", ErrorClass.TRANSIENT, 252),
-        (500, "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100).",
-         ErrorClass.BAD_DATA, 252),  # the rows span too many days: bisect, do not retry the same block
+        (
+            500,
+            "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100).",
+            ErrorClass.BAD_DATA,
+            252,
+        ),  # the rows span too many days: bisect, do not retry the same block
         (500, "Code: 241. DB::Exception: Memory limit", ErrorClass.TRANSIENT, 241),
         (503, "Code: 209. DB::Exception: Timeout", ErrorClass.TRANSIENT, 209),
         (500, "Code: 89, e.displayText() = DB::Exception: Unknown Content-Encoding", ErrorClass.TRANSIENT, 89),
@@ -87,7 +94,8 @@ def test_classify_response(status: int, body: str | bytes, expected: ErrorClass,
     ],
 )
 def test_an_answer_without_clickhouse_headers_is_never_ok_and_never_a_verdict_on_the_rows(
-        status: int, body: bytes, expected: ErrorClass) -> None:
+    status: int, body: bytes, expected: ErrorClass
+) -> None:
     c = classify_response(status, {"Content-Type": "text/html", "Server": "nginx"}, body)
     assert (c.error_class, c.code, c.status) == (expected, None, status)
     assert c.message.startswith(f"not ClickHouse: HTTP {status} without X-ClickHouse-* headers")

@@ -100,7 +100,8 @@ FAULTS = [
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_fault_is_retried_with_identical_bytes_then_every_span_arrives_once(
-        clickhouse: Any, clickhouse_db: str, tmp_path: Path, fault: Fault) -> None:
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, fault: Fault
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal = tmp_path / "wal"
     lines = [span(i) for i in range(N)]
@@ -133,7 +134,8 @@ def test_fault_is_retried_with_identical_bytes_then_every_span_arrives_once(
 
 
 def test_a_200_that_did_not_come_from_clickhouse_does_not_move_the_cursor(
-        clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     """Something else answers the INSERT with 200 itself (another service on the port, a misrouting proxy):
     the rows are not in ClickHouse, so taking that 200 as success would lose them. The answer has no
     X-ClickHouse-* headers: a configuration error, retried slowly, and every span arrives once ClickHouse
@@ -159,8 +161,7 @@ def test_a_200_that_did_not_come_from_clickhouse_does_not_move_the_cursor(
     assert count(clickhouse, clickhouse_db) == N and _distinct(clickhouse, clickhouse_db) == N
 
 
-def test_reset_after_server_commit_is_not_resent_on_1816(clickhouse: Any, clickhouse_db: str,
-                                                         tmp_path: Path) -> None:
+def test_reset_after_server_commit_is_not_resent_on_1816(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     """The server stores the batch, the client sees a reset instead of the answer (one ambiguous failure).
 
     18.16 has no ``insert_deduplication_token``, so after a broken connection the shipper probes for the
@@ -183,8 +184,7 @@ def test_reset_after_server_commit_is_not_resent_on_1816(clickhouse: Any, clickh
     assert shipper.stats.retries_found_stored == 1 and shipper.stats.retries_transient == 1
 
 
-def test_reset_before_the_server_stored_anything_is_resent(clickhouse: Any, clickhouse_db: str,
-                                                           tmp_path: Path) -> None:
+def test_reset_before_the_server_stored_anything_is_resent(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     """The same broken connection, but the request never reached the server: the probe finds nothing, the
     identical bytes are sent again, and every span arrives exactly once."""
     apply_schema(clickhouse, clickhouse_db)
@@ -235,16 +235,24 @@ def test_clickhouse_killed_mid_insert_loses_nothing(clickhouse: Any, clickhouse_
     with ShipperThread(shipper) as t:
         # An INSERT in flight for a few ms already: it is well inside its ~25 ms, so the kill lands mid-insert
         # (the shipper sends the next batch while it freezes the one after, so INSERTs follow closely).
-        wait_for(lambda: count(clickhouse, clickhouse_db) > 0 and calls[-1][1] is None
-                 and time.monotonic() - calls[-1][0] > 0.003, 20,
-                 "the first rows in ClickHouse and an INSERT in flight", interval=0.001)
+        wait_for(
+            lambda: (
+                count(clickhouse, clickhouse_db) > 0
+                and calls[-1][1] is None
+                and time.monotonic() - calls[-1][0] > 0.003
+            ),
+            20,
+            "the first rows in ClickHouse and an INSERT in flight",
+            interval=0.001,
+        )
         killed = time.monotonic()
         clickhouse.kill()
         time.sleep(0.3)  # an answer read just before the kill is committed by now
         # In flight at the kill: it may still have been answered OK (the server had written its answer
         # before the signal landed) or have failed; either way the WAL must keep what was not committed.
-        assert any(c[0] < killed and (c[1] or float("inf")) > killed for c in calls), \
+        assert any(c[0] < killed and (c[1] or float("inf")) > killed for c in calls), (
             f"no INSERT was in flight at the kill: {calls}"
+        )
         killed_at = _cursor(wal)
         assert killed_at < seqs[-1], "the backlog was shipped before the kill: make the test slower"
         wait_for(lambda: shipper.stats.retries_transient >= 3, 10, "retries against the dead server")
@@ -265,8 +273,7 @@ def _agent_settings() -> dict[str, Any]:
     return {"sink": "none"} if "--sink" in help_text else {}
 
 
-def test_clickhouse_outage_30s_while_spans_keep_coming(clickhouse: Any, clickhouse_db: str,
-                                                       tmp_path: Path) -> None:
+def test_clickhouse_outage_30s_while_spans_keep_coming(clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
     """A real agent and client produce ~100 spans/s throughout; ClickHouse is down for 30 s in the middle.
 
     Nothing is committed during the outage (the WAL keeps it all); after the restart the standalone
@@ -279,8 +286,9 @@ def test_clickhouse_outage_30s_while_spans_keep_coming(clickhouse: Any, clickhou
     _needs_process_control(clickhouse)
     apply_schema(clickhouse, clickhouse_db)
     agent = AgentProcess(tmp_path / "agent", **_agent_settings()).start()
-    client = AutomagikTelemetry(config=TelemetryConfig(project_name="outage", version="1.0", environment="test",
-                                                       socket_path=agent.socket_path))
+    client = AutomagikTelemetry(
+        config=TelemetryConfig(project_name="outage", version="1.0", environment="test", socket_path=agent.socket_path)
+    )
     ids: list[str] = []
     stop = threading.Event()
 
@@ -296,8 +304,11 @@ def test_clickhouse_outage_30s_while_spans_keep_coming(clickhouse: Any, clickhou
     emitter = threading.Thread(target=emit, daemon=True, name="emitter")
     try:
         emitter.start()
-        shipper = Shipper(agent.wal_dir, make_sink(clickhouse, clickhouse_db, read_timeout=5.0),
-                          fast_options(tmp_path, batch_wait_s=0.2))
+        shipper = Shipper(
+            agent.wal_dir,
+            make_sink(clickhouse, clickhouse_db, read_timeout=5.0),
+            fast_options(tmp_path, batch_wait_s=0.2),
+        )
         with ShipperThread(shipper) as t:
             wait_for(lambda: count(clickhouse, clickhouse_db) > 0, 15, "spans flowing to ClickHouse")
             # SIGTERM, then SIGKILL after 3 s: 18.16 keeps answering a busy keep-alive client (the

@@ -17,9 +17,9 @@ from .shipper_helpers import ShipperThread, apply_schema, count, fast_options, m
 pytestmark = pytest.mark.clickhouse
 
 
-def test_readonly_user_keeps_data_says_so_once_and_ships_after_the_fix(clickhouse: Any, clickhouse_db: str,
-                                                                       tmp_path: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_readonly_user_keeps_data_says_so_once_and_ships_after_the_fix(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     wal = tmp_path / "wal"
     seqs = write_wal(wal, [[span(i) for i in range(25)]])

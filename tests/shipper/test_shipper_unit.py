@@ -48,8 +48,12 @@ def test_token_bucket() -> None:
 def test_dead_letter_file(tmp_path: Path) -> None:
     assert default_dead_letter_dir(str(tmp_path / "wal")) == str(tmp_path / "dead-letter")
     dl = DeadLetter(str(tmp_path / "dl"))
-    dl.write([DeadLetterEntry("transform", "invalid JSON", 3, raw=b"{nope"),
-              DeadLetterEntry("rejected", "Code: 27, ...", 4, row=b'{"a":1}\n', error_code=27)])
+    dl.write(
+        [
+            DeadLetterEntry("transform", "invalid JSON", 3, raw=b"{nope"),
+            DeadLetterEntry("rejected", "Code: 27, ...", 4, row=b'{"a":1}\n', error_code=27),
+        ]
+    )
     dl.write([])
     entries = dl.read()
     assert dl.count == 2
@@ -128,8 +132,9 @@ def test_bisection_isolates_bad_rows_with_derived_tokens(tmp_path: Path) -> None
     top = sink.sent[0][1]
     assert top is not None
     tokens = [tok for _, tok in sink.sent[1:]]
-    assert all(tok is not None and tok.startswith(top + ":") and set(tok[len(top) + 1:]) <= {"0", "1"}
-               for tok in tokens)
+    assert all(
+        tok is not None and tok.startswith(top + ":") and set(tok[len(top) + 1 :]) <= {"0", "1"} for tok in tokens
+    )
     assert len(set(tokens)) == len(tokens)  # every sub-batch has its own token
     assert len(sink.sent) < 60  # O(bad * log n), not one request per row
 
@@ -180,8 +185,9 @@ def test_pipelined_batches_are_sent_one_at_a_time_and_committed_in_wal_order(tmp
             wait_for(lambda last=last: read_cursor(str(wal)).seq == last, 10, f"batch {n + 1} committed")
         t.stop()
     assert sink.max_concurrent == 1
-    assert [orjson.loads(line)["span_id"] for body, _ in sink.sent for line in body.splitlines()] == \
-        [f"{i + 1:016x}" for i in range(60)]
+    assert [orjson.loads(line)["span_id"] for body, _ in sink.sent for line in body.splitlines()] == [
+        f"{i + 1:016x}" for i in range(60)
+    ]
 
 
 def test_a_stop_while_the_next_batch_is_frozen_commits_the_one_in_flight_and_sends_no_more(tmp_path: Path) -> None:

@@ -441,9 +441,7 @@ def test_time_range_edges(resource: Resource) -> None:
     row = modern(make_span(startTimeUnixNano=str(last), endTimeUnixNano=str((1 << 64) - 1)), resource)
     assert row["timestamp"] == "2105-12-31 23:59:59.999999999"
     assert row["duration_ns"] == (1 << 64) - 1 - last
-    legacy = transform_span(
-        line(make_span(startTimeUnixNano=last, endTimeUnixNano=...)), resource, Profile.LEGACY
-    )
+    legacy = transform_span(line(make_span(startTimeUnixNano=last, endTimeUnixNano=...)), resource, Profile.LEGACY)
     assert legacy["timestamp"] == "2105-12-31 23:59:59"
     first = modern(make_span(startTimeUnixNano=10**9, endTimeUnixNano=10**9 + 1), resource)
     assert first["timestamp"] == "1970-01-01 00:00:01.000000000"
@@ -601,8 +599,7 @@ def test_rows_do_not_share_mutable_span_state(resource: Resource) -> None:
 def test_encode_rows(resource: Resource) -> None:
     assert encode_rows([]) == b""
     rows = [
-        modern(make_span(spanId=f"{i + 1:016x}", attributes=[kv("s", sv('a\nb\x00"é'))]), resource)
-        for i in range(3)
+        modern(make_span(spanId=f"{i + 1:016x}", attributes=[kv("s", sv('a\nb\x00"é'))]), resource) for i in range(3)
     ]
     body = encode_rows(rows)
     assert body.endswith(b"\n") and body.count(b"\n") == 3
@@ -622,9 +619,7 @@ _json_leaf = st.one_of(
 )
 json_values = st.recursive(
     _json_leaf,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )
 _int_like = st.one_of(

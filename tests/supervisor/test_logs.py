@@ -39,8 +39,13 @@ def test_journal_is_chosen_only_when_journal_stream_names_our_stderr() -> None:
 def test_journal_entries_carry_identifier_process_priority_and_code_location() -> None:
     sent: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryFile("w+") as stderr:
-        target = setup_logging("info", "shipper", stream=stderr, env={"JOURNAL_STREAM": _stream_id(stderr)},
-                               sender=lambda message, **fields: sent.append((message, fields)))
+        target = setup_logging(
+            "info",
+            "shipper",
+            stream=stderr,
+            env={"JOURNAL_STREAM": _stream_id(stderr)},
+            sender=lambda message, **fields: sent.append((message, fields)),
+        )
         assert target == "journal"
         logging.getLogger("automagik_telemetry_agent.shipper").warning("table %s is missing", "t")
         logging.getLogger("x").debug("below the level: not sent")
@@ -80,8 +85,9 @@ def test_without_systemd_python_stderr_is_used_even_under_journald(monkeypatch: 
     monkeypatch.setattr(builtins, "__import__", no_systemd)
     assert journal_sender() is None
     with tempfile.TemporaryFile("w+") as stderr:
-        assert setup_logging("info", "supervisor", stream=stderr, env={"JOURNAL_STREAM": _stream_id(stderr)}) \
-            == "stderr"
+        assert (
+            setup_logging("info", "supervisor", stream=stderr, env={"JOURNAL_STREAM": _stream_id(stderr)}) == "stderr"
+        )
 
 
 def test_log_level_changes_live() -> None:

@@ -101,8 +101,16 @@ def test_watched_calls_declare_only_the_named_methods_and_pass_the_rest_through(
 def test_malformed_reports_are_ignored_never_trusted() -> None:
     good = {"v": 1, "child": "ingest", "pid": 5, "ready": True, "loop_age_s": 0.2, "metrics": {}}
     assert parse_report(json.dumps(good).encode()) == good
-    for bad in (b"not json", b"[]", {**good, "v": 2}, {**good, "pid": "5"}, {**good, "ready": 1},
-                {**good, "loop_age_s": -1}, {**good, "loop_age_s": True}, {**good, "child": None}):
+    for bad in (
+        b"not json",
+        b"[]",
+        {**good, "v": 2},
+        {**good, "pid": "5"},
+        {**good, "ready": 1},
+        {**good, "loop_age_s": -1},
+        {**good, "loop_age_s": True},
+        {**good, "child": None},
+    ):
         data = bad if isinstance(bad, bytes) else json.dumps(bad).encode()
         assert parse_report(data) is None, bad
     assert parse_report(json.dumps({**good, "metrics": "x"}).encode())["metrics"] == {}
@@ -143,8 +151,7 @@ def test_reporter_survives_a_metrics_collector_that_raises() -> None:
         raise AttributeError("no such stat")
 
     reporter = link.start_reporting(loop_age=lambda: 1.5, collect=broken, is_ready=lambda: True)
-    report = wait_until(lambda: next((r for r in channel.receive() if r["ready"]), None), 5,
-                        message="a ready report")
+    report = wait_until(lambda: next((r for r in channel.receive() if r["ready"]), None), 5, message="a ready report")
     assert report["metrics"] == {} and report["loop_age_s"] == 1.5
     channel.close()
     wait_until(lambda: not reporter.is_alive(), 5, message="the reporter thread to end")

@@ -29,15 +29,17 @@ def _send(client: RawClient, names: list[str], first_seq: int) -> int:
 
 
 def test_killed_ingest_is_restarted_and_spans_acked_before_and_sent_after_are_all_in_the_wal(
-        supervised: Callable[..., AgentProcess]) -> None:
+    supervised: Callable[..., AgentProcess],
+) -> None:
     agent = supervised().start()
     before = [f"before-{i}" for i in range(50)]
     with RawClient(agent.socket_path) as a:
         assert a.wait_ack(_send(a, before, 1))
     old = agent.child_pid("ingest")
     os.kill(old, signal.SIGKILL)
-    new = wait_until(lambda: (pid := agent.children().get("ingest")) not in (None, old) and pid, 10,
-                     message="a new ingest process")
+    new = wait_until(
+        lambda: (pid := agent.children().get("ingest")) not in (None, old) and pid, 10, message="a new ingest process"
+    )
     after = [f"after-{i}" for i in range(50)]
     with RawClient(agent.socket_path) as c:
         assert c.wait_ack(_send(c, after, 1), timeout=10)
@@ -48,7 +50,8 @@ def test_killed_ingest_is_restarted_and_spans_acked_before_and_sent_after_are_al
 
 
 def test_a_client_queued_while_ingest_is_down_is_served_by_the_next_ingest(
-        supervised: Callable[..., AgentProcess]) -> None:
+    supervised: Callable[..., AgentProcess],
+) -> None:
     """The supervisor owns the listening socket: a connection waiting in its backlog survives ingest."""
     agent = supervised().start()
     old = agent.child_pid("ingest")
@@ -64,7 +67,8 @@ def test_a_client_queued_while_ingest_is_down_is_served_by_the_next_ingest(
 
 
 def test_ingest_that_cannot_start_ends_the_supervisor_with_exit_3_and_one_line_why(
-        supervised: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    supervised: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
     wal = tmp_path / "wal"
     (wal / "LOCK").mkdir(parents=True)  # the WAL lock file is a directory: the WAL cannot be opened
     agent = supervised(wal_dir=wal).start(wait=False)
@@ -78,7 +82,8 @@ def test_ingest_that_cannot_start_ends_the_supervisor_with_exit_3_and_one_line_w
 
 
 def test_shipper_dying_before_ready_is_retried_then_given_up_and_ingest_is_stopped_cleanly(
-        supervised: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    supervised: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
     wal = tmp_path / "wal"
     (wal / "consumer.lock").mkdir(parents=True)  # every shipper crashes before it holds the WAL
     agent = supervised(wal_dir=wal, sink="clickhouse", clickhouse_endpoint="http://127.0.0.1:9").start()
@@ -86,24 +91,33 @@ def test_shipper_dying_before_ready_is_retried_then_given_up_and_ingest_is_stopp
     assert agent.wait_exit(30) == 3
     text = agent.stderr_text
     assert text.count("shipper started") == 3  # RestartPolicy.start_retries
-    assert "shipper cannot start: died 3 times in a row before it was ready; last time it exited with code 1: " \
-           "IsADirectoryError" in text
+    assert (
+        "shipper cannot start: died 3 times in a row before it was ready; last time it exited with code 1: "
+        "IsADirectoryError" in text
+    )
     assert "ingest (pid" in text and "stopped: exited with code 0" in text  # the other child, stopped cleanly
     assert time.monotonic() - started < 15
 
 
 def test_a_hung_child_is_killed_and_restarted_and_watchdog_pings_stop_meanwhile(
-        supervised: Callable[..., AgentProcess], notify_socket: NotifyListener) -> None:
+    supervised: Callable[..., AgentProcess], notify_socket: NotifyListener
+) -> None:
     agent = supervised(heartbeat_timeout="3s", env=notify_socket.env(watchdog_usec=400_000)).start()
     wait_until(lambda: len(notify_socket.times("WATCHDOG")) >= 3, 5, message="regular watchdog pings")
     old = agent.child_pid("ingest")
     frozen = time.monotonic()
     freeze(old)  # alive to waitpid(), silent to the supervisor
-    new = wait_until(lambda: (pid := agent.children().get("ingest")) not in (None, old) and pid, 15,
-                     message="the hung ingest to be replaced")
+    new = wait_until(
+        lambda: (pid := agent.children().get("ingest")) not in (None, old) and pid,
+        15,
+        message="the hung ingest to be replaced",
+    )
     replaced = time.monotonic()
-    wait_until(lambda: any(t > replaced for t in notify_socket.times("WATCHDOG")), 5,
-               message="watchdog pings to resume once the new ingest is ready")
+    wait_until(
+        lambda: any(t > replaced for t in notify_socket.times("WATCHDOG")),
+        5,
+        message="watchdog pings to resume once the new ingest is ready",
+    )
     assert not pid_alive(old)
     assert f"ingest (pid {old}) is hung: no progress for 3 s" in agent.stderr_text
     pings = notify_socket.times("WATCHDOG")
@@ -121,16 +135,23 @@ def test_kill9_of_the_supervisor_leaves_no_child_behind(supervised: Callable[...
     children = agent.children()
     assert sorted(children) == ["ingest", "shipper"]
     agent.kill_supervisor()
-    wait_until(lambda: not any(pid_alive(p) for p in children.values()), 10,
-               message="every child to exit after its supervisor was killed")
+    wait_until(
+        lambda: not any(pid_alive(p) for p in children.values()),
+        10,
+        message="every child to exit after its supervisor was killed",
+    )
 
 
 def test_sigterm_kills_a_child_that_does_not_stop_by_the_deadline_and_still_exits_0(
-        supervised: Callable[..., AgentProcess]) -> None:
+    supervised: Callable[..., AgentProcess],
+) -> None:
     agent = supervised(sink="clickhouse", clickhouse_endpoint="http://127.0.0.1:9", stop_timeout="1s").start()
     shipper = agent.child_pid("shipper")
-    wait_until(lambda: f"shipper ready (pid {shipper})" in agent.stderr_text, 10,
-               message="the shipper to report ready (its SIGTERM handler installed)")
+    wait_until(
+        lambda: f"shipper ready (pid {shipper})" in agent.stderr_text,
+        10,
+        message="the shipper to report ready (its SIGTERM handler installed)",
+    )
     freeze(shipper)  # it cannot act on the SIGTERM
     started = time.monotonic()
     agent.signal(signal.SIGTERM)
@@ -142,7 +163,8 @@ def test_sigterm_kills_a_child_that_does_not_stop_by_the_deadline_and_still_exit
 
 
 def test_a_wal_write_error_that_is_not_a_full_disk_stops_the_agent_with_exit_74_and_a_restart_recovers(
-        supervised: Callable[..., AgentProcess]) -> None:
+    supervised: Callable[..., AgentProcess],
+) -> None:
     """EIO, EROFS, or here the WAL directory removed under the running agent: the storage cannot be
     trusted, so ingest stops (one error line, not one per message forever), the agent exits 74 (EX_IOERR,
     which systemd's Restart=on-failure restarts), and the next start has a working WAL again."""

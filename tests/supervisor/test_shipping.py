@@ -21,14 +21,34 @@ from automagik_telemetry_agent.transform import Profile, parse_resource, transfo
 
 pytestmark = pytest.mark.clickhouse
 
-COMPARED = ("trace_id", "span_id", "parent_span_id", "span_name", "span_kind", "timestamp_ns", "duration_ns",
-            "status_code", "service_name", "hostname", "attribute_keys", "attribute_values", "resource_keys",
-            "resource_values")
+COMPARED = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "span_name",
+    "span_kind",
+    "timestamp_ns",
+    "duration_ns",
+    "status_code",
+    "service_name",
+    "hostname",
+    "attribute_keys",
+    "attribute_values",
+    "resource_keys",
+    "resource_values",
+)
 
 
 def _ship_settings(endpoint: str, database: str, **more: Any) -> dict[str, Any]:
-    return {"sink": "clickhouse", "clickhouse_endpoint": endpoint, "database": database, "batch_wait": "100ms",
-            "retry_base": "100ms", "retry_max": "500ms", **more}
+    return {
+        "sink": "clickhouse",
+        "clickhouse_endpoint": endpoint,
+        "database": database,
+        "batch_wait": "100ms",
+        "retry_base": "100ms",
+        "retry_max": "500ms",
+        **more,
+    }
 
 
 def _send_spans(client: RawClient, numbers: range, first_seq: int = 1) -> int:
@@ -48,7 +68,8 @@ def _rows_per_insert(seen: list[Seen]) -> list[int]:
 
 
 def test_killed_shipper_every_span_reaches_clickhouse_exactly_as_sent(
-        supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str) -> None:
+    supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     agent = supervised(**_ship_settings(clickhouse.url, clickhouse_db, batch_size=200)).start()
     with RawClient(agent.socket_path) as client:
@@ -73,7 +94,8 @@ def test_killed_shipper_every_span_reaches_clickhouse_exactly_as_sent(
 
 
 def test_sigterm_abandons_a_stuck_batch_within_the_deadline_exits_0_and_the_wal_keeps_it(
-        supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str) -> None:
+    supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     with FaultProxy(clickhouse.url) as proxy:
         proxy.mode = delay(30)  # ClickHouse that never answers an INSERT in time
@@ -99,7 +121,8 @@ def test_sigterm_abandons_a_stuck_batch_within_the_deadline_exits_0_and_the_wal_
 
 
 def test_sighup_applies_a_changed_batch_size_to_the_running_shipper(
-        supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str, tmp_path: Path) -> None:
+    supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> None:
     apply_schema(clickhouse, clickhouse_db)
     with FaultProxy(clickhouse.url) as proxy:
         agent = supervised(**_ship_settings(proxy.url, clickhouse_db))
@@ -118,15 +141,18 @@ def test_sighup_applies_a_changed_batch_size_to_the_running_shipper(
 
             Path(agent.config_path).write_text("[shipper]\nbatch_size = 25\n")
             agent.signal(signal.SIGHUP)
-            wait_until(lambda: "applied shipper.batch_size = 25" in agent.stderr_text, 10,
-                       message="the shipper to apply the new batch size")
+            wait_until(
+                lambda: "applied shipper.batch_size = 25" in agent.stderr_text,
+                10,
+                message="the shipper to apply the new batch size",
+            )
             assert "configuration reloaded: shipper.batch_size = 25" in agent.stderr_text
             proxy.push(delay(1.0))
             seq = _send_spans(client, range(31, 32), first_seq=seq + 1)
             wait_until(lambda: len(proxy.inserts()) > len(before), 15, message="the held INSERT")
             _send_spans(client, range(32, 82), first_seq=seq + 1)
             wait_until(lambda: count(clickhouse, clickhouse_db) == 82, 30, message="82 rows")
-            after = _rows_per_insert(proxy.inserts())[len(before):]
+            after = _rows_per_insert(proxy.inserts())[len(before) :]
         assert max(before) == 10 and sum(before) == 31
         assert max(after) == 25 and sum(after) == 51
         assert agent.children()["shipper"] == shipper  # applied live: no restart
@@ -134,13 +160,15 @@ def test_sighup_applies_a_changed_batch_size_to_the_running_shipper(
 
 
 def test_a_slow_insert_within_its_timeouts_is_not_taken_for_a_hang(
-        supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str) -> None:
+    supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str
+) -> None:
     """heartbeat_timeout 2 s, an INSERT that takes 4 s (read_timeout 10 s): the wait is declared, so the
     shipper is not killed, while its main thread waits for that INSERT with the next batch ready."""
     apply_schema(clickhouse, clickhouse_db)
     with FaultProxy(clickhouse.url) as proxy:
-        agent = supervised(**_ship_settings(proxy.url, clickhouse_db, batch_size=10, heartbeat_timeout="2s",
-                                            read_timeout="10s"))
+        agent = supervised(
+            **_ship_settings(proxy.url, clickhouse_db, batch_size=10, heartbeat_timeout="2s", read_timeout="10s")
+        )
         agent.start()
         shipper = agent.child_pid("shipper")
         proxy.push(delay(4.0))

@@ -12,9 +12,15 @@ from automagik_telemetry_agent.states import ALIVE, Event, InvalidTransition, Re
 
 def test_a_child_lives_through_start_ready_crash_backoff_restart_and_stop() -> None:
     state = State.EXITED
-    for event, expected in [(Event.SPAWN, State.STARTING), (Event.READY, State.RUNNING), (Event.DIED, State.BACKOFF),
-                            (Event.SPAWN, State.STARTING), (Event.READY, State.RUNNING),
-                            (Event.STOP, State.STOPPING), (Event.STOPPED, State.EXITED)]:
+    for event, expected in [
+        (Event.SPAWN, State.STARTING),
+        (Event.READY, State.RUNNING),
+        (Event.DIED, State.BACKOFF),
+        (Event.SPAWN, State.STARTING),
+        (Event.READY, State.RUNNING),
+        (Event.STOP, State.STOPPING),
+        (Event.STOPPED, State.EXITED),
+    ]:
         state = transition(state, event)
         assert state is expected
 

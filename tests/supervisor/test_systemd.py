@@ -21,8 +21,7 @@ ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-a
 needs_activate = pytest.mark.skipif(not os.path.exists(ACTIVATE), reason="systemd-socket-activate not installed")
 
 
-def test_notify_protocol_ready_status_watchdog_stopping_in_order(
-        supervised: Callable[..., AgentProcess]) -> None:
+def test_notify_protocol_ready_status_watchdog_stopping_in_order(supervised: Callable[..., AgentProcess]) -> None:
     listener = NotifyListener(abstract=True)  # "@name": systemd's usual abstract socket
     try:
         agent = supervised(env=listener.env(watchdog_usec=300_000)).start()
@@ -31,8 +30,11 @@ def test_notify_protocol_ready_status_watchdog_stopping_in_order(
             for seq in range(1, 11):
                 client.send_records([record_line(f"s{seq}")], seq=seq)
             assert client.wait_ack(10)
-        wait_until(lambda: any("spans/s" in m.get("STATUS", "") for _, m in listener.snapshot()), 10,
-                   message="a live STATUS= summary")
+        wait_until(
+            lambda: any("spans/s" in m.get("STATUS", "") for _, m in listener.snapshot()),
+            10,
+            message="a live STATUS= summary",
+        )
         assert agent.terminate() == 0
         messages = [m for _, m in listener.snapshot()]
     finally:
@@ -41,7 +43,7 @@ def test_notify_protocol_ready_status_watchdog_stopping_in_order(
     ready, stopping = kinds.index("READY"), kinds.index("STOPPING")
     assert kinds.count("READY") == 1 and kinds.count("STOPPING") == 1
     assert "WATCHDOG" not in kinds[:ready]  # no ping before the agent is ready
-    assert kinds[ready + 1:stopping].count("WATCHDOG") >= 3
+    assert kinds[ready + 1 : stopping].count("WATCHDOG") >= 3
     assert stopping == len(kinds) - 1  # STOPPING=1 is the last word: no ping or status after it
     assert messages[ready]["STATUS"]  # READY=1 comes with a status line
     assert messages[ready]["READY"] == "1" and messages[stopping]["STOPPING"] == "1"
@@ -50,7 +52,8 @@ def test_notify_protocol_ready_status_watchdog_stopping_in_order(
 
 
 def test_no_watchdog_pings_when_watchdog_pid_names_another_process(
-        supervised: Callable[..., AgentProcess], notify_socket: NotifyListener) -> None:
+    supervised: Callable[..., AgentProcess], notify_socket: NotifyListener
+) -> None:
     agent = supervised(env={**notify_socket.env(watchdog_usec=200_000), "WATCHDOG_PID": "1"}).start()
     wait_until(lambda: notify_socket.times("READY"), 5, message="READY=1")
     time.sleep(0.6)
@@ -66,8 +69,9 @@ def short_dir() -> Iterator[str]:
 
 
 @needs_activate
-def test_socket_activation_with_systemd_socket_activate(supervised: Callable[..., AgentProcess],
-                                                        short_dir: str) -> None:
+def test_socket_activation_with_systemd_socket_activate(
+    supervised: Callable[..., AgentProcess], short_dir: str
+) -> None:
     path = os.path.join(short_dir, "agent.sock")
     agent = supervised(socket_path=path, launcher=[ACTIVATE, "--seqpacket", "-l", path, "--"])
     agent.start(wait=False)
@@ -86,8 +90,9 @@ def test_socket_activation_with_systemd_socket_activate(supervised: Callable[...
 
 
 @needs_activate
-def test_socket_activation_keeps_clients_queued_across_an_agent_restart(supervised: Callable[..., AgentProcess],
-                                                                       short_dir: str) -> None:
+def test_socket_activation_keeps_clients_queued_across_an_agent_restart(
+    supervised: Callable[..., AgentProcess], short_dir: str
+) -> None:
     """Like a .socket unit: the socket outlives the agent, so a client that connects and sends while no
     agent runs is served by the next one (systemd-socket-activate passes the held socket through)."""
     path = os.path.join(short_dir, "agent.sock")
@@ -118,8 +123,9 @@ def test_socket_activation_keeps_clients_queued_across_an_agent_restart(supervis
 
 
 @needs_activate
-def test_a_socket_of_the_wrong_type_from_systemd_is_a_config_error(supervised: Callable[..., AgentProcess],
-                                                                   short_dir: str) -> None:
+def test_a_socket_of_the_wrong_type_from_systemd_is_a_config_error(
+    supervised: Callable[..., AgentProcess], short_dir: str
+) -> None:
     path = os.path.join(short_dir, "agent.sock")
     agent = supervised(socket_path=path, launcher=[ACTIVATE, "-l", path, "--"])  # a stream socket
     agent.start(wait=False)
@@ -127,6 +133,8 @@ def test_a_socket_of_the_wrong_type_from_systemd_is_a_config_error(supervised: C
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as trigger:
         trigger.connect(path)
         assert agent.wait_exit(15) == 2
-    assert "config error: the socket from systemd is not an AF_UNIX SOCK_SEQPACKET socket: use " \
-           "ListenSequentialPacket= in the .socket unit" in agent.stderr_text
+    assert (
+        "config error: the socket from systemd is not an AF_UNIX SOCK_SEQPACKET socket: use "
+        "ListenSequentialPacket= in the .socket unit" in agent.stderr_text
+    )
     assert "ingest started" not in agent.stderr_text

@@ -64,8 +64,9 @@ class WalMachine(RuleBasedStateMachine):
         self.writer.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    @rule(payload=st.one_of(st.binary(max_size=200), st.binary(min_size=3000, max_size=12000)),
-          count=st.integers(0, 50))
+    @rule(
+        payload=st.one_of(st.binary(max_size=200), st.binary(min_size=3000, max_size=12000)), count=st.integers(0, 50)
+    )
     def append(self, payload: bytes, count: int) -> None:
         seq = self.writer.append(payload, count)
         identity = (seq, self.writer.active_salt)
@@ -167,7 +168,9 @@ class WalMachine(RuleBasedStateMachine):
 
 
 WalMachine.TestCase.settings = settings(
-    max_examples=80, stateful_step_count=60, deadline=None,
+    max_examples=80,
+    stateful_step_count=60,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 test_wal_agrees_with_model_across_crashes = WalMachine.TestCase

@@ -234,8 +234,16 @@ def test_wal_verify_cli_prints_one_json_object_and_exit_code_says_corrupt(tmp_pa
     clean = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert clean.returncode == 0
     report = json.loads(clean.stdout)
-    for key in ("segments", "records", "bytes", "first_seq", "last_seq", "cursor_seq", "corrupt_records",
-                "torn_tail_bytes"):
+    for key in (
+        "segments",
+        "records",
+        "bytes",
+        "first_seq",
+        "last_seq",
+        "cursor_seq",
+        "corrupt_records",
+        "torn_tail_bytes",
+    ):
         assert key in report
     assert (report["records"], report["first_seq"], report["last_seq"]) == (5, 1, 5)
     _flip(_segments(wal)[0], _record_offset(2) + 100)
@@ -251,8 +259,9 @@ def test_wal_dump_prints_every_span_with_its_resource_as_json_lines(tmp_path) ->
     writer.append(resource + b'{"name":"a"}\n{"name":"b"}\n', 2)
     writer.append(b'{"attributes":[]}\n{"name":"c"}\n', 1)
     writer.close()
-    dump = subprocess.run([sys.executable, "-m", "automagik_telemetry_agent", "wal", "dump", wal],
-                          capture_output=True, text=True)
+    dump = subprocess.run(
+        [sys.executable, "-m", "automagik_telemetry_agent", "wal", "dump", wal], capture_output=True, text=True
+    )
     assert dump.returncode == 0, dump.stderr
     lines = [json.loads(line) for line in dump.stdout.splitlines()]
     got = [(x["seq"], x["index"], x["record"]["name"]) for x in lines]

@@ -76,6 +76,5 @@ class BacklogMarks:
     def _thin(self) -> None:
         """Halve the marks inside segments, keeping every segment start (so a mark is always in the
         segment of the record asked about) and the newest mark."""
-        kept = [m for i, m in enumerate(self._marks)
-                if i % 2 == 0 or m.seq == m.segment or i == len(self._marks) - 1]
+        kept = [m for i, m in enumerate(self._marks) if i % 2 == 0 or m.seq == m.segment or i == len(self._marks) - 1]
         self._marks = deque(kept)

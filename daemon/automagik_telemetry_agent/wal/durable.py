@@ -26,7 +26,7 @@ def write_atomic(path: str, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -42,7 +42,7 @@ def append_line_durably(path: str, line: str) -> None:
         view = memoryview(line.encode() + b"\n")
         try:
             while view:
-                view = view[os.write(fd, view):]  # a nearly full disk can take part of a line
+                view = view[os.write(fd, view) :]  # a nearly full disk can take part of a line
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)  # all of the line or none of it, never a torn line

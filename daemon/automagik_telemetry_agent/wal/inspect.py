@@ -37,8 +37,14 @@ class VerifyReport:
 
     @property
     def clean(self) -> bool:
-        return not (self.corrupt_records or self.corrupt_bytes or self.bad_segments
-                    or self.quarantined_segments or self.cursor_damaged or self.missing_records)
+        return not (
+            self.corrupt_records
+            or self.corrupt_bytes
+            or self.bad_segments
+            or self.quarantined_segments
+            or self.cursor_damaged
+            or self.missing_records
+        )
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -151,8 +151,9 @@ class WalReader:
         return item is None
 
     # ------------------------------------------------------------------ reading
-    def read(self, max_records: int = 1000, max_bytes: int = 16 * 1024 * 1024,
-             max_items: int | None = None) -> list[WalEntry]:
+    def read(
+        self, max_records: int = 1000, max_bytes: int = 16 * 1024 * 1024, max_items: int | None = None
+    ) -> list[WalEntry]:
         """The next records after :attr:`position` (possibly none yet). Never blocks."""
         out: list[WalEntry] = []
         size = items = 0
@@ -203,8 +204,11 @@ class WalReader:
             log.error("WAL: %d record(s) lost in a corrupt segment tail before seq %d", between, seg.first_seq)
         elif between:
             self.stats.gap_records += between
-            log.error("WAL: records %d..%d are missing (dropped by the disk policy, or in an unreadable "
-                      "segment)", expected, expected + between - 1)
+            log.error(
+                "WAL: records %d..%d are missing (dropped by the disk policy, or in an unreadable segment)",
+                expected,
+                expected + between - 1,
+            )
         if inside > 0:
             self.stats.corrupt_records_skipped += inside
             log.error("WAL: %d corrupt record(s) before seq %d skipped", inside, seq)

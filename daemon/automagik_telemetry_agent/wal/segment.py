@@ -108,8 +108,9 @@ class _Window:
 class SegmentScanner:
     """Iterates one segment's records from ``offset``; ``file_size`` may grow (``refresh``) while tailing."""
 
-    def __init__(self, fd: int, header: SegmentHeader, offset: int = SEGMENT_HEADER_SIZE,
-                 file_size: int | None = None) -> None:
+    def __init__(
+        self, fd: int, header: SegmentHeader, offset: int = SEGMENT_HEADER_SIZE, file_size: int | None = None
+    ) -> None:
         self.fd = fd
         self.header = header
         self.offset = offset

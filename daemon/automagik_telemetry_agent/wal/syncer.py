@@ -21,8 +21,7 @@ FSYNC_MODES = ("always", "interval", "off")
 
 
 class GroupCommitter:
-    def __init__(self, writer: WalWriter, interval_s: float, max_bytes: int,
-                 on_durable: Callable[[int], None]) -> None:
+    def __init__(self, writer: WalWriter, interval_s: float, max_bytes: int, on_durable: Callable[[int], None]) -> None:
         self._writer = writer
         self._interval = interval_s
         self._max_bytes = max_bytes

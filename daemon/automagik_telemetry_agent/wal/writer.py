@@ -157,8 +157,11 @@ class WalWriter:
                 raise
             # Start anyway on a full disk: appends are refused (disk_full) and retried after maintain()
             # finds room (or the disk policy makes some), instead of leaving clients without a socket.
-            log.error("WAL directory %s: cannot create a segment (%s); refusing records until there is room",
-                      self.dir, exc.strerror)
+            log.error(
+                "WAL directory %s: cannot create a segment (%s); refusing records until there is room",
+                self.dir,
+                exc.strerror,
+            )
             self.stats.write_errors += 1
             self._rotate_pending = True
             self.accepting = False
@@ -253,15 +256,20 @@ class WalWriter:
                     last = item.seq
                     expected = item.seq + 1
                 elif isinstance(item, Tail):
-                    log.warning("WAL segment %s: truncating a torn tail of %d bytes at offset %d",
-                                seg.path, item.length, item.offset)
+                    log.warning(
+                        "WAL segment %s: truncating a torn tail of %d bytes at offset %d",
+                        seg.path,
+                        item.length,
+                        item.offset,
+                    )
                     os.ftruncate(fd, item.offset)
                     os.fsync(fd)
                     self.stats.torn_tail_bytes_truncated += item.length
                     break
                 elif isinstance(item, Corrupt):
-                    log.error("WAL segment %s: %d corrupt bytes at offset %d skipped",
-                              seg.path, item.length, item.offset)
+                    log.error(
+                        "WAL segment %s: %d corrupt bytes at offset %d skipped", seg.path, item.length, item.offset
+                    )
             seg.size = os.fstat(fd).st_size
             return last
         finally:
@@ -513,10 +521,18 @@ class WalWriter:
                 if records:
                     self.stats.dropped_records[reason] += records
                     self.stats.dropped_items[reason] += items
-                    log.error("WAL disk policy (%s): dropped %d unshipped records (%d items), seq %d..%d",
-                              reason, records, items, first, last)
-                    ledger_line = (f"{time.time_ns()} first_seq={first} last_seq={last} records={records} "
-                                   f"items={items} reason={reason}")
+                    log.error(
+                        "WAL disk policy (%s): dropped %d unshipped records (%d items), seq %d..%d",
+                        reason,
+                        records,
+                        items,
+                        first,
+                        last,
+                    )
+                    ledger_line = (
+                        f"{time.time_ns()} first_seq={first} last_seq={last} records={records} "
+                        f"items={items} reason={reason}"
+                    )
                     try:
                         append_line_durably(os.path.join(self.dir, DROPS_FILE), ledger_line)
                         ledger_line = ""
