@@ -24,7 +24,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UNREPRESENTABLE_JSON = '{"stringValue":"<unrepresentable>"}'
 
 
-def safe_str(value: Any) -> str:
+def safe_str(value: object) -> str:
     """``str(value)``, or ``"<unrepresentable>"`` if that raises or returns a non-str."""
     try:
         text = str(value)
@@ -37,7 +37,7 @@ def _string(text: str, max_length: int) -> str:
     return '{"stringValue":' + quote(text[:max_length]) + "}"
 
 
-def any_value(value: Any, max_length: int, _depth: int = 0) -> str | None:
+def any_value(value: object, max_length: int, _depth: int = 0) -> str | None:
     """The ``AnyValue`` of ``value`` as JSON text; ``None`` for ``None`` (the attribute is omitted)."""
     try:
         return _any_value(value, max_length, _depth)
@@ -45,7 +45,7 @@ def any_value(value: Any, max_length: int, _depth: int = 0) -> str | None:
         return _UNREPRESENTABLE_JSON
 
 
-def _any_value(value: Any, max_length: int, depth: int) -> str | None:
+def _any_value(value: object, max_length: int, depth: int) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -58,10 +58,10 @@ def _any_value(value: Any, max_length: int, depth: int) -> str | None:
             return '{"intValue":' + str(number) + "}"
         return _string(str(number), max_length)  # OTLP intValue is an int64
     if isinstance(value, float):
-        number = float(value)
-        if math.isfinite(number):
-            return '{"doubleValue":' + repr(number) + "}"
-        return _string(repr(number), max_length)  # JSON has no NaN/Infinity
+        real = float(value)
+        if math.isfinite(real):
+            return '{"doubleValue":' + repr(real) + "}"
+        return _string(repr(real), max_length)  # JSON has no NaN/Infinity
     if depth >= MAX_DEPTH:
         return _string(safe_str(value), max_length)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -74,8 +74,12 @@ def _any_value(value: Any, max_length: int, depth: int) -> str | None:
     return _string(safe_str(value), max_length)
 
 
-def key_values(attributes: Mapping[Any, Any] | None, max_length: int, _depth: int = 0) -> str:
-    """An OTLP ``KeyValue`` list as JSON text: ``[{"key":k,"value":AnyValue},...]``, ``None`` left out."""
+def key_values(attributes: Mapping[Any, object] | None, max_length: int, _depth: int = 0) -> str:
+    """An OTLP ``KeyValue`` list as JSON text: ``[{"key":k,"value":AnyValue},...]``, ``None`` left out.
+
+    Keys are typed ``Any`` because ``Mapping`` is invariant in its key type: a ``dict[str, int]``
+    must be accepted, and so must a nested mapping with non-str keys (they are stringified).
+    """
     if not attributes:
         return "[]"
     try:

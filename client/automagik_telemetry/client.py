@@ -1,10 +1,14 @@
 """``AutomagikTelemetry``: the application-facing API.
 
 Recording calls (``span``, ``track_event``, ``track_error``, ``trace``) build a ``Span`` and hand it
-to the ``Transport`` queue; they never block and never raise. This module also owns the process
-lifecycle: one ``atexit`` hook flushes (bounded by ``exit_flush_timeout``) and shuts down every live
-client, and one ``os.register_at_fork`` hook gives every client a fresh transport in a forked child.
-Both hooks hold clients through a ``WeakSet``, so clients can be garbage collected.
+to the ``Transport``'s queue; they never block and never raise. The client is its spans'
+``SpanOwner`` (span.py): all a span asks of it is ``_enqueue``, ``_internal_error`` and
+``_max_attribute_length``.
+
+This module also owns the process lifecycle: one ``atexit`` hook flushes (bounded by
+``exit_flush_timeout``) and shuts down every live client, and one ``os.register_at_fork`` hook gives
+every client a fresh transport in a forked child. Both hooks hold clients through a ``WeakSet``, so
+clients can be garbage collected.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import inspect
 import os
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast, overload
 
 from .attributes import safe_str
 from .config import TelemetryConfig
@@ -51,11 +55,11 @@ class AutomagikTelemetry:
         self._shut_down = False
         self._transport = self._new_transport()
         #: The hot path's hand-off; swapped for a counting no-op at shutdown.
-        self._enqueue: Callable[[Span], None] = self._transport.enqueue if self._enabled else _discard
+        self._enqueue: Callable[[Span], None] = self._transport.queue.put if self._enabled else _discard
         if self._enabled:
             _CLIENTS.add(self)
             # On garbage collection stop the sender thread (which holds only the transport).
-            self._holder = [self._transport]
+            self._holder: list[Transport[Span]] = [self._transport]
             finalizer = weakref.finalize(self, _stop_transport, self._holder)
             finalizer.atexit = False  # exit is handled by the flushing atexit hook below
 
@@ -66,7 +70,7 @@ class AutomagikTelemetry:
     # -- recording ------------------------------------------------------------------------------
 
     def span(
-        self, name: str, attributes: dict[str, Any] | None = None, kind: SpanKind | int = SpanKind.INTERNAL
+        self, name: str, attributes: Mapping[str, object] | None = None, kind: SpanKind | int = SpanKind.INTERNAL
     ) -> Span | NoOpSpan:
         """A span, started now; use it as a context manager (it becomes the parent of nested spans)."""
         if not self._enabled:
@@ -77,7 +81,7 @@ class AutomagikTelemetry:
             self._internal_error()
             return NOOP_SPAN
 
-    def track_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+    def track_event(self, name: str, attributes: Mapping[str, object] | None = None) -> None:
         """Record a zero-duration span called ``name``."""
         if not self._enabled:
             return
@@ -87,7 +91,7 @@ class AutomagikTelemetry:
         except Exception:
             self._internal_error()
 
-    def track_error(self, error: BaseException, attributes: dict[str, Any] | None = None) -> None:
+    def track_error(self, error: BaseException, attributes: Mapping[str, object] | None = None) -> None:
         """Record a zero-duration span called ``error`` with status ERROR and an exception event."""
         if not self._enabled:
             return
@@ -111,19 +115,19 @@ class AutomagikTelemetry:
         /,
         *,
         name: str | None = None,
-        attributes: dict[str, Any] | None = None,
+        attributes: Mapping[str, object] | None = None,
         kind: SpanKind | int = SpanKind.INTERNAL,
     ) -> Callable[[F], F]: ...
 
     def trace(
         self,
-        func_or_name: Any = None,
+        func_or_name: F | str | None = None,
         /,
         *,
         name: str | None = None,
-        attributes: dict[str, Any] | None = None,
+        attributes: Mapping[str, object] | None = None,
         kind: SpanKind | int = SpanKind.INTERNAL,
-    ) -> Any:
+    ) -> F | Callable[[F], F]:
         """Decorator running each call in a span: ``@client.trace`` or ``@client.trace("name", ...)``.
 
         Works for plain and ``async def`` functions (the span covers the awaited call).
@@ -131,9 +135,13 @@ class AutomagikTelemetry:
         if callable(func_or_name):
             return self._decorate(func_or_name, name, attributes, kind)
         span_name = func_or_name if isinstance(func_or_name, str) else name
-        return lambda func: self._decorate(func, span_name, attributes, kind)
 
-    def _decorate(self, func: F, name: str | None, attributes: dict[str, Any] | None, kind: SpanKind | int) -> F:
+        def decorator(func: F) -> F:
+            return self._decorate(func, span_name, attributes, kind)
+
+        return decorator
+
+    def _decorate(self, func: F, name: str | None, attributes: Mapping[str, object] | None, kind: SpanKind | int) -> F:
         if not self._enabled:
             return func
         span_name = name or getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or "call"
@@ -144,14 +152,14 @@ class AutomagikTelemetry:
                 with self.span(span_name, attributes, kind):
                     return await func(*args, **kwargs)
 
-            return async_wrapper  # type: ignore[return-value]
+            return cast(F, async_wrapper)  # called like func, and wraps() copied its metadata
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with self.span(span_name, attributes, kind):
                 return func(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -180,14 +188,17 @@ class AutomagikTelemetry:
         try:
             transport = self._transport
             transport.flush(self.config.exit_flush_timeout if timeout is None else float(timeout))
-            self._enqueue = transport.drop_after_shutdown
+            self._enqueue = transport.queue.drop_after_shutdown
             transport.stop(_JOIN_TIMEOUT)
             _CLIENTS.discard(self)
         except Exception:
             self._internal_error()
 
     def stats(self) -> dict[str, Any]:
-        """Cumulative counters of this client (in this process), the queue depth and ``connected``."""
+        """Cumulative counters of this client (in this process), the queue depth and ``connected``.
+
+        Values typed ``Any`` (as they always were) so that callers can use a counter as an ``int``.
+        """
         try:
             return {**self._transport.snapshot(), "enabled": self._enabled}  # disabled: all zero
         except Exception:
@@ -196,7 +207,7 @@ class AutomagikTelemetry:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _new_transport(self) -> Transport:
+    def _new_transport(self) -> Transport[Span]:
         config = self.config
         return Transport(config, lambda: build_resource_line(config, SDK_VERSION), self._on_fork_detected)
 
@@ -221,9 +232,9 @@ class AutomagikTelemetry:
         if self._enabled:
             self._holder[0] = self._transport
         if not self._shut_down:
-            self._enqueue = self._transport.enqueue
+            self._enqueue = self._transport.queue.put
         else:
-            self._enqueue = self._transport.drop_after_shutdown
+            self._enqueue = self._transport.queue.drop_after_shutdown
 
     def __repr__(self) -> str:
         return f"<AutomagikTelemetry {self.config.service_name!r} enabled={self._enabled}>"
@@ -233,7 +244,7 @@ def _discard(record: Span) -> None:
     pass
 
 
-def _stop_transport(holder: list[Transport]) -> None:
+def _stop_transport(holder: list[Transport[Span]]) -> None:
     holder[0].stop(0.0)
 
 

@@ -19,6 +19,10 @@ ENV_ENVIRONMENT = "AUTOMAGIK_TELEMETRY_ENVIRONMENT"
 ENV_SOCKET = "AUTOMAGIK_TELEMETRY_SOCKET"
 ENV_ENABLED = "AUTOMAGIK_TELEMETRY_ENABLED"
 
+#: The default of ``resource_attributes``, recognized by identity and replaced by a fresh dict (so an
+#: explicit ``None`` is still rejected, as it always was). Never mutated.
+_NO_RESOURCE_ATTRIBUTES: dict[str, Any] = {}
+
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on", ""})
 
@@ -32,20 +36,25 @@ def _parse_enabled(raw: str) -> bool:
     raise ValueError(f"{ENV_ENABLED}={raw!r}: expected one of true/false/1/0/yes/no/on/off")
 
 
-@dataclass
+@dataclass(init=False)
 class TelemetryConfig:
     """Settings of one ``AutomagikTelemetry`` client.
 
     ``None`` for ``environment``, ``service_name``, ``socket_path`` and ``enabled`` means "not given":
-    it is replaced by the environment variable or the default in ``__post_init__``.
+    the constructor replaces it by the environment variable or the default, so after construction
+    every attribute holds its resolved value (and has the type declared here).
+
+    The constructor is written out (``init=False``) only so that the attributes can be typed as the
+    resolved values while the parameters still accept ``None``; it takes the same parameters, in the
+    same order, as the generated one did.
     """
 
     project_name: str
     version: str
-    environment: str | None = None
-    service_name: str | None = None
-    socket_path: str | None = None
-    enabled: bool | None = None
+    environment: str
+    service_name: str
+    socket_path: str
+    enabled: bool
     #: Spans buffered in memory while the sender is behind or the agent is away; newer spans are
     #: dropped (and counted) beyond this.
     max_queue_size: int = 10_000
@@ -57,20 +66,44 @@ class TelemetryConfig:
     max_attribute_length: int = 4096
     resource_attributes: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        project_name: str,
+        version: str,
+        environment: str | None = None,
+        service_name: str | None = None,
+        socket_path: str | None = None,
+        enabled: bool | None = None,
+        max_queue_size: int = 10_000,
+        flush_interval: float = 0.2,
+        exit_flush_timeout: float = 1.0,
+        max_attribute_length: int = 4096,
+        resource_attributes: dict[str, Any] = _NO_RESOURCE_ATTRIBUTES,
+    ) -> None:
+        self.project_name = project_name
+        self.version = version
         for name in ("project_name", "version"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"TelemetryConfig.{name} must be a non-empty string, got {value!r}")
-        if self.environment is None:
-            self.environment = os.environ.get(ENV_ENVIRONMENT) or "development"
-        if self.service_name is None:
-            self.service_name = self.project_name
-        if self.socket_path is None:
-            self.socket_path = os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET_PATH
-        if self.enabled is None:
+        if environment is None:
+            environment = os.environ.get(ENV_ENVIRONMENT) or "development"
+        self.environment = environment
+        self.service_name = project_name if service_name is None else service_name
+        if socket_path is None:
+            socket_path = os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET_PATH
+        self.socket_path = socket_path
+        if enabled is None:
             raw = os.environ.get(ENV_ENABLED)
-            self.enabled = True if raw is None else _parse_enabled(raw)
+            enabled = True if raw is None else _parse_enabled(raw)
+        self.enabled = enabled
+        self.max_queue_size = max_queue_size
+        self.flush_interval = flush_interval
+        self.exit_flush_timeout = exit_flush_timeout
+        self.max_attribute_length = max_attribute_length
+        if resource_attributes is _NO_RESOURCE_ATTRIBUTES:
+            resource_attributes = {}
+        self.resource_attributes = resource_attributes
         self._validate()
 
     def _validate(self) -> None:
@@ -78,7 +111,7 @@ class TelemetryConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"TelemetryConfig.{name} must be a non-empty string, got {value!r}")
-        if len(self.socket_path.encode()) >= 108:  # type: ignore[union-attr]
+        if len(self.socket_path.encode()) >= 108:
             raise ValueError(f"TelemetryConfig.socket_path is too long for a Unix socket: {self.socket_path!r}")
         if not isinstance(self.enabled, bool):
             raise ValueError(f"TelemetryConfig.enabled must be a bool, got {self.enabled!r}")

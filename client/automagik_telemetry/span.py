@@ -3,24 +3,27 @@
 The hot path lives here: ``Span.__init__`` (ids, parent from a ``ContextVar``, start time),
 ``__enter__``/``__exit__`` (context set/reset) and ``end`` (end time, hand-off to the client's
 queue). Nothing on it serializes or does I/O; ``Span.to_line`` runs later, in the sender thread.
-No public method raises: a failure inside is counted by the client as an internal error.
+No public method raises: a failure inside is reported to the span's ``SpanOwner`` as an internal
+error.
+
+A span knows its creator only through ``SpanOwner``, the three things it needs of it (where a
+finished span goes, where an internal error is reported, how long a recorded stacktrace may be), so
+this module depends on nothing of the client; ``AutomagikTelemetry`` is a ``SpanOwner``.
 """
 
 from __future__ import annotations
 
 import enum
 import traceback
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from json.encoder import encode_basestring
 from random import getrandbits
 from time import time_ns
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Literal, Protocol, TypeAlias
 
 from .attributes import UNREPRESENTABLE, key_values, safe_str
-
-if TYPE_CHECKING:
-    from .client import AutomagikTelemetry
 
 
 class StatusCode(enum.IntEnum):
@@ -40,6 +43,31 @@ class SpanKind(enum.IntEnum):
     PRODUCER = 4
     CONSUMER = 5
 
+
+class SpanOwner(Protocol):
+    """What a ``Span`` needs from the client that created it, and nothing more.
+
+    The members are private to the package (an application never calls them) but read by the span;
+    ``AutomagikTelemetry`` implements them.
+    """
+
+    @property
+    def _enqueue(self) -> Callable[[Span], None]:
+        """Takes a finished span (looked up at each ``end``: the client swaps it at shutdown)."""
+        ...
+
+    @property
+    def _max_attribute_length(self) -> int:
+        """Bound on the exception stacktrace a span records (the other values are cut later)."""
+        ...
+
+    def _internal_error(self) -> None:
+        """Count a failure inside the library; never raises."""
+        ...
+
+
+#: An event of a span: (name, time in ns since the epoch, attributes).
+_Event: TypeAlias = tuple[str, int, dict[str, object] | None]
 
 #: The span new spans are children of (per thread / asyncio task, via contextvars).
 _CURRENT: ContextVar[Span | None] = ContextVar("automagik_telemetry_current_span", default=None)
@@ -80,9 +108,9 @@ class Span:
 
     __slots__ = (
         "_attributes",
-        "_client",
         "_end",
         "_events",
+        "_owner",
         "_parent_id",
         "_span_id",
         "_start",
@@ -94,12 +122,26 @@ class Span:
         "name",
     )
 
+    _attributes: dict[str, object] | None
+    _end: int
+    _events: list[_Event] | None
+    _owner: SpanOwner
+    _parent_id: int
+    _span_id: int
+    _start: int
+    _status: int
+    _status_message: str
+    _token: Token[Span | None] | None
+    _trace_id: int
+    kind: SpanKind | int
+    name: str
+
     def __init__(
         self,
-        client: AutomagikTelemetry,
+        client: SpanOwner,  # the parameter keeps its public name; any SpanOwner will do
         name: str,
-        attributes: dict[str, Any] | None = None,
-        kind: int = SpanKind.INTERNAL,
+        attributes: Mapping[str, object] | None = None,
+        kind: SpanKind | int = SpanKind.INTERNAL,
     ) -> None:
         parent = _CURRENT.get()
         if parent is None:
@@ -109,14 +151,14 @@ class Span:
             self._trace_id = parent._trace_id
             self._parent_id = parent._span_id
         self._span_id = getrandbits(64) or 1
-        self._client = client
+        self._owner = client
         self.name = name
         self.kind = kind
         self._attributes = dict(attributes) if attributes else None
-        self._events: list[tuple[str, int, dict[str, Any] | None]] | None = None
+        self._events = None
         self._status = 0
         self._status_message = ""
-        self._token: Token[Span | None] | None = None
+        self._token = None
         self._end = 0
         self._start = time_ns()
 
@@ -126,28 +168,28 @@ class Span:
         try:
             self._token = _CURRENT.set(self)
         except Exception:
-            self._client._internal_error()
+            self._owner._internal_error()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> Literal[False]:
         token = self._token
         if token is not None:
             self._token = None
             try:
                 _CURRENT.reset(token)
             except Exception:  # exited in another context than it was entered in
-                self._client._internal_error()
+                self._owner._internal_error()
         if exc is not None:
             self.record_exception(exc)
             self.set_status(StatusCode.ERROR, safe_str(exc))
         if not self._end:  # end(), inlined: this is the hot path
             try:
                 self._end = time_ns()
-                self._client._enqueue(self)
+                self._owner._enqueue(self)
             except Exception:
-                self._client._internal_error()
+                self._owner._internal_error()
         return False  # never swallow the application's exception
 
     # -- recording API --------------------------------------------------------------------------
@@ -163,7 +205,7 @@ class Span:
     def is_recording(self) -> bool:
         return not self._end
 
-    def set_attribute(self, key: str, value: Any) -> None:
+    def set_attribute(self, key: str, value: object) -> None:
         if self._end:
             return
         try:
@@ -171,14 +213,14 @@ class Span:
                 self._attributes = {}
             self._attributes[key] = value
         except Exception:  # an unhashable key
-            self._client._internal_error()
+            self._owner._internal_error()
 
-    def set_attributes(self, attributes: dict[str, Any]) -> None:
+    def set_attributes(self, attributes: Mapping[str, object]) -> None:
         try:
             for key, value in attributes.items():
                 self.set_attribute(key, value)
         except Exception:
-            self._client._internal_error()
+            self._owner._internal_error()
 
     def set_status(self, code: StatusCode | int, description: str | None = None) -> None:
         if self._end:
@@ -187,9 +229,11 @@ class Span:
             self._status = int(code) if int(code) in (0, 1, 2) else 0
             self._status_message = "" if description is None else safe_str(description)
         except Exception:
-            self._client._internal_error()
+            self._owner._internal_error()
 
-    def add_event(self, name: str, attributes: dict[str, Any] | None = None, timestamp_ns: int | None = None) -> None:
+    def add_event(
+        self, name: str, attributes: Mapping[str, object] | None = None, timestamp_ns: int | None = None
+    ) -> None:
         if self._end:
             return
         try:
@@ -198,19 +242,19 @@ class Span:
             event_time = time_ns() if timestamp_ns is None else int(timestamp_ns)
             self._events.append((name, event_time, dict(attributes) if attributes else None))
         except Exception:
-            self._client._internal_error()
+            self._owner._internal_error()
 
-    def record_exception(self, exc: BaseException, attributes: dict[str, Any] | None = None) -> None:
+    def record_exception(self, exc: BaseException, attributes: Mapping[str, object] | None = None) -> None:
         """Add an OTLP ``exception`` event (type, message, stacktrace) for ``exc``."""
         if self._end:
             return
         try:
-            event_attributes: dict[str, Any] = exception_attributes(exc, self._client._max_attribute_length)
+            event_attributes: dict[str, object] = dict(exception_attributes(exc, self._owner._max_attribute_length))
             if attributes:
                 event_attributes.update(attributes)
             self.add_event("exception", event_attributes)
         except Exception:
-            self._client._internal_error()
+            self._owner._internal_error()
 
     def end(self, end_time_ns: int | None = None) -> None:
         """Finish the span and hand it to the sender. Later calls do nothing."""
@@ -218,9 +262,9 @@ class Span:
             return
         try:
             self._end = time_ns() if end_time_ns is None else int(end_time_ns)
-            self._client._enqueue(self)
+            self._owner._enqueue(self)
         except Exception:
-            self._client._internal_error()
+            self._owner._internal_error()
 
     # -- serialization (sender thread only) -----------------------------------------------------
 
@@ -281,25 +325,27 @@ class NoOpSpan:
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> Literal[False]:
         return False
 
     def is_recording(self) -> bool:
         return False
 
-    def set_attribute(self, key: str, value: Any) -> None:
+    def set_attribute(self, key: str, value: object) -> None:
         pass
 
-    def set_attributes(self, attributes: dict[str, Any]) -> None:
+    def set_attributes(self, attributes: Mapping[str, object]) -> None:
         pass
 
     def set_status(self, code: StatusCode | int, description: str | None = None) -> None:
         pass
 
-    def add_event(self, name: str, attributes: dict[str, Any] | None = None, timestamp_ns: int | None = None) -> None:
+    def add_event(
+        self, name: str, attributes: Mapping[str, object] | None = None, timestamp_ns: int | None = None
+    ) -> None:
         pass
 
-    def record_exception(self, exc: BaseException, attributes: dict[str, Any] | None = None) -> None:
+    def record_exception(self, exc: BaseException, attributes: Mapping[str, object] | None = None) -> None:
         pass
 
     def end(self, end_time_ns: int | None = None) -> None:

@@ -195,7 +195,7 @@ def test_emsgsize_drops_the_message_and_counts_it(sock_path: str, make_client: M
         client = make_client(flush_interval=10.0)
         record(client, 1, prefix="first")
         assert client.flush(5.0)
-        sock = client._transport._sock
+        sock = client._transport.connection.sock
         assert sock is not None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # messages above ~4 KiB: EMSGSIZE
         record(client, 100, prefix="big", payload="y" * 300)

@@ -64,7 +64,7 @@ def test_forked_child_sends_its_own_spans_and_never_the_parents(sock_path: str, 
 def test_fork_backstop_detects_a_changed_pid_on_the_enqueue_path(make_client: MakeClient) -> None:
     client = make_client()
     old = client._transport
-    old.pid = -1  # as if this process had been forked without the at-fork hook running
+    old.queue.pid = -1  # as if this process had been forked without the at-fork hook running
     with client.span("after-unseen-fork"):
         pass
     assert client._transport is not old

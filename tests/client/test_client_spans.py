@@ -328,7 +328,7 @@ def test_disabled_client_is_a_no_op_without_thread_or_socket(sock_path: str, mak
         assert client.flush(1.0) is True
         client.shutdown()
         assert client.stats()["enabled"] is False and client.stats()["enqueued_records"] == 0
-        assert client._transport._thread is None and client._transport._sock is None
+        assert client._transport._thread is None and client._transport.connection.sock is None
         assert threading.active_count() <= threads_before + 1  # at most the fake agent's own thread
         assert agent.connections == 0
 
