@@ -8,18 +8,27 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv lint clean demo deb
+.PHONY: test unit venv lint clean demo deb
 
 venv:
 	scripts/bootstrap.sh
 
+# ruff (lint and format), mypy --strict over client/ and daemon/, and the import-linter contracts of
+# pyproject.toml (the agent's layers; the client imports nothing of the agent; no import cycles).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # pytest exits 5 when it collected no test; make treats any non-zero exit as failure, so a run that
 # silently ran nothing can never pass.
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+
+# The tests that need no server, no root and no agent process: seconds, for the edit-test loop.
+unit: venv
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 # The main job end to end: an agent with the embedded store (chDB, no ClickHouse server), an example app
 # in several processes, a summary query of what arrived (scripts/demo.py; against a server instead when

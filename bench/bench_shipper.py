@@ -59,9 +59,10 @@ from _harness import (
 )
 from bench_ingest import build_message, resource_line
 
-from automagik_telemetry_agent.schema import apply, pick_profile
-from automagik_telemetry_agent.shipper import ShipperOptions, freeze_batch
-from automagik_telemetry_agent.sink_http import ClickHouseHttpSink
+from automagik_telemetry_agent.clickhouse.http import ClickHouseHttpSink
+from automagik_telemetry_agent.clickhouse.schema import apply, pick_profile
+from automagik_telemetry_agent.shipper.batch import freeze_batch
+from automagik_telemetry_agent.shipper.options import ShipperOptions
 from automagik_telemetry_agent.wal import WalEntry, WalOptions, WalReader, WalWriter
 
 TARGET_E2E_RATIO = 0.25

@@ -59,8 +59,8 @@ def start_agent(argv: list[str], log: list[str]) -> subprocess.Popen[bytes]:
 
 
 def main() -> int:
+    from automagik_telemetry_agent.clickhouse.query import QueryError, run_query
     from automagik_telemetry_agent.config import load_config
-    from automagik_telemetry_agent.embedded_query import QueryError, run_query
 
     endpoint = os.environ.get("AUTOMAGIK_TELEMETRY_CLICKHOUSE_ENDPOINT", "")
     environment = f"demo-{uuid.uuid4().hex[:8]}"

@@ -96,3 +96,34 @@ def chdb_session_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
     yield make
     while current:
         current.pop().close()
+
+
+#: Test files that need no server, no root and no agent process (`make unit` runs them in seconds).
+UNIT_FILES = frozenset(
+    {
+        "test_architecture.py",
+        "test_client_attributes.py",
+        "test_client_config.py",
+        "test_client_transport_parts.py",
+        "test_logs.py",
+        "test_metrics_unit.py",
+        "test_report_unit.py",
+        "test_shipper_errors.py",
+        "test_shipper_unit.py",
+        "test_states.py",
+        "test_systemd_protocols_unit.py",
+        "test_transform.py",
+        "test_v014_config.py",
+        "test_v014_events.py",
+        "test_v014_opt_in.py",
+        "test_v014_privacy.py",
+        "test_wal_model.py",
+        "test_wal_recovery.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in UNIT_FILES:
+            item.add_marker(pytest.mark.unit)

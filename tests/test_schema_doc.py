@@ -25,15 +25,15 @@ import pytest
 from doc_links import broken_links
 from shipper.shipper_helpers import apply_schema
 
-from automagik_telemetry_agent.schema import apply, pick_profile, split_statements, table_columns
-from automagik_telemetry_agent.sink_http import profile_row_keys
-from automagik_telemetry_agent.transform import (
+from automagik_telemetry_agent.clickhouse.http import profile_row_keys
+from automagik_telemetry_agent.clickhouse.rows import (
     LIFTED_RESOURCE_ATTRIBUTES,
     Profile,
     encode_rows,
     parse_resource,
     transform_span,
 )
+from automagik_telemetry_agent.clickhouse.schema import apply, pick_profile, split_statements, table_columns
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "schema.md"

@@ -30,7 +30,8 @@ def journal_sender() -> Callable[..., Any] | None:
         from systemd import journal
     except ImportError:
         return None
-    return journal.send
+    send: Callable[..., Any] = journal.send
+    return send
 
 
 def journal_wanted(stream: TextIO | None = None, env: Mapping[str, str] | None = None) -> bool:

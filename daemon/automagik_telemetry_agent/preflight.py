@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError, origin
+from .paths import WAL_LOCK_FILE, control_socket_path, dead_letter_dir, shipper_state_dir
 
-__all__ = ["Problem", "check", "control_socket_path", "held_by_systemd", "problems", "socket_in_use"]
+__all__ = ["Problem", "check", "held_by_systemd", "problems", "socket_in_use"]
 
 PROBE_TIMEOUT_S = 1.0
-WAL_LOCK_FILE = "LOCK"  # wal/format.py LOCK_FILE: held (flock) by the one agent writing the WAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +46,6 @@ class Problem:
 
     def __str__(self) -> str:
         return self.message
-
-
-def control_socket_path(config: Mapping[str, Any]) -> str:
-    """``socket.control_path``, or ``control.sock`` in the directory of ``socket.path`` when unset."""
-    path = config.get("socket.control_path") or ""
-    return path or os.path.join(os.path.dirname(os.path.abspath(config["socket.path"])), "control.sock")
 
 
 def check(config: Mapping[str, Any], *, socket_activated: bool | None = None) -> None:
@@ -120,15 +114,14 @@ def problems(
     # ---- shipper
     sink = config.get("sink", "clickhouse")
     if sink != "none":
-        parent = os.path.dirname(os.path.abspath(wal_dir))
-        dead_dir = config.get("shipper.dead_letter_dir") or os.path.join(parent, "dead-letter")
+        dead_dir = dead_letter_dir(config)
         key = "shipper.dead_letter_dir" if config.get("shipper.dead_letter_dir") else "wal.dir"
         why = _dir_problem(dead_dir)
         if why:
             add(key, f"cannot use the dead-letter directory {dead_dir}: {why}")
-        why = _dir_problem(os.path.join(parent, "shipper"))
+        why = _dir_problem(shipper_state_dir(wal_dir))
         if why:
-            add("wal.dir", f"cannot use the shipper's state directory {os.path.join(parent, 'shipper')}: {why}")
+            add("wal.dir", f"cannot use the shipper's state directory {shipper_state_dir(wal_dir)}: {why}")
     if sink == "clickhouse":
         for key, what in (("clickhouse.password_file", "password file"), ("clickhouse.ca_bundle", "CA bundle")):
             path = config.get(key)

@@ -17,10 +17,10 @@ import pytest
 from agent_process import run_cli
 from shipper.shipper_helpers import ShipperThread, count, fast_options, make_sink, span, span_id, wait_for, write_wal
 
-from automagik_telemetry_agent.dead_letter import DeadLetter, DeadLetterEntry
-from automagik_telemetry_agent.schema import render_migrations
-from automagik_telemetry_agent.shipper import Shipper
-from automagik_telemetry_agent.transform import Profile
+from automagik_telemetry_agent.clickhouse.rows import Profile
+from automagik_telemetry_agent.clickhouse.schema import render_migrations
+from automagik_telemetry_agent.shipper.dead_letter import DeadLetter, DeadLetterEntry
+from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import read_cursor
 
 pytestmark = pytest.mark.clickhouse
@@ -142,7 +142,7 @@ def test_replay_keeps_entries_the_shipper_appends_meanwhile(
 ) -> None:
     """The shipper appends (under the directory lock) while a replay is inserting: nothing is lost, and the
     shipper is not blocked by the replay's network round trips (it would deadlock here if it were)."""
-    from automagik_telemetry_agent.sink_http import ClickHouseHttpSink
+    from automagik_telemetry_agent.clickhouse.http import ClickHouseHttpSink
 
     produce_dead_letters(clickhouse, clickhouse_db, tmp_path, {1: "boom", 5: "boom"})
     clickhouse.query(f"ALTER TABLE {clickhouse_db}.traces MODIFY COLUMN status_message String")

@@ -20,8 +20,8 @@ from agent_process import AgentProcess, run_cli
 from clickhouse_server import AGENT_PASSWORD, AGENT_USER, READONLY_PASSWORD, READONLY_USER, free_port
 from shipper.shipper_helpers import apply_schema
 
-from automagik_telemetry_agent.dead_letter import DeadLetter, DeadLetterEntry
-from automagik_telemetry_agent.status_cli import render
+from automagik_telemetry_agent.ops.status import render
+from automagik_telemetry_agent.shipper.dead_letter import DeadLetter, DeadLetterEntry
 
 
 def flags(agent: AgentProcess, *extra: str) -> list[str]:

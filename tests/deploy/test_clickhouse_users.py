@@ -33,8 +33,8 @@ from shipper.shipper_helpers import (
     write_wal,
 )
 
-from automagik_telemetry_agent.schema import split_statements
-from automagik_telemetry_agent.shipper import Shipper
+from automagik_telemetry_agent.clickhouse.schema import split_statements
+from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import read_cursor
 
 from .deploy_helpers import USERS

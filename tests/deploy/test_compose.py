@@ -20,8 +20,8 @@ import pytest
 import yaml
 from agent_process import run_cli
 
+from automagik_telemetry_agent.clickhouse.schema import MIGRATIONS_ENV
 from automagik_telemetry_agent.config import ENV_PREFIX, SETTINGS, load_config, split_listen
-from automagik_telemetry_agent.schema import MIGRATIONS_ENV
 
 from .deploy_helpers import COMPOSE, GRAFANA, REPO, TRACES_DASHBOARD, USERS, load_json, variables
 

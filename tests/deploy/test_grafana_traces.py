@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 import pytest
 
-from automagik_telemetry_agent.schema import apply
-from automagik_telemetry_agent.transform import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.schema import apply
 
 from .deploy_helpers import ALL, TRACES_DASHBOARD, Query, dashboard_queries, interpolate, iter_panels, load_json
 

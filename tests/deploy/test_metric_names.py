@@ -31,9 +31,12 @@ from metrics.traffic import scrape, send_known_traffic
 from prometheus_client.parser import text_string_to_metric_families
 from shipper.shipper_helpers import ShipperThread, apply_schema, fast_options, make_sink, span, write_wal
 
-from automagik_telemetry_agent.ingest import IngestOptions, IngestServer
-from automagik_telemetry_agent.metrics import CATALOGUE, AgentMetrics, collect_ingest, collect_shipper
-from automagik_telemetry_agent.shipper import Shipper
+from automagik_telemetry_agent.ingest.metrics import collect_ingest
+from automagik_telemetry_agent.ingest.server import IngestOptions, IngestServer
+from automagik_telemetry_agent.metrics.catalogue import CATALOGUE
+from automagik_telemetry_agent.metrics.exposition import AgentMetrics
+from automagik_telemetry_agent.shipper.loop import Shipper
+from automagik_telemetry_agent.shipper.metrics import collect_shipper
 from automagik_telemetry_agent.wal import WalOptions, WalWriter, read_cursor
 
 from .deploy_helpers import (

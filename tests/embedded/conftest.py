@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from agent_process import AgentProcess, wait_until
 
-from automagik_telemetry_agent.embedded_query import QueryError, _ask, socket_path
+from automagik_telemetry_agent.clickhouse.query import QueryError, _ask
+from automagik_telemetry_agent.clickhouse.query_server import socket_path
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_NS = 1_700_000_000_000_000_000

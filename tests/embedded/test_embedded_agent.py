@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from agent_process import AgentProcess, RawClient, agent_env, run_cli, wait_until
 
-from automagik_telemetry_agent.embedded_query import SOCKET_NAME
-from automagik_telemetry_agent.sink_chdb import lock_holder
+from automagik_telemetry_agent.clickhouse.chdb import lock_holder
+from automagik_telemetry_agent.clickhouse.query_server import SOCKET_NAME
 from automagik_telemetry_agent.wal.cursor import read_cursor
 
 from .conftest import ask, shipper_pid, span_id, span_line, wait_count, wait_gone

@@ -14,12 +14,14 @@ import pytest
 from agent_process import agent_env
 from shipper.shipper_helpers import ShipperThread, fast_options, wait_for, write_wal
 
-from automagik_telemetry_agent.clickhouse_errors import ErrorClass
-from automagik_telemetry_agent.schema import table_columns
-from automagik_telemetry_agent.shipper import Shipper, freeze_batch
-from automagik_telemetry_agent.sink_chdb import LOCK_FILE, EmbeddedSink, lock_holder
-from automagik_telemetry_agent.sink_http import profile_row_keys
-from automagik_telemetry_agent.transform import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.chdb import LOCK_FILE, lock_holder
+from automagik_telemetry_agent.clickhouse.embedded import EmbeddedSink
+from automagik_telemetry_agent.clickhouse.errors import ErrorClass
+from automagik_telemetry_agent.clickhouse.http import profile_row_keys
+from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.schema import table_columns
+from automagik_telemetry_agent.shipper.batch import freeze_batch
+from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import WalReader
 
 from .conftest import BASE_NS, span_line
@@ -117,7 +119,7 @@ def test_a_restarted_shipper_resends_a_stored_batch_without_duplicating_it(embed
         entries = reader.read(max_records=2)
         reader.close()
         batch = freeze_batch(entries, Profile.MODERN, agent_id)
-        Shipper(str(wal), sink, options)._write_inflight(batch)  # recorded in flight, then sent ...
+        Shipper(str(wal), sink, options).inflight.write(batch)  # recorded in flight, then sent ...
         assert sink.insert(batch.body, batch.token).ok  # ... and stored; the cursor never moved
         assert _count(sink) == (200, 200)
         shipper = Shipper(str(wal), sink, options)  # the restarted shipper
@@ -135,8 +137,8 @@ def test_a_second_process_gets_one_line_naming_the_holder(embedded_dir: Path) ->
     try:
         sink.detect()
         code = textwrap.dedent(f"""
-            from automagik_telemetry_agent.sink_chdb import EmbeddedSink
-            from automagik_telemetry_agent.sink_http import SinkError
+            from automagik_telemetry_agent.clickhouse.embedded import EmbeddedSink
+            from automagik_telemetry_agent.clickhouse.sink import SinkError
             try:
                 EmbeddedSink({str(embedded_dir)!r}).detect()
             except SinkError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from automagik_telemetry_agent.metrics import CATALOGUE, P
+from automagik_telemetry_agent.metrics.catalogue import CATALOGUE, P
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 ROW = re.compile(r"^\| `(automagik_telemetry_\w+)` \| (\w+) \|([^|]*)\|", re.MULTILINE)

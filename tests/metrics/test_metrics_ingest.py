@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from agent_process import wait_until
 
-from automagik_telemetry_agent.ingest import IngestOptions, IngestServer
-from automagik_telemetry_agent.metrics import AgentMetrics, collect_ingest
+from automagik_telemetry_agent.ingest.metrics import collect_ingest
+from automagik_telemetry_agent.ingest.server import IngestOptions, IngestServer
+from automagik_telemetry_agent.metrics.exposition import AgentMetrics
 from automagik_telemetry_agent.wal import WalOptions, WalReader, WalWriter
 from automagik_telemetry_agent.wal.format import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE
 

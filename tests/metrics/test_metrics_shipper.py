@@ -25,8 +25,10 @@ from shipper.shipper_helpers import (
     write_wal,
 )
 
-from automagik_telemetry_agent.metrics import AgentMetrics, collect_ingest, collect_shipper
-from automagik_telemetry_agent.shipper import Shipper
+from automagik_telemetry_agent.ingest.metrics import collect_ingest
+from automagik_telemetry_agent.metrics.exposition import AgentMetrics
+from automagik_telemetry_agent.shipper.loop import Shipper
+from automagik_telemetry_agent.shipper.metrics import collect_shipper
 from automagik_telemetry_agent.wal import WalReader
 
 from .test_metrics_ingest import InProcessIngest

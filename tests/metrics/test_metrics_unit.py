@@ -11,16 +11,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from automagik_telemetry_agent.config import ConfigError, load_config, parse_listen
-from automagik_telemetry_agent.latency import LatencyHistogram
-from automagik_telemetry_agent.metrics import (
-    CATALOGUE,
-    AgentMetrics,
-    MetricsListenError,
-    P,
-    merge_histograms,
-    parse_sample,
-    sample,
-)
+from automagik_telemetry_agent.metrics.catalogue import CATALOGUE, P
+from automagik_telemetry_agent.metrics.exposition import AgentMetrics, MetricsListenError, merge_histograms
+from automagik_telemetry_agent.metrics.histogram import LatencyHistogram
+from automagik_telemetry_agent.metrics.samples import parse_sample, sample
 from automagik_telemetry_agent.wal.backlog import MAX_MARKS, BacklogMarks
 
 RECORDS = P + "ingest_records_received_total"

@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 from agent_process import wait_until
 
-from automagik_telemetry_agent.schema import apply, pick_profile
-from automagik_telemetry_agent.shipper import Shipper, ShipperOptions
-from automagik_telemetry_agent.sink_http import ClickHouseHttpSink
+from automagik_telemetry_agent.clickhouse.http import ClickHouseHttpSink
+from automagik_telemetry_agent.clickhouse.schema import apply, pick_profile
+from automagik_telemetry_agent.shipper.loop import Shipper
+from automagik_telemetry_agent.shipper.options import ShipperOptions
 from automagik_telemetry_agent.wal import WalOptions, WalWriter
 
 RESOURCE = orjson.dumps(

@@ -1,4 +1,4 @@
-"""Tests of automagik_telemetry_agent.schema: profile choice, migration rendering, and real engines.
+"""Tests of automagik_telemetry_agent.clickhouse.schema: profile choice, migration rendering, and real engines.
 
 The round trips run transform -> encode_rows -> ``INSERT ... FORMAT JSONEachRow`` -> ``SELECT`` and
 compare every column exactly: on chDB (modern profile, ClickHouse 26.x) and on the real ClickHouse
@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from automagik_telemetry_agent import schema
-from automagik_telemetry_agent.schema import (
+from automagik_telemetry_agent.clickhouse import schema
+from automagik_telemetry_agent.clickhouse.rows import Profile, encode_rows, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.schema import (
     Migration,
     SchemaError,
     apply,
@@ -27,7 +28,6 @@ from automagik_telemetry_agent.schema import (
     split_statements,
     table_columns,
 )
-from automagik_telemetry_agent.transform import Profile, encode_rows, parse_resource, transform_span
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "clickhouse"

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from automagik_telemetry_agent.schema import apply, detect_table_profile, table_columns
-from automagik_telemetry_agent.shipper import batch_token, freeze_batch
-from automagik_telemetry_agent.sink_http import Capabilities, ClickHouseHttpSink, profile_row_keys
-from automagik_telemetry_agent.transform import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.http import ClickHouseHttpSink, profile_row_keys
+from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.schema import apply, detect_table_profile, table_columns
+from automagik_telemetry_agent.clickhouse.sink import Capabilities
+from automagik_telemetry_agent.shipper.batch import batch_token, freeze_batch
 from automagik_telemetry_agent.wal import WalReader
 
 from .shipper_helpers import RESOURCE, span, write_wal

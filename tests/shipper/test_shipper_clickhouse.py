@@ -21,10 +21,10 @@ import orjson
 import pytest
 from agent_process import AgentProcess, agent_env, run_cli
 
-from automagik_telemetry_agent.dead_letter import DeadLetter
-from automagik_telemetry_agent.schema import render_migrations
-from automagik_telemetry_agent.shipper import Shipper
-from automagik_telemetry_agent.transform import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.schema import render_migrations
+from automagik_telemetry_agent.shipper.dead_letter import DeadLetter
+from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import read_cursor
 
 from .shipper_helpers import (
@@ -450,7 +450,7 @@ def test_restart_after_insert_before_commit(
     """The crash window of a legacy server: the INSERT was stored, the cursor not written. The restarted
     shipper probes the in-flight batch and skips it -- unless it had gone into bisection (then parts
     may be stored and it resends: at-least-once)."""
-    from automagik_telemetry_agent.shipper import freeze_batch
+    from automagik_telemetry_agent.shipper.batch import freeze_batch
     from automagik_telemetry_agent.wal import WalReader
 
     apply_schema(clickhouse, clickhouse_db)
@@ -462,7 +462,7 @@ def test_restart_after_insert_before_commit(
     reader = WalReader(str(wal))
     batch = freeze_batch(reader.read(max_records=1), Profile.LEGACY, crashed.agent_id())
     reader.close()
-    crashed._write_inflight(batch, bisecting=bisecting)
+    crashed.inflight.write(batch, bisecting=bisecting)
     assert sink.insert(batch.body, batch.token).ok  # stored; then "kill -9" before the commit
     shipper = Shipper(str(wal), make_sink(clickhouse, clickhouse_db), fast_options(tmp_path))
     with ShipperThread(shipper) as t:

@@ -1,11 +1,11 @@
-"""Unit tests of automagik_telemetry_agent.clickhouse_errors (no server)."""
+"""Unit tests of automagik_telemetry_agent.clickhouse.errors (no server)."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
-from automagik_telemetry_agent.clickhouse_errors import (
+from automagik_telemetry_agent.clickhouse.errors import (
     ErrorClass,
     classify_exception,
     classify_response,

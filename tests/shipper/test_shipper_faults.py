@@ -27,9 +27,10 @@ import orjson
 import pytest
 from agent_process import AgentProcess, run_cli
 
-from automagik_telemetry_agent.shipper import Shipper
-from automagik_telemetry_agent.sink_http import ClickHouseHttpSink, InsertResult
-from automagik_telemetry_agent.transform import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.http import ClickHouseHttpSink
+from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.sink import InsertResult
+from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import read_cursor
 
 from . import fault_proxy

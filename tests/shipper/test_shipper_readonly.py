@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from clickhouse_server import READONLY_PASSWORD, READONLY_USER
 
-from automagik_telemetry_agent.shipper import Shipper
+from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import read_cursor
 
 from .shipper_helpers import ShipperThread, apply_schema, count, fast_options, make_sink, span, wait_for, write_wal

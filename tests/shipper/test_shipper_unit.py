@@ -12,11 +12,15 @@ from typing import Any
 import orjson
 import pytest
 
-from automagik_telemetry_agent.clickhouse_errors import ErrorClass
-from automagik_telemetry_agent.dead_letter import DeadLetter, DeadLetterEntry, default_dead_letter_dir
-from automagik_telemetry_agent.shipper import Shipper, TokenBucket, backoff_delay, batch_token
-from automagik_telemetry_agent.sink_http import ClickHouseHttpSink, InsertResult
-from automagik_telemetry_agent.transform import Profile
+from automagik_telemetry_agent.clickhouse.errors import ErrorClass
+from automagik_telemetry_agent.clickhouse.http import ClickHouseHttpSink
+from automagik_telemetry_agent.clickhouse.rows import Profile
+from automagik_telemetry_agent.clickhouse.sink import InsertResult
+from automagik_telemetry_agent.paths import default_dead_letter_dir
+from automagik_telemetry_agent.shipper.batch import batch_token
+from automagik_telemetry_agent.shipper.dead_letter import DeadLetter, DeadLetterEntry
+from automagik_telemetry_agent.shipper.loop import Shipper
+from automagik_telemetry_agent.shipper.pacing import TokenBucket, backoff_delay
 from automagik_telemetry_agent.wal import read_cursor
 
 from .shipper_helpers import ShipperThread, fast_options, span, wait_for, write_wal
@@ -233,8 +237,8 @@ def test_a_partial_batch_goes_at_once_after_a_quiet_spell_then_at_most_one_per_b
 def test_a_legacy_table_on_a_server_with_dedup_tokens_still_gets_the_restart_probe(tmp_path: Path) -> None:
     """A token deduplicates only on a table with a dedup window: a legacy table kept after the server was
     upgraded past 22.2 has none, so a restarted shipper must probe before re-sending its in-flight batch."""
-    from automagik_telemetry_agent.shipper import freeze_batch
-    from automagik_telemetry_agent.sink_http import Capabilities
+    from automagik_telemetry_agent.clickhouse.sink import Capabilities
+    from automagik_telemetry_agent.shipper.batch import freeze_batch
     from automagik_telemetry_agent.wal import WalReader
 
     class UpgradedServerLegacyTable(FakeSink):
@@ -253,7 +257,7 @@ def test_a_legacy_table_on_a_server_with_dedup_tokens_still_gets_the_restart_pro
     sink = UpgradedServerLegacyTable()
     sink.stored = [orjson.loads(line) for line in batch.body.splitlines()]  # stored before the crash ...
     shipper = Shipper(str(wal), sink, fast_options(tmp_path))
-    shipper._write_inflight(batch)  # ... while the cursor had not moved
+    shipper.inflight.write(batch)  # ... while the cursor had not moved
     with ShipperThread(shipper) as t:
         wait_for(lambda: read_cursor(str(wal)).seq == seqs[-1], 10, "committed")
         t.stop()

@@ -1,4 +1,4 @@
-"""Unit tests of automagik_telemetry_agent.transform: OTLP span lines -> rows of both profiles."""
+"""Unit tests of automagik_telemetry_agent.clickhouse.rows: OTLP span lines -> rows of both profiles."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from automagik_telemetry_agent.transform import (
+from automagik_telemetry_agent.clickhouse.rows import (
     LIFTED_RESOURCE_ATTRIBUTES,
     Profile,
     Resource,

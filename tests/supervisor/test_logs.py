@@ -68,8 +68,8 @@ def test_journal_entries_carry_identifier_process_priority_and_code_location() -
 def test_without_the_journal_lines_go_to_stderr_with_the_process_name() -> None:
     stderr = io.StringIO()
     assert setup_logging("info", "ingest", stream=stderr, env={}, sender=lambda *a, **k: None) == "stderr"
-    logging.getLogger("automagik_telemetry_agent.ingest").info("hello")
-    assert f"ingest[{os.getpid()}] INFO automagik_telemetry_agent.ingest: hello" in stderr.getvalue()
+    logging.getLogger("automagik_telemetry_agent.ingest.server").info("hello")
+    assert f"ingest[{os.getpid()}] INFO automagik_telemetry_agent.ingest.server: hello" in stderr.getvalue()
 
 
 def test_without_systemd_python_stderr_is_used_even_under_journald(monkeypatch: pytest.MonkeyPatch) -> None:

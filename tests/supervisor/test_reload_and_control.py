@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agent_process import AgentProcess, RawClient, record_line, run_cli, wait_until
 
-from automagik_telemetry_agent.control import ControlError, request
+from automagik_telemetry_agent.supervisor.control import ControlError, request
 
 from .conftest import NotifyListener
 

@@ -9,14 +9,14 @@ import time
 from agent_process import wait_until
 
 from automagik_telemetry_agent.config import load_config
-from automagik_telemetry_agent.report import (
-    Liveness,
+from automagik_telemetry_agent.lifecycle.channel import (
     ReportChannel,
-    SupervisorLink,
     config_message,
     parse_config_message,
     parse_report,
 )
+from automagik_telemetry_agent.lifecycle.link import SupervisorLink
+from automagik_telemetry_agent.lifecycle.liveness import Liveness
 
 
 class Clock:

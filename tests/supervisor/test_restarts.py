@@ -181,7 +181,9 @@ def test_a_wal_write_error_that_is_not_a_full_disk_stops_the_agent_with_exit_74_
         assert agent.wait_exit(15) == 74
         client.drain()
     assert client.rejected and set(client.rejected.values()) == {"wal_error"}, client.replies
-    assert agent.stderr_text.count("automagik_telemetry_agent.ingest: WAL write failed") == 1  # not one per message
+    assert (
+        agent.stderr_text.count("automagik_telemetry_agent.ingest.server: WAL write failed") == 1
+    )  # not one per message
     assert "ingest: the WAL's storage failed; stopping the agent (exit 74)" in agent.stderr_text
     agent.start()
     with RawClient(agent.socket_path) as client:

@@ -17,7 +17,7 @@ from agent_process import AgentProcess, RawClient, wait_until
 from shipper.fault_proxy import PASS, FaultProxy, Seen, delay
 from shipper.shipper_helpers import RESOURCE, apply_schema, count, select_rows, span
 
-from automagik_telemetry_agent.transform import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
 
 pytestmark = pytest.mark.clickhouse
 

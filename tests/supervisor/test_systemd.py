@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from agent_process import AgentProcess, RawClient, dumped_names, record_line, wait_until
 
-from automagik_telemetry_agent.control import request
+from automagik_telemetry_agent.supervisor.control import request
 
 from .conftest import NotifyListener
 

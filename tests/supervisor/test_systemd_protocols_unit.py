@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from automagik_telemetry_agent.sdnotify import Notifier, listen_fds
+from automagik_telemetry_agent.supervisor.sdnotify import Notifier, listen_fds
 
 from .conftest import NotifyListener
 

@@ -1,9 +1,9 @@
-"""The ``query`` subcommand: read-only SQL on where the spans went (registered by :mod:`.cli`).
+"""``automagik-telemetry query SQL``: read-only SQL on where the spans went.
 
 ``automagik-telemetry query "SELECT span_name, count() FROM telemetry.traces GROUP BY 1"`` answers
 from the embedded store (``--embedded DIR`` or ``sink = "embedded"``): through the running agent's
 shipper, which holds the store, or directly when the agent is stopped; with ``sink = "clickhouse"``
-from the server. Details: :mod:`.embedded_query`, docs/embedded.md.
+from the server. Details: ``clickhouse.query``, docs/embedded.md.
 
 Exit codes: 0 answered; 1 the query failed (the store's message is printed); 2 a configuration or
 usage problem, including a statement that is not read-only; 69 chDB is not installed.
@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import Any
 
-from . import exitcodes
-from .config import ConfigError, load_config
+from .. import exitcodes
+from .options import SINK, Subparsers, add_setting_flags, load
 
 _die = exitcodes.die
 
 
-def cmd_query(args: argparse.Namespace, flags: dict[str, object]) -> int:
-    from .embedded_query import QueryError, query_bytes
+def cmd_query(args: argparse.Namespace) -> int:
+    # The agent extra (orjson, requests, zstandard) is optional: imported when the command runs, so that a
+    # client-only install fails here with one line (cli.main) instead of at start-up.
+    from ..clickhouse.query import QueryError, query_bytes
 
-    try:
-        config = load_config(args.config, flags)
-    except ConfigError as exc:
-        return _die(exitcodes.CONFIG, f"config error: {exc}")
+    config = load(args)
+    if isinstance(config, int):
+        return config
     fmt = args.output_format or ("PrettyCompact" if sys.stdout.isatty() else "TabSeparated")
     try:
         out = query_bytes(config, args.sql, fmt)
@@ -42,11 +41,7 @@ def cmd_query(args: argparse.Namespace, flags: dict[str, object]) -> int:
     return exitcodes.OK
 
 
-def add_parser(
-    sub: Any,
-    add_setting_flags: Callable[[argparse.ArgumentParser], None],
-    flags: Callable[[argparse.Namespace], dict[str, object]],
-) -> None:
+def add_parser(sub: Subparsers) -> None:
     query = sub.add_parser(
         "query",
         help="run a read-only SQL query on the embedded store (or the ClickHouse server)",
@@ -62,5 +57,5 @@ def add_parser(
         metavar="FORMAT",
         help="ClickHouse output format (default: PrettyCompact on a terminal, else TabSeparated)",
     )
-    add_setting_flags(query)
-    query.set_defaults(func=lambda a: cmd_query(a, flags(a)))
+    add_setting_flags(query, SINK)
+    query.set_defaults(func=cmd_query)

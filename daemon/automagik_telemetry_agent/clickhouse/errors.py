@@ -1,6 +1,6 @@
 """Classify ClickHouse HTTP answers and client-side failures into what the shipper should do.
 
-Four classes (docs: /work/shared/REFERENCE.md, "Retry classes"; docs/clickhouse-compat.md):
+Four classes (docs/clickhouse-compat.md):
 
 * ``OK``: the insert is confirmed (2xx, no exception header, no ``Code:`` body).
 * ``TRANSIENT``: retry the same bytes later with backoff (connection errors, timeouts, overload,
@@ -28,13 +28,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import requests
+
 __all__ = [
     "BAD_DATA_CODES",
     "CONFIG_CODES",
-    "NOT_CLICKHOUSE",
     "TRANSIENT_CODES",
     "Classified",
     "ErrorClass",
+    "Finding",
     "answered_by_clickhouse",
     "classify_exception",
     "classify_response",
@@ -50,6 +52,15 @@ class ErrorClass(enum.Enum):
     TRANSIENT = "transient"
     BAD_DATA = "bad_data"
     CONFIG = "config"
+
+
+class Finding(enum.Enum):
+    """What the agent found on its own, with no ClickHouse error code to say it (never dressed up as one)."""
+
+    NOT_CLICKHOUSE = "not_clickhouse"  # the answer came from something else on that port (no X-ClickHouse-*)
+    TABLE_MISSING = "table_missing"  # system.columns has no such table
+    TABLE_UNKNOWN_SHAPE = "table_unknown_shape"  # neither a Map `attributes` nor `attribute_keys`
+    TABLE_LACKS_COLUMNS = "table_lacks_columns"  # a column the rows fill is missing
 
 
 #: Retry with capped exponential backoff and full jitter.
@@ -131,6 +142,7 @@ class Classified:
     code: int | None
     message: str  # the server's own text (or the client error), at most MAX_MESSAGE characters
     status: int | None  # HTTP status, None for a client-side failure
+    finding: Finding | None = None
 
 
 def parse_code(body: str | bytes | None, headers: Mapping[str, str] | None = None) -> int | None:
@@ -188,10 +200,6 @@ def _class_of_status(status: int) -> ErrorClass:
     return ErrorClass.TRANSIENT  # 408, 429, 5xx, anything else
 
 
-#: How the message of an answer that did not come from ClickHouse starts.
-NOT_CLICKHOUSE = "not ClickHouse:"
-
-
 def answered_by_clickhouse(headers: Mapping[str, str]) -> bool:
     """True when the answer carries ClickHouse's ``X-ClickHouse-*`` response headers."""
     return any(name.lower().startswith("x-clickhouse-") for name in headers)
@@ -201,14 +209,14 @@ def _not_clickhouse(status: int, body: str | bytes) -> Classified:
     if isinstance(body, bytes | bytearray | memoryview):
         body = bytes(body[: 4 * MAX_MESSAGE]).decode("utf-8", "replace")
     page = error_text(re.sub(r"<[^>]*>", " ", body), limit=200)  # an HTML error page, without its tags
-    message = f"{NOT_CLICKHOUSE} HTTP {status} without X-ClickHouse-* headers" + (f": {page}" if page else "")
+    message = f"not ClickHouse: HTTP {status} without X-ClickHouse-* headers" + (f": {page}" if page else "")
     if status == 413:
         error_class = ErrorClass.BAD_DATA  # a proxy's body-size limit: smaller INSERTs get through
     elif status in (408, 429, 500, 502, 503, 504):
         error_class = ErrorClass.TRANSIENT  # a proxy whose upstream (ClickHouse) is down or busy
     else:
         error_class = ErrorClass.CONFIG
-    return Classified(error_class, None, message, status)
+    return Classified(error_class, None, message, status, Finding.NOT_CLICKHOUSE)
 
 
 def classify_response(status: int, headers: Mapping[str, str] | None, body: str | bytes) -> Classified:
@@ -232,15 +240,11 @@ def classify_response(status: int, headers: Mapping[str, str] | None, body: str 
 def classify_exception(exc: BaseException) -> Classified:
     """Classify a client-side failure (``requests`` or ``OSError``): TLS problems are CONFIG, the rest
     (refused, reset, timeouts, DNS hiccups) TRANSIENT."""
-    try:
-        import requests
-    except ImportError:  # pragma: no cover
-        requests = None  # type: ignore[assignment]
     name = type(exc).__name__
     message = error_text(f"{name}: {exc}")
-    if requests is not None and isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, requests.exceptions.SSLError):
         return Classified(ErrorClass.CONFIG, None, message, None)
-    if requests is not None and isinstance(
+    if isinstance(
         exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema | requests.exceptions.InvalidSchema
     ):
         return Classified(ErrorClass.CONFIG, None, message, None)

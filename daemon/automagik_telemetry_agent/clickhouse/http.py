@@ -9,7 +9,7 @@ the shipper's job.
   are never logged, and an endpoint URL carrying ``user:password@`` is refused.
 * ``detect()``: ``SELECT version()`` gives the capabilities (zstd request bodies from 21.1,
   ``insert_deduplication_token`` from 22.2); ``system.columns`` gives the target table's columns and
-  so the row :class:`~.transform.Profile` (:func:`.schema.detect_table_profile`).
+  so the row :class:`~.rows.Profile` (:func:`.schema.detect_table_profile`).
 * ``insert()``: ``POST ?query=INSERT INTO db.table FORMAT JSONEachRow&wait_end_of_query=1`` (plus
   ``insert_deduplication_token`` when supported); a 2xx carrying an exception is a failure.
 """
@@ -20,62 +20,23 @@ import gzip
 import logging
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cache
 
 import requests
 
-from .clickhouse_errors import NOT_CLICKHOUSE, Classified, ErrorClass, classify_exception, classify_response
-from .schema import _identifier, detect_table_profile, pick_profile, table_columns
-from .transform import Profile, parse_resource, transform_span
+from .errors import Classified, ErrorClass, Finding, classify_exception, classify_response
+from .explain import SinkKind, Target, explain
+from .rows import Profile, parse_resource, transform_span
+from .schema import detect_table_profile, identifier, pick_profile, table_columns
+from .sink import Capabilities, DetectResult, InsertResult, SinkError
 
-__all__ = ["Capabilities", "ClickHouseHttpSink", "DetectResult", "InsertResult", "SinkError", "profile_row_keys"]
+__all__ = ["ClickHouseHttpSink", "count_present_sql", "profile_row_keys", "require_row_shape"]
 
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = ("auto", "zstd", "gzip", "none")
 ZSTD_MIN_VERSION = (21, 1)
 DEDUP_TOKEN_MIN_VERSION = (22, 2)
-
-
-@dataclass(frozen=True, slots=True)
-class InsertResult:
-    ok: bool
-    error_class: ErrorClass
-    code: int | None = None
-    message: str = ""
-    status: int | None = None
-    raw_bytes: int = 0
-    sent_bytes: int = 0
-    encoding: str = "none"
-
-    @classmethod
-    def of(cls, c: Classified, raw_bytes: int = 0, sent_bytes: int = 0, encoding: str = "none") -> InsertResult:
-        return cls(
-            c.error_class is ErrorClass.OK, c.error_class, c.code, c.message, c.status, raw_bytes, sent_bytes, encoding
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    version: str
-    zstd: bool
-    dedup_token: bool
-
-
-@dataclass(frozen=True, slots=True)
-class DetectResult:
-    capabilities: Capabilities
-    columns: dict[str, str] = field(default_factory=dict)
-    profile: Profile | None = None
-
-
-class SinkError(Exception):
-    """A query (detection, DDL) failed; ``result`` classifies it, ``str()`` is one actionable line."""
-
-    def __init__(self, result: InsertResult, explanation: str) -> None:
-        super().__init__(explanation)
-        self.result = result
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -108,7 +69,12 @@ def require_row_shape(target: str, columns: dict[str, str], explain: Callable[[I
         raise SinkError(result, explain(result))
     missing = sorted(profile_row_keys(profile) - set(columns))
     if missing:
-        result = InsertResult(False, ErrorClass.CONFIG, 16, f"table {target} lacks columns {', '.join(missing)}")
+        result = InsertResult(
+            False,
+            ErrorClass.CONFIG,
+            message=f"table {target} lacks columns {', '.join(missing)}",
+            finding=Finding.TABLE_LACKS_COLUMNS,
+        )
         raise SinkError(result, explain(result))
     return profile
 
@@ -150,8 +116,8 @@ class ClickHouseHttpSink:
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
         self.endpoint = endpoint.rstrip("/")
-        self.database = _identifier(database)
-        self.table = _identifier(table)
+        self.database = identifier(database)
+        self.table = identifier(table)
         self.username = username
         self.compression = compression
         self.compression_threshold = compression_threshold
@@ -198,7 +164,9 @@ class ClickHouseHttpSink:
         self.capabilities = caps
         columns = table_columns(self.query, self.database, self.table)
         if not columns:
-            result = InsertResult(False, ErrorClass.CONFIG, 60, f"Table {self.target} doesn't exist")
+            result = InsertResult(
+                False, ErrorClass.CONFIG, message=f"Table {self.target} doesn't exist", finding=Finding.TABLE_MISSING
+            )
             raise SinkError(result, self.explain(result))
         profile = require_row_shape(self.target, columns, self.explain)
         self.columns, self.profile = columns, profile
@@ -267,45 +235,23 @@ class ClickHouseHttpSink:
     # ------------------------------------------------------------------ messages
     def explain(self, r: InsertResult) -> str:
         """One actionable line for an operator (never containing a password)."""
-        code = r.code
-        where = f"ClickHouse at {self.endpoint}"
-        detail = f" (code {code}: {r.message})" if code is not None else f" ({r.message})"
-        if code in (60, 81):
-            return (
-                f"table {self.target} does not exist on {where}: run `automagik-telemetry schema apply "
-                f"--clickhouse-endpoint {self.endpoint} --database {self.database} --table {self.table}`"
-                f"{detail}"
-            )
-        if code in (16, 117) or (r.error_class is ErrorClass.CONFIG and "lacks columns" in r.message):
-            return (
-                f"table {self.target} on {where} does not match the rows: run `automagik-telemetry schema "
-                f"apply` or point --table at an automagik-telemetry table{detail}"
-            )
-        if code in (193, 194, 516) or (code is None and r.status == 401):
-            return (
-                f"{where} rejected user {self.username!r}'s password: fix --password / --password-file "
-                f"/ AUTOMAGIK_TELEMETRY_CLICKHOUSE_PASSWORD{detail}"
-            )
-        if code == 192:
-            return f"{where} has no user {self.username!r}: fix --username{detail}"
-        if code in (195,):
-            return f"{where} does not accept user {self.username!r} from this host{detail}"
-        if code == 497 or r.status == 403:
-            return f"user {self.username!r} may not insert into {self.target} on {where}: GRANT INSERT{detail}"
-        if code == 164:
-            return f"user {self.username!r} is read-only on {where}: use a user allowed to INSERT{detail}"
-        if code == 115:
-            return f"{where} ({self._version()}) does not know a setting the shipper sent{detail}"
-        if r.message.startswith(NOT_CLICKHOUSE):
-            return (
-                f"the server at {self.endpoint} is not ClickHouse's HTTP interface: point "
-                f"--clickhouse-endpoint at it (port 8123 by default, 8443 with TLS){detail}"
-            )
-        if r.error_class is ErrorClass.CONFIG and r.status is None:
-            return f"cannot talk to {where}: {r.message} (check --ca-bundle / --verify-tls / the URL)"
-        if r.error_class is ErrorClass.TRANSIENT:
-            return f"{where} unavailable{detail}"
-        return f"{where} error{detail}"
+        version = self.capabilities.version if self.capabilities else "version unknown"
+        return explain(r, Target(SinkKind.SERVER, self.endpoint, self.database, self.table, self.username, version))
 
-    def _version(self) -> str:
-        return self.capabilities.version if self.capabilities else "version unknown"
+    def read(self, sql: str, fmt: str) -> bytes:
+        """The output of one read-only statement (``readonly = 1``) in format ``fmt``; :class:`SinkError`."""
+        try:
+            r = self.session.post(
+                self.endpoint + "/",
+                data=sql.encode(),
+                timeout=self.timeout,
+                params={"default_format": fmt, "readonly": "1"},
+            )
+        except (requests.RequestException, OSError) as exc:
+            result = InsertResult.of(classify_exception(exc))
+            raise SinkError(result, self.explain(result)) from None
+        c = classify_response(r.status_code, r.headers, r.content)
+        if c.error_class is not ErrorClass.OK:  # also an answer that did not come from ClickHouse
+            result = InsertResult.of(c)
+            raise SinkError(result, self.explain(result))
+        return r.content

@@ -34,7 +34,7 @@ import enum
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -157,17 +157,17 @@ def _uint64(x: object) -> int | None:
     return None
 
 
-def _double(x: object) -> float | None:
+def _double(x: Any) -> float | None:
     t = type(x)
     if t is float:
-        return x  # type: ignore[return-value]
+        return float(x)
     if t is int:
-        return float(x)  # type: ignore[arg-type]  # orjson ints fit in 64 bits: no OverflowError
+        return float(x)  # orjson ints fit in 64 bits: no OverflowError
     if t is str:
         if x in _NONFINITE_IN:
-            return _NONFINITE_IN[x]  # type: ignore[index]
-        if _JSON_NUMBER.fullmatch(x):  # type: ignore[arg-type]
-            return float(x)  # type: ignore[arg-type]
+            return _NONFINITE_IN[x]
+        if _JSON_NUMBER.fullmatch(x):
+            return float(x)
     return None
 
 
@@ -452,7 +452,7 @@ def _remember_id(x: str) -> str:
     return lower
 
 
-def _is_hex(value: object, chars: int) -> bool:
+def _is_hex(value: object, chars: int) -> TypeGuard[str]:
     """A str of exactly ``chars`` hex digits (fromhex skips whitespace; the byte count rules that out)."""
     try:
         return type(value) is str and len(value) == chars and len(_fromhex(value)) == chars // 2
@@ -522,6 +522,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         raise TransformError("invalid kind")
 
     status = get("status")
+    status_code: str | None
     if status is None:
         status_code, status_message = "UNSET", ""
     else:
@@ -567,7 +568,8 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
             second,
             frac,
         )
-    row = template.copy()  # type: ignore[union-attr]
+    assert type(template) is dict  # not None (built above), not False (the slow path above)
+    row = template.copy()
     row["trace_id"] = trace_id
     row["span_id"] = span_id
     row["parent_span_id"] = parent

@@ -3,7 +3,7 @@
 The migrations are SQL files under ``deploy/clickhouse/<profile>/NNNN_name.sql`` (see the README
 there). This module owns everything between those files and a server:
 
-* :func:`pick_profile` maps ``SELECT version()`` to :class:`~.transform.Profile`;
+* :func:`pick_profile` maps ``SELECT version()`` to :class:`~.rows.Profile`;
 * :func:`render_migrations` reads a profile's files, splits them into statements (a small lexer:
   ``;`` inside quotes and comments does not split) and substitutes ``{database}``, ``{table}`` and
   ``{ttl_days}`` (a line using ``{ttl_days}`` is dropped when it is 0: no TTL);
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .transform import Profile
+from .rows import Profile
 
 __all__ = [
     "MIGRATIONS_ENV",
@@ -36,8 +36,10 @@ __all__ = [
     "SchemaError",
     "apply",
     "detect_table_profile",
+    "identifier",
     "migrations_root",
     "pick_profile",
+    "quote",
     "render_migrations",
     "split_statements",
     "table_columns",
@@ -111,7 +113,7 @@ def table_columns(execute: Executor, database: str, table: str) -> dict[str, str
     """``{column: type}`` of ``database.table`` from ``system.columns``; empty if it does not exist."""
     out = execute(
         "SELECT name, type FROM system.columns "
-        f"WHERE database = {_quote(_identifier(database))} AND table = {_quote(_identifier(table))} "
+        f"WHERE database = {quote(identifier(database))} AND table = {quote(identifier(table))} "
         "FORMAT TabSeparated"
     )
     columns: dict[str, str] = {}
@@ -193,7 +195,7 @@ def migrations_root() -> Path:
     if env:
         return Path(env)
     candidates = [
-        Path(__file__).resolve().parents[2] / "deploy" / "clickhouse",
+        Path(__file__).resolve().parents[3] / "deploy" / "clickhouse",
         Path(sys.prefix) / "share" / "automagik-telemetry" / "clickhouse",
         Path("/usr/share/automagik-telemetry/clickhouse"),
     ]
@@ -209,8 +211,8 @@ def render_migrations(
     profile: Profile, database: str, table: str, ttl_days: int, root: Path | None = None
 ) -> list[Migration]:
     """The profile's migrations in version order, substituted for ``database.table`` and ``ttl_days``."""
-    _identifier(database)
-    _identifier(table)
+    identifier(database)
+    identifier(table)
     if type(ttl_days) is not int or ttl_days < 0:
         raise ValueError(f"ttl_days must be an integer >= 0, not {ttl_days!r}")
     directory = (root or migrations_root()) / profile.value
@@ -262,8 +264,8 @@ def apply(
     table), those are continued instead, and the shipper keeps writing the table's row shape
     (:func:`detect_table_profile`).
     """
-    _identifier(database)
-    _identifier(table)
+    identifier(database)
+    identifier(table)
     execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     execute(_BOOKKEEPING_DDL.format(database=database))
     recorded = _recorded(execute, database)
@@ -299,8 +301,8 @@ def apply(
             execute(statement)
         execute(
             f"INSERT INTO {database}.schema_migrations (version, name, profile, applied_at, checksum) "
-            f"VALUES ({migration.version}, {_quote(migration.name)}, {_quote(profile.value)}, now(), "
-            f"{_quote(migration.checksum)})"
+            f"VALUES ({migration.version}, {quote(migration.name)}, {quote(profile.value)}, now(), "
+            f"{quote(migration.checksum)})"
         )
         applied.append(migration.version)
     return applied
@@ -322,13 +324,15 @@ def _recorded(execute: Executor, database: str) -> list[tuple[int, str, str, str
 # -------------------------------------------------------------------------------------------- helpers
 
 
-def _identifier(name: str) -> str:
+def identifier(name: str) -> str:
+    """``name`` if it is a plain ClickHouse identifier (safe to splice into SQL), else ValueError."""
     if type(name) is not str or not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"not a plain identifier ([A-Za-z_][A-Za-z0-9_]*): {name!r}")
     return name
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """``value`` as a single-quoted ClickHouse string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

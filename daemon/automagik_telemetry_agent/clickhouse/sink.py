@@ -1,11 +1,11 @@
 """What the shipper needs from a sink: one interface, two carriers.
 
-:class:`~.shipper.Shipper` batches, freezes, retries, bisects and commits; a sink only carries one
+``shipper.Shipper`` batches, freezes, retries, bisects and commits; a sink only carries one
 frozen JSONEachRow body with its dedup token to a table and classifies the answer. Two sinks
 implement this protocol:
 
-* :class:`~.sink_http.ClickHouseHttpSink`: a ClickHouse server over HTTP(S);
-* :class:`~.sink_chdb.EmbeddedSink`: an in-process chDB store (ClickHouse 26.9) in a local directory.
+* :class:`~.http.ClickHouseHttpSink`: a ClickHouse server over HTTP(S);
+* :class:`~.embedded.EmbeddedSink`: an in-process chDB store (ClickHouse 26.9) in a local directory.
 
 Everything else (the transform, batch bytes, tokens, error classes) is shared, so the embedded
 default and a production server take the same code path except for the carrier.
@@ -13,12 +13,54 @@ default and a production server take the same code path except for the carrier.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-from .sink_http import Capabilities, DetectResult, InsertResult
-from .transform import Profile
+from .errors import Classified, ErrorClass, Finding
+from .rows import Profile
 
-__all__ = ["Sink"]
+__all__ = ["Capabilities", "DetectResult", "InsertResult", "Sink", "SinkError"]
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    ok: bool
+    error_class: ErrorClass
+    code: int | None = None
+    message: str = ""
+    status: int | None = None
+    raw_bytes: int = 0
+    sent_bytes: int = 0
+    encoding: str = "none"
+    #: what the agent found itself (no server error code): a missing table, a table of the wrong shape...
+    finding: Finding | None = None
+
+    @classmethod
+    def of(cls, c: Classified, raw_bytes: int = 0, sent_bytes: int = 0, encoding: str = "none") -> InsertResult:
+        ok = c.error_class is ErrorClass.OK
+        return cls(ok, c.error_class, c.code, c.message, c.status, raw_bytes, sent_bytes, encoding, c.finding)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    version: str
+    zstd: bool
+    dedup_token: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DetectResult:
+    capabilities: Capabilities
+    columns: dict[str, str]
+    profile: Profile
+
+
+class SinkError(Exception):
+    """A query (detection, DDL) failed; ``result`` classifies it, ``str()`` is one actionable line."""
+
+    def __init__(self, result: InsertResult, explanation: str) -> None:
+        super().__init__(explanation)
+        self.result = result
 
 
 class Sink(Protocol):
@@ -36,7 +78,7 @@ class Sink(Protocol):
         ...
 
     def detect(self) -> DetectResult:
-        """Capabilities and the table's row profile; raises :class:`~.sink_http.SinkError` when unusable."""
+        """Capabilities and the table's row profile; raises :class:`SinkError` when unusable."""
         ...
 
     def insert(self, body: bytes, token: str | None = None) -> InsertResult:
@@ -53,7 +95,11 @@ class Sink(Protocol):
         ...
 
     def query(self, sql: str) -> str:
-        """Run one statement; its output text, or :class:`~.sink_http.SinkError`."""
+        """Run one statement; its output text, or :class:`SinkError`."""
+        ...
+
+    def read(self, sql: str, fmt: str) -> bytes:
+        """The output of one read-only statement in format ``fmt`` (``automagik-telemetry query``)."""
         ...
 
     def close(self) -> None: ...

@@ -22,25 +22,23 @@ import socket
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from automagik_telemetry import protocol
 from automagik_telemetry.protocol import MessageType, ProtocolError, RejectReason
 
-from .wal import WalWriteError, WalWriter
-from .wal.syncer import GroupCommitter
+from ..config import ConfigError
+from ..unix_socket import bind_unix
+from ..wal import FsyncMode, WalWriteError, WalWriter
+from ..wal.syncer import GroupCommitter
+from .client_counters import ClientCounters
 
 log = logging.getLogger(__name__)
 
 READ_BUDGET = 64  # messages per connection per loop turn
 MAX_UNSYNCED_BYTES = 32 * 1024 * 1024  # backpressure threshold in interval mode
 MAINTAIN_EVERY_S = 1.0
-MAX_CLIENT_INSTANCES = 10_000
 MAX_OUTBOX = 1024  # unsent REJECTs per connection before the client is disconnected
-#: Client counters are attacker-controlled JSON: bound the distinct names, their length and the values,
-#: so that the agent's STATS reply (which carries their totals) always fits in one message.
-MAX_CLIENT_COUNTER_NAMES = 256
-MAX_CLIENT_COUNTER_NAME_LEN = 64
-MAX_CLIENT_COUNTER_VALUE = 2**63 - 1
 
 
 class IngestSetupError(Exception):
@@ -52,10 +50,13 @@ class IngestOptions:
     socket_path: str
     socket_mode: int = 0o660
     max_connections: int = 1024
-    fsync: str = "interval"
+    fsync: FsyncMode = FsyncMode.INTERVAL
     fsync_interval_s: float = 0.05
     fsync_bytes: int = 1024 * 1024
     listen_fd: int | None = None  # an inherited listening socket (systemd socket activation)
+
+    def __post_init__(self) -> None:
+        self.fsync = FsyncMode(self.fsync)  # a configuration's string, or the enum
 
 
 @dataclass
@@ -64,59 +65,12 @@ class IngestStats:
     records_received: int = 0  # WAL records (one per RECORDS message)
     items_received: int = 0  # spans
     bytes_received: int = 0
-    rejected_messages: Counter = field(default_factory=Counter)  # by RejectReason value
-    rejected_items: Counter = field(default_factory=Counter)
+    rejected_messages: Counter[str] = field(default_factory=Counter)  # by RejectReason value
+    rejected_items: Counter[str] = field(default_factory=Counter)
     connections_accepted: int = 0
     connections_refused: int = 0
     acks_sent: int = 0
     connections_dropped_unread: int = 0  # clients disconnected for not reading their replies
-
-
-class ClientCounters:
-    """Client-reported counters (CLIENT_STATS), summed over client instances, monotonic.
-
-    A client instance reports cumulative counters; the agent keeps the latest report per instance
-    and folds instances it must forget (bounded memory) into ``retired``.
-    """
-
-    def __init__(self) -> None:
-        self.latest: dict[str, dict[str, int]] = {}
-        self.retired: Counter = Counter()
-        self.names: dict[str, str] = {}  # every counter name kept so far (interned)
-
-    def report(self, payload: bytes) -> bool:
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            return False
-        if not isinstance(data, dict) or not isinstance(data.get("instance"), str):
-            return False
-        counters = {
-            self._name(k): v
-            for k, v in data.items()
-            if isinstance(v, int)
-            and not isinstance(v, bool)
-            and 0 <= v <= MAX_CLIENT_COUNTER_VALUE
-            and len(k) <= MAX_CLIENT_COUNTER_NAME_LEN
-            and (k in self.names or len(self.names) < MAX_CLIENT_COUNTER_NAMES)
-        }
-        instance = data["instance"][:64]
-        previous = self.latest.pop(instance, {})
-        # Cumulative counters never go down; keep the max so a reordered report cannot subtract.
-        self.latest[instance] = {k: max(v, previous.get(k, 0)) for k, v in (previous | counters).items()}
-        while len(self.latest) > MAX_CLIENT_INSTANCES:
-            oldest = next(iter(self.latest))
-            self.retired.update(self.latest.pop(oldest))
-        return True
-
-    def _name(self, name: str) -> str:
-        return self.names.setdefault(name, name)
-
-    def totals(self) -> dict[str, int]:
-        total = Counter(self.retired)
-        for counters in self.latest.values():
-            total.update(counters)
-        return dict(total)
 
 
 class _Connection:
@@ -171,9 +125,6 @@ class IngestServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
 
     def _bind(self, path: str) -> socket.socket:
-        from .config import ConfigError
-        from .listen_socket import bind_unix
-
         try:
             return bind_unix(path, socket.SOCK_SEQPACKET, self.options.socket_mode)
         except ConfigError as exc:
@@ -189,7 +140,7 @@ class IngestServer:
     def serve_forever(self, on_ready: object = None) -> None:
         if self._listener is None:
             self.listen()
-        if self.options.fsync == "interval":
+        if self.options.fsync is FsyncMode.INTERVAL:
             self._committer = GroupCommitter(
                 self.writer, self.options.fsync_interval_s, self.options.fsync_bytes, self._on_durable
             )
@@ -366,9 +317,9 @@ class IngestServer:
             self._committer.written(written - self._bytes_handed)
         self._bytes_handed = written
         mode = self.options.fsync
-        if mode == "always":
+        if mode is FsyncMode.ALWAYS:
             self.writer.sync()
-        elif mode == "off":
+        elif mode is FsyncMode.OFF:
             self.writer.sync(fsync=False)
         else:
             assert self._committer is not None
@@ -382,7 +333,7 @@ class IngestServer:
         (EX_IOERR), the supervisor stops the agent, and the next start recovers what is on disk. Retrying
         writes on storage that failed would only flood the log and reject every message."""
         with contextlib.suppress(OSError):
-            self.writer.sync(fsync=self.options.fsync != "off")
+            self.writer.sync(fsync=self.options.fsync is not FsyncMode.OFF)
             self._send_acks()
         for conn in list(self._awaiting_ack):
             self._flush_outbox(conn)  # the REJECTs of the messages that were not written
@@ -450,7 +401,7 @@ class IngestServer:
         if self._committer is not None:
             self._committer.stop()
             self._committer = None
-        if self.options.fsync != "off":
+        if self.options.fsync is not FsyncMode.OFF:
             self.writer.sync()
         else:
             self.writer.sync(fsync=False)
@@ -483,7 +434,7 @@ class IngestServer:
         self._shutdown()
 
     # ------------------------------------------------------------------ introspection
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """Counters of ingest and the WAL, as the STATS message carries them."""
         s, w = self.stats, self.writer
         oldest = w.oldest_unconsumed_seq()

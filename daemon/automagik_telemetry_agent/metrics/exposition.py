@@ -1,29 +1,18 @@
-"""Prometheus metrics: collected in each child, merged in the supervisor, served on /metrics.
+"""Prometheus exposition: the supervisor merges its children's reports and serves them on /metrics.
 
 Why not prometheus-client's multiprocess mode: it keeps one mmap file per process in a directory that
 must be wiped at the right moments, loses gauges' meaning across processes, and grows with every
 restart. Instead each child (ingest, shipper) turns its own stats into a plain *metrics dict*
-(:func:`collect_ingest`, :func:`collect_shipper`) that its reporter thread sends to the supervisor
-about once a second (contract in report.py), and the supervisor's :class:`AgentMetrics` merges the
-reports and serves them from its own :class:`~prometheus_client.CollectorRegistry`.
-
-The metrics dict::
-
-    {"counters":     {sample: number},        # cumulative since the child process started
-     "gauges":       {sample: number},        # current values
-     "histograms":   {name: {"bounds": [...], "counts": [... per bucket, not cumulative, last = +Inf],
-                             "sum": float}},
-     "info":         {name: str},             # e.g. agent_id, last_error (not all become labels)
-     "max_counters": {sample: number}}        # sums of cumulative counts reported by *others* (clients)
-
-A *sample* is a full Prometheus name, with labels in text-format syntax when it has any:
-``automagik_telemetry_ingest_rejected_messages_total{reason="bad_magic"}`` (:func:`sample`).
+(``ingest.metrics.collect_ingest``, ``shipper.metrics.collect_shipper``; format in :mod:`.samples`)
+that its reporter thread sends to the supervisor about once a second (the channel:
+``lifecycle.channel``), and the supervisor's :class:`AgentMetrics` merges the reports and serves them
+from its own :class:`~prometheus_client.CollectorRegistry`.
 
 Monotonic across restarts: when a new pid reports for a child, the previous pid's last counters and
 histograms become a base the new values are added to. ``max_counters`` are different: clients
 re-report their whole cumulative counts to a restarted ingest, so adding would double count; they are
-merged with max(value before the restart, new sum) instead. Every metric is listed in :data:`CATALOGUE`
-and documented in docs/metrics.md (a test keeps the two equal).
+merged with max(value before the restart, new sum) instead. Every metric is listed in
+:data:`~.catalogue.CATALOGUE`.
 """
 
 from __future__ import annotations
@@ -32,370 +21,28 @@ import contextlib
 import logging
 import math
 import platform
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError, split_listen
+from ..config import ConfigError, split_listen
+from .catalogue import CATALOGUE, C, G, H, P
+from .samples import MetricsDict, empty, parse_sample, sample
 
 log = logging.getLogger(__name__)
 
-P = "automagik_telemetry_"
-MetricsDict = dict[str, Any]
 #: A child whose last report is older than this is shown as down (child_up 0).
 STALE_AFTER_S = 5.0
 #: info keys exposed as labels of automagik_telemetry_agent_info (others, e.g. last_error, only in status).
 INFO_LABELS = ("agent_id",)
-
-# Label values every child initialises to 0, so that rate() and alerts work before the first event.
-REJECT_REASONS = (
-    "too_short",
-    "bad_magic",
-    "bad_version",
-    "bad_type",
-    "bad_flags",
-    "unsupported_kind",
-    "length_mismatch",
-    "oversized",
-    "bad_payload",
-    "empty",
-    "bad_seq",
-    "disk_full",
-    "too_many_connections",
-    "wal_error",
-)
-WAL_DROP_REASONS = ("wal_size_cap", "disk_free_watermark")
-FAILURE_CLASSES = ("transient", "config", "bad_data")
-RETRY_CLASSES = ("transient", "config")
-CLIENT_DROP_COUNTERS = {
-    "dropped_queue_full": "queue_full",
-    "dropped_oversized": "oversized",
-    "dropped_at_shutdown": "at_shutdown",
-    "dropped_after_shutdown": "after_shutdown",
-    "unconfirmed_records": "unconfirmed",
-}
 
 
 class MetricsListenError(ConfigError):
     """The metrics endpoint cannot listen where configured; the message says what to change."""
 
 
-@dataclass(frozen=True)
-class MetricDef:
-    name: str  # full name; counters end in _total
-    kind: str  # counter | gauge | histogram
-    help: str
-    labels: tuple[str, ...] = ()
-
-
-def _defs(*defs: MetricDef) -> dict[str, MetricDef]:
-    return {d.name: d for d in defs}
-
-
-C, G, H = "counter", "gauge", "histogram"
-#: Every metric the agent exposes (docs/metrics.md describes each one and what it answers).
-CATALOGUE: dict[str, MetricDef] = _defs(
-    # ---- supervisor
-    MetricDef(P + "up", G, "1 while the agent's supervisor serves metrics."),
-    MetricDef(P + "build_info", G, "Always 1; the labels say which agent and Python run.", ("version", "python")),
-    MetricDef(
-        P + "agent_info", G, "Always 1; agent_id names this agent's WAL (as in STATS and batch tokens).", ("agent_id",)
-    ),
-    MetricDef(
-        P + "child_restarts_total", C, "Times the supervisor restarted a child process after it died.", ("child",)
-    ),
-    MetricDef(P + "child_up", G, "1 if the child reported in the last 5 seconds, else 0.", ("child",)),
-    # ---- ingest
-    MetricDef(
-        P + "ingest_messages_received_total", C, "Protocol messages received from clients (any type, valid or not)."
-    ),
-    MetricDef(
-        P + "ingest_records_received_total",
-        C,
-        "RECORDS messages accepted and appended to the WAL (one WAL record each).",
-    ),
-    MetricDef(P + "ingest_spans_received_total", C, "Spans in the accepted RECORDS messages."),
-    MetricDef(P + "ingest_received_bytes_total", C, "Bytes of all messages received from clients, headers included."),
-    MetricDef(P + "ingest_rejected_messages_total", C, "Messages answered with REJECT, by reason.", ("reason",)),
-    MetricDef(
-        P + "ingest_rejected_spans_total",
-        C,
-        "Spans in rejected RECORDS messages, by reason (0 for reasons "
-        "where the message's span count cannot be trusted).",
-        ("reason",),
-    ),
-    MetricDef(
-        P + "ingest_acks_sent_total",
-        C,
-        "ACK messages sent (each acknowledges every earlier message on its connection).",
-    ),
-    MetricDef(P + "ingest_connections_accepted_total", C, "Client connections accepted."),
-    MetricDef(
-        P + "ingest_connections_refused_total",
-        C,
-        "Client connections refused (too many connections, or no file descriptors).",
-    ),
-    MetricDef(
-        P + "ingest_connections_dropped_total",
-        C,
-        "Clients disconnected because they stopped reading the agent's replies.",
-    ),
-    MetricDef(P + "ingest_connections_open", G, "Client connections open now."),
-    MetricDef(
-        P + "client_dropped_spans_total",
-        C,
-        "Spans clients lost before the agent had them, as the clients report (CLIENT_STATS), by reason.",
-        ("reason",),
-    ),
-    MetricDef(
-        P + "client_reported_total",
-        C,
-        "Every counter clients report in CLIENT_STATS, summed over client instances.",
-        ("counter",),
-    ),
-    # ---- WAL (reported by ingest, except the two reader counters)
-    MetricDef(P + "wal_bytes", G, "Size of the WAL's segment files."),
-    MetricDef(P + "wal_segments", G, "Segment files in the WAL."),
-    MetricDef(
-        P + "wal_accepting", G, "1 while the WAL accepts records, 0 while the disk policy refuses them (disk_full)."
-    ),
-    MetricDef(P + "wal_unshipped_records", G, "WAL records written but not yet consumed by the shipper."),
-    MetricDef(
-        P + "wal_unshipped_bytes",
-        G,
-        "Bytes from the oldest unshipped record to the end of the WAL "
-        "(over-estimate by at most 1 MiB, or one segment for data from before the last start).",
-    ),
-    MetricDef(
-        P + "wal_oldest_unshipped_age_seconds",
-        G,
-        "Age of the oldest WAL record the shipper has not "
-        "committed (over-estimate by at most 1 s, or a segment's lifetime for data from before the last "
-        "start); 0 when everything is shipped.",
-    ),
-    MetricDef(P + "wal_appended_records_total", C, "Records appended to the WAL."),
-    MetricDef(P + "wal_appended_spans_total", C, "Spans in the records appended to the WAL."),
-    MetricDef(P + "wal_appended_bytes_total", C, "Bytes appended to the WAL (record headers included)."),
-    MetricDef(P + "wal_fsync_duration_seconds", H, "Duration of each fdatasync of the active WAL segment."),
-    MetricDef(
-        P + "wal_write_errors_total", C, "Failed WAL writes or segment creations (the records were rejected, not lost)."
-    ),
-    MetricDef(
-        P + "wal_dropped_records_total", C, "Unshipped WAL records deleted by the disk policy, by reason.", ("reason",)
-    ),
-    MetricDef(
-        P + "wal_dropped_spans_total", C, "Spans in the WAL records deleted by the disk policy, by reason.", ("reason",)
-    ),
-    MetricDef(P + "wal_segments_created_total", C, "WAL segment files created."),
-    MetricDef(
-        P + "wal_segments_deleted_total", C, "WAL segment files deleted (shipped, or dropped by the disk policy)."
-    ),
-    MetricDef(
-        P + "wal_recovery_corrupt_records_total",
-        C,
-        "Corrupt records found in the newest segment at start (skipped, left in place).",
-    ),
-    MetricDef(
-        P + "wal_recovery_truncated_bytes_total",
-        C,
-        "Bytes of torn tails truncated at start (a write cut short by a crash; never acknowledged).",
-    ),
-    MetricDef(
-        P + "wal_quarantined_segments_total", C, "Segments with an unreadable header moved aside as .corrupt at start."
-    ),
-    MetricDef(P + "wal_corrupt_records_skipped_total", C, "Records the shipper could not read (corrupt) and skipped."),
-    MetricDef(
-        P + "wal_missing_records_total",
-        C,
-        "Records missing between segments when the shipper read them "
-        "(dropped by the disk policy, or in a quarantined segment).",
-    ),
-    # ---- shipper
-    MetricDef(P + "shipper_batches_total", C, "Batches shipped and committed."),
-    MetricDef(P + "shipper_rows_total", C, "Rows (spans) ClickHouse accepted."),
-    MetricDef(P + "shipper_uncompressed_bytes_total", C, "Bytes of the accepted INSERT bodies before compression."),
-    MetricDef(P + "shipper_sent_bytes_total", C, "Bytes of the accepted INSERT bodies as sent (after compression)."),
-    MetricDef(P + "shipper_insert_requests_total", C, "INSERT requests sent, successful or not."),
-    MetricDef(P + "shipper_insert_duration_seconds", H, "Duration of each INSERT request, successful or not."),
-    MetricDef(P + "shipper_insert_failures_total", C, "INSERT requests that failed, by error class.", ("class",)),
-    MetricDef(
-        P + "shipper_retries_total",
-        C,
-        "Retries after a failure (INSERT or server detection), by error class.",
-        ("class",),
-    ),
-    MetricDef(
-        P + "shipper_bisect_requests_total", C, "INSERTs of batch halves while isolating rows ClickHouse refuses."
-    ),
-    MetricDef(
-        P + "shipper_dead_lettered_rows_total",
-        C,
-        "Spans written to the dead-letter file instead of ClickHouse, by reason.",
-        ("reason",),
-    ),
-    MetricDef(
-        P + "shipper_batches_found_stored_total",
-        C,
-        "Batches not re-sent because ClickHouse already had them, by when that was found.",
-        ("when",),
-    ),
-    MetricDef(P + "shipper_last_success_timestamp_seconds", G, "Unix time of the last INSERT ClickHouse accepted."),
-    MetricDef(P + "shipper_consecutive_failures", G, "Failed attempts since the last success (0 when healthy)."),
-)
-
-
-# ---------------------------------------------------------------------------------------- samples
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
-
-
-def sample(name: str, **labels: str) -> str:
-    """The metrics-dict key of a sample: ``name`` or ``name{a="x",b="y"}``."""
-    if not labels:
-        return name
-    return name + "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
-
-
-def parse_sample(key: str) -> tuple[str, dict[str, str]]:
-    """Inverse of :func:`sample`; ValueError if ``key`` is not one."""
-    name, brace, rest = key.partition("{")
-    if not brace:
-        return key, {}
-    if not rest.endswith("}"):
-        raise ValueError(f"bad sample key {key!r}")
-    body, labels, pos = rest[:-1], {}, 0
-    while pos < len(body):
-        match = _LABEL.match(body, pos)
-        if not match:
-            raise ValueError(f"bad sample key {key!r}")
-        labels[match.group(1)] = _unescape(match.group(2))
-        pos = match.end()
-    return name, labels
-
-
-def _empty() -> MetricsDict:
-    return {"counters": {}, "gauges": {}, "histograms": {}, "info": {}, "max_counters": {}}
-
-
-# ---------------------------------------------------------------------------------------- children
-def collect_ingest(server: Any) -> MetricsDict:
-    """Metrics dict of the ingest child (ingest.IngestServer and its WalWriter).
-
-    Runs in the reporter thread while the ingest thread mutates the stats: a dict that changes size
-    under an iteration raises RuntimeError, so that is retried (the next try sees a settled dict).
-    """
-    for _ in range(5):
-        try:
-            return _collect_ingest(server)
-        except RuntimeError:
-            time.sleep(0.001)
-    return _collect_ingest(server)
-
-
-def _collect_ingest(server: Any) -> MetricsDict:
-    out = _empty()
-    c, g = out["counters"], out["gauges"]
-    snap = server.snapshot()
-    wal = snap["wal"]
-    writer = server.writer
-    c[P + "ingest_messages_received_total"] = snap["messages_received"]
-    c[P + "ingest_records_received_total"] = snap["records_received"]
-    c[P + "ingest_spans_received_total"] = snap["items_received"]
-    c[P + "ingest_received_bytes_total"] = snap["bytes_received"]
-    for name, by_reason in (
-        ("ingest_rejected_messages_total", snap["rejected_messages"]),
-        ("ingest_rejected_spans_total", snap["rejected_items"]),
-    ):
-        for reason in {*REJECT_REASONS, *by_reason}:
-            c[sample(P + name, reason=reason)] = by_reason.get(reason, 0)
-    c[P + "ingest_acks_sent_total"] = snap["acks_sent"]
-    c[P + "ingest_connections_accepted_total"] = snap["connections_accepted"]
-    c[P + "ingest_connections_refused_total"] = snap["connections_refused"]
-    c[P + "ingest_connections_dropped_total"] = snap["connections_dropped_unread"]
-    g[P + "ingest_connections_open"] = snap["connections_open"]
-
-    reported = snap["client_reported"]
-    m = out["max_counters"]
-    for counter, reason in CLIENT_DROP_COUNTERS.items():
-        m[sample(P + "client_dropped_spans_total", reason=reason)] = reported.get(counter, 0)
-    for counter, value in reported.items():
-        if counter.startswith("dropped_") and counter not in CLIENT_DROP_COUNTERS:
-            m[sample(P + "client_dropped_spans_total", reason=counter[len("dropped_") :])] = value
-        m[sample(P + "client_reported_total", counter=counter)] = value
-
-    ws = writer.stats
-    g[P + "wal_bytes"] = wal["bytes"]
-    g[P + "wal_segments"] = wal["segments"]
-    g[P + "wal_accepting"] = 1 if wal["accepting"] else 0
-    oldest = wal["oldest_unconsumed_seq"]
-    g[P + "wal_unshipped_records"] = max(0, writer.written_seq - oldest + 1) if oldest is not None else 0
-    g[P + "wal_unshipped_bytes"] = writer.unshipped_bytes
-    written = writer.oldest_unshipped_time
-    g[P + "wal_oldest_unshipped_age_seconds"] = max(0.0, time.time() - written) if written is not None else 0.0
-    c[P + "wal_appended_records_total"] = ws.appended_records
-    c[P + "wal_appended_spans_total"] = ws.appended_items
-    c[P + "wal_appended_bytes_total"] = ws.appended_bytes
-    c[P + "wal_write_errors_total"] = wal["write_errors"]
-    for name, by_reason in (
-        ("wal_dropped_records_total", wal["dropped_records"]),
-        ("wal_dropped_spans_total", wal["dropped_items"]),
-    ):
-        for reason in {*WAL_DROP_REASONS, *by_reason}:
-            c[sample(P + name, reason=reason)] = by_reason.get(reason, 0)
-    c[P + "wal_segments_created_total"] = ws.segments_created
-    c[P + "wal_segments_deleted_total"] = ws.segments_deleted
-    c[P + "wal_recovery_corrupt_records_total"] = wal["corrupt_records_at_open"]
-    c[P + "wal_recovery_truncated_bytes_total"] = wal["torn_tail_bytes_truncated"]
-    c[P + "wal_quarantined_segments_total"] = wal["quarantined_segments"]
-    out["histograms"][P + "wal_fsync_duration_seconds"] = ws.fsync_latency.to_dict()
-    out["info"]["agent_id"] = wal["agent_id"]
-    return out
-
-
-def collect_shipper(shipper: Any) -> MetricsDict:
-    """Metrics dict of the shipper child (shipper.Shipper, its ShipperStats and its WAL reader)."""
-    out = _empty()
-    c, g = out["counters"], out["gauges"]
-    s = shipper.stats
-    c[P + "shipper_batches_total"] = s.batches
-    c[P + "shipper_rows_total"] = s.rows
-    c[P + "shipper_uncompressed_bytes_total"] = s.bytes_raw
-    c[P + "shipper_sent_bytes_total"] = s.bytes_compressed
-    c[P + "shipper_insert_requests_total"] = s.requests
-    failures = dict(s.insert_failures)
-    for cls in {*FAILURE_CLASSES, *failures}:
-        c[sample(P + "shipper_insert_failures_total", **{"class": cls})] = failures.get(cls, 0)
-    c[sample(P + "shipper_retries_total", **{"class": "transient"})] = s.retries_transient
-    c[sample(P + "shipper_retries_total", **{"class": "config"})] = s.retries_config
-    c[P + "shipper_bisect_requests_total"] = s.bisect_requests
-    c[sample(P + "shipper_dead_lettered_rows_total", reason="transform")] = s.dead_lettered_transform
-    c[sample(P + "shipper_dead_lettered_rows_total", reason="rejected")] = s.dead_lettered_rejected
-    c[sample(P + "shipper_batches_found_stored_total", when="resume")] = s.resumed_batches_skipped
-    c[sample(P + "shipper_batches_found_stored_total", when="retry")] = s.retries_found_stored
-    reader = getattr(shipper, "reader", None)
-    rs = getattr(reader, "stats", None)
-    c[P + "wal_corrupt_records_skipped_total"] = rs.corrupt_records_skipped if rs is not None else 0
-    c[P + "wal_missing_records_total"] = rs.gap_records if rs is not None else 0
-    if s.last_success_time is not None:
-        g[P + "shipper_last_success_timestamp_seconds"] = s.last_success_time
-    g[P + "shipper_consecutive_failures"] = getattr(shipper, "_failures", 0)
-    out["histograms"][P + "shipper_insert_duration_seconds"] = s.insert_latency.to_dict()
-    if s.last_error:
-        out["info"]["last_error"] = s.last_error
-    return out
-
-
-# ---------------------------------------------------------------------------------------- supervisor
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
@@ -560,7 +207,7 @@ class AgentMetrics:
     # ------------------------------------------------------------------ views
     def merged(self) -> MetricsDict:
         """Every child's merged values in one metrics dict (counters of the same sample are summed)."""
-        out = _empty()
+        out = empty()
         with self._lock:
             views = [st.view() for st in self._children.values()]
         for view in views:

@@ -1,9 +1,9 @@
-"""``automagik-telemetry doctor``: check a host's setup end to end and say how to fix what is wrong.
+"""The checks behind ``automagik-telemetry doctor``: a host's setup end to end, and how to fix what is wrong.
 
 One line per check, ``ok``, ``warn`` or ``FAIL``, and for the last two one line saying what to do.
 Exit 0 when nothing failed (warnings allowed), 1 otherwise. The checks, in order: the configuration
 loads; the agent answers on its control socket (its children's states); the runtime facts of
-:mod:`.preflight`; the client socket (exists, mode, group); the WAL directory (exists, free space
+``preflight``; the client socket (exists, mode, group); the WAL directory (exists, free space
 against ``wal.min_free``); the sink: for ClickHouse reachability, authentication, version and
 features (zstd from 21.1, deduplication tokens from 22.2), the table and its row profile, the
 schema version recorded by ``schema apply``, the INSERT privilege (an empty INSERT); for the
@@ -12,8 +12,8 @@ embedded sink that chDB imports; finally the dead-letter file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import enum
 import grp
 import os
 import pwd
@@ -22,15 +22,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import exitcodes
-from .config import ConfigError, load_config
+from ..clickhouse.errors import ErrorClass, Finding
+from ..clickhouse.factory import sink_from_config
+from ..clickhouse.http import ClickHouseHttpSink
+from ..clickhouse.schema import render_migrations
+from ..clickhouse.sink import Capabilities, SinkError
+from ..config import ConfigError
+from ..paths import DEAD_LETTER_FILE, control_socket_path, dead_letter_dir
+from ..preflight import held_by_systemd, problems, socket_in_use
+from ..units import duration_text, size_text
+from .status import fetch_status
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+
+
+OK, WARN, FAIL = Status.OK, Status.WARN, Status.FAIL
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    status: str  # OK | WARN | FAIL
+    status: Status
     name: str
     detail: str
     fix: str = ""
@@ -52,7 +67,7 @@ class Doctor:
         self.status: dict[str, Any] | None = None
         self.agent_running = False
 
-    def add(self, status: str, name: str, detail: str, fix: str = "") -> Check:
+    def add(self, status: Status, name: str, detail: str, fix: str = "") -> Check:
         check = Check(status, name, detail, fix)
         self.checks.append(check)
         self.emit(check)
@@ -78,9 +93,6 @@ class Doctor:
 
     # ------------------------------------------------------------------ agent
     def check_agent(self) -> None:
-        from .preflight import control_socket_path, held_by_systemd, socket_in_use
-        from .status_cli import duration_text, fetch_status
-
         try:
             self.status = fetch_status(self.config, timeout=3.0)
         except RuntimeError as exc:
@@ -148,8 +160,6 @@ class Doctor:
 
     # ------------------------------------------------------------------ host
     def check_preflight(self) -> None:
-        from .preflight import problems
-
         found = problems(self.config, allow_running=self.agent_running)
         for problem in found:
             self.add(FAIL, f"setup {problem.key}", problem.message)
@@ -221,12 +231,12 @@ class Doctor:
                     with contextlib.suppress(OSError):
                         size += entry.stat().st_size
         min_free, max_size = self.config["wal.min_free"], self.config["wal.max_size"]
-        detail = f"{wal_dir}: {_size(size)} of segments, {_size(free)} free on its file system"
+        detail = f"{wal_dir}: {size_text(size)} of segments, {size_text(free)} free on its file system"
         if min_free and free < min_free:
             self.add(
                 FAIL,
                 "WAL",
-                f"{detail}, below wal.min_free ({_size(min_free)}): the disk policy "
+                f"{detail}, below wal.min_free ({size_text(min_free)}): the disk policy "
                 f"({self.config['wal.disk_policy']}) is losing spans",
                 "free disk space, or lower --wal-min-free",
             )
@@ -234,14 +244,14 @@ class Doctor:
             self.add(
                 WARN,
                 "WAL",
-                f"{detail}, close to wal.min_free ({_size(min_free)})",
+                f"{detail}, close to wal.min_free ({size_text(min_free)})",
                 "free disk space before the disk policy starts dropping spans",
             )
         elif max_size and size > 0.8 * max_size:
             self.add(
                 WARN,
                 "WAL",
-                f"{detail}, over 80% of wal.max_size ({_size(max_size)})",
+                f"{detail}, over 80% of wal.max_size ({size_text(max_size)})",
                 "the shipper is behind: check ClickHouse (`automagik-telemetry status`)",
             )
         else:
@@ -249,30 +259,24 @@ class Doctor:
 
     # ------------------------------------------------------------------ sinks
     def check_clickhouse(self) -> None:
-        from .clickhouse_errors import ErrorClass
-        from .shipper_cli import sink_from_config
-        from .sink_http import SinkError
-
         try:
             sink = sink_from_config(self.config)
         except ConfigError as exc:
             self.add(FAIL, "clickhouse", str(exc), "fix the clickhouse.* settings")
             return
         try:
-            self._clickhouse(sink, SinkError, ErrorClass)
+            if isinstance(sink, ClickHouseHttpSink):
+                self._clickhouse(sink)
         finally:
             sink.close()
 
-    def _clickhouse(self, sink: Any, sink_error: type[Exception], error_class: Any) -> None:
-        from .clickhouse_errors import NOT_CLICKHOUSE
-        from .schema import render_migrations
-
+    def _clickhouse(self, sink: ClickHouseHttpSink) -> None:
         where = sink.endpoint
         try:
             sink.query("SELECT 1")
-        except sink_error as exc:
-            result = exc.result  # type: ignore[attr-defined]
-            if result.message.startswith(NOT_CLICKHOUSE):
+        except SinkError as exc:
+            result = exc.result
+            if result.finding is Finding.NOT_CLICKHOUSE:
                 self.add(
                     FAIL,
                     "clickhouse reachable",
@@ -281,7 +285,7 @@ class Doctor:
                     "set --clickhouse-endpoint (clickhouse.endpoint) to its HTTP interface, e.g. "
                     "http://host:8123",
                 )
-            elif result.status is None or result.error_class is error_class.TRANSIENT:
+            elif result.status is None or result.error_class is ErrorClass.TRANSIENT:
                 self.add(
                     FAIL,
                     "clickhouse reachable",
@@ -301,7 +305,7 @@ class Doctor:
         self.add(OK, "clickhouse auth", f"user {sink.username!r} accepted")
         try:
             detected = sink.detect()
-        except sink_error as exc:
+        except SinkError as exc:
             caps = sink.capabilities
             if caps is not None:
                 self.add(OK, "clickhouse version", _features(caps))
@@ -325,7 +329,7 @@ class Doctor:
                 .strip()
                 .split("\t")
             )
-        except sink_error:
+        except SinkError:
             self.add(
                 WARN,
                 "clickhouse schema",
@@ -364,9 +368,7 @@ class Doctor:
             self.add(OK, "embedded", f"chDB importable; store in {self.config['embedded.dir']}")
 
     def check_dead_letters(self) -> None:
-        from .dead_letter_cli import dead_letter_dir
-
-        path = os.path.join(dead_letter_dir(self.config), "dead-letter.jsonl")
+        path = os.path.join(dead_letter_dir(self.config), DEAD_LETTER_FILE)
         try:
             with open(path, "rb") as f:
                 count = sum(1 for line in f if line.strip())
@@ -387,18 +389,12 @@ class Doctor:
             self.add(OK, "dead letters", "none")
 
 
-def _features(caps: Any) -> str:
+def _features(caps: Capabilities) -> str:
     zstd = "zstd yes" if caps.zstd else "zstd no (gzip instead; needs 21.1)"
     dedup = (
         "dedup token yes" if caps.dedup_token else "dedup token no (a retried batch may be stored twice; needs 22.2)"
     )
     return f"ClickHouse {caps.version}: {zstd}, {dedup}"
-
-
-def _size(n: float) -> str:
-    from .status_cli import size_text
-
-    return size_text(n)
 
 
 def _user_name(uid: int) -> str:
@@ -413,32 +409,3 @@ def _group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
-
-
-def cmd_doctor(args: argparse.Namespace, flags: dict[str, object]) -> int:
-    def emit(check: Check) -> None:
-        print("\n".join(check.lines()), flush=True)
-
-    try:
-        config = load_config(args.config, flags)
-    except ConfigError as exc:
-        emit(Check(FAIL, "config", str(exc), "fix that setting; `automagik-telemetry config check` re-checks"))
-        return exitcodes.FAILURE
-    sources = sorted({s for s in config.sources.values() if s != "default"}) or ["defaults only"]
-    emit(Check(OK, "config", f"valid (from {', '.join(sources)}), sink {config['sink']}"))
-    doctor = Doctor(config, emit)
-    doctor.run()
-    failed = sum(c.status == FAIL for c in doctor.checks)
-    warned = sum(c.status == WARN for c in doctor.checks)
-    print(f"{failed} failed, {warned} warnings" if failed or warned else "all checks passed")
-    return exitcodes.FAILURE if failed else exitcodes.OK
-
-
-def add_parser(
-    sub: Any,
-    add_setting_flags: Callable[[argparse.ArgumentParser], None],
-    flags: Callable[[argparse.Namespace], dict[str, object]],
-) -> None:
-    doctor = sub.add_parser("doctor", help="check the setup (agent, socket, WAL, ClickHouse); exit 1 if a check fails")
-    add_setting_flags(doctor)
-    doctor.set_defaults(func=lambda a: cmd_doctor(a, flags(a)))

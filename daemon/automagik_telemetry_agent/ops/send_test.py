@@ -1,8 +1,8 @@
-"""``automagik-telemetry send-test``: one span through the real path, timed until it is queryable.
+"""What ``automagik-telemetry send-test`` does: one span through the real path, timed until it is queryable.
 
 The span is recorded with the real client library (``automagik_telemetry``) to ``socket.path``,
 flushed (the agent's ACK means it is durable in the WAL), then looked up by its trace and span id in
-the sink (ClickHouse over HTTP, or the embedded store through :mod:`.embedded_query`) until the row
+the sink (ClickHouse over HTTP, or the embedded store through ``clickhouse.query``) until the row
 is visible or ``--timeout`` runs out. The last line says where it got stuck: the agent is not
 reachable, did not acknowledge, or the span did not reach the table (then the shipper is the place
 to look). Exit 0 when the row was seen, 1 otherwise, 2 for a bad configuration.
@@ -10,15 +10,20 @@ to look). Exit 0 when the row was seen, 1 otherwise, 2 for a bad configuration.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import exitcodes
-from .config import ConfigError, load_config
+from automagik_telemetry import AutomagikTelemetry, TelemetryConfig, __version__
+
+from .. import exitcodes
+from ..clickhouse.factory import sink_from_config
+from ..clickhouse.query import run_query
+from ..config import ConfigError
+
+__all__ = ["make_lookup", "send_and_wait"]
 
 SERVICE = "automagik-telemetry"
 SPAN_NAME = "automagik-telemetry.send-test"
@@ -55,13 +60,6 @@ def make_lookup(config: Mapping[str, Any]) -> tuple[Callable[[str], str], Callab
     Raises :class:`ConfigError` when the sink cannot be queried from here.
     """
     if config["sink"] == "embedded":
-        try:
-            from .embedded_query import run_query
-        except ImportError:
-            raise ConfigError(
-                "send-test with sink = embedded needs the embedded store's query module "
-                "(embedded_query), which this installation lacks"
-            ) from None
         return (
             (lambda sql: run_query(config, sql, "TabSeparated")),
             (lambda: None),
@@ -72,8 +70,6 @@ def make_lookup(config: Mapping[str, Any]) -> tuple[Callable[[str], str], Callab
             "sink is none: the agent does not ship, so the span can never reach a table; "
             "set --sink clickhouse (or embedded)"
         )
-    from .shipper_cli import sink_from_config
-
     sink = sink_from_config(config)
     return (
         (lambda sql: sink.query(sql + " FORMAT TabSeparated")),
@@ -82,21 +78,7 @@ def make_lookup(config: Mapping[str, Any]) -> tuple[Callable[[str], str], Callab
     )
 
 
-def cmd_send_test(args: argparse.Namespace, flags: dict[str, object]) -> int:
-    try:
-        config = load_config(args.config, flags)
-        query, close, target = make_lookup(config)
-    except ConfigError as exc:
-        return _die(exitcodes.CONFIG, f"config error: {exc}")
-    try:
-        return _send_and_wait(config, query, target, args.timeout)
-    finally:
-        close()
-
-
-def _send_and_wait(config: Mapping[str, Any], query: Callable[[str], str], target: str, timeout: float) -> int:
-    from automagik_telemetry import AutomagikTelemetry, TelemetryConfig, __version__
-
+def send_and_wait(config: Mapping[str, Any], query: Callable[[str], str], target: str, timeout: float) -> int:
     path = config["socket.path"]
     why = _reachable(path)
     if why is not None:
@@ -152,14 +134,3 @@ def _send_and_wait(config: Mapping[str, Any], query: Callable[[str], str], targe
     visible = time.monotonic()
     print(f"span visible in {target} {visible - started:.2f}s after it was sent")
     return exitcodes.OK
-
-
-def add_parser(
-    sub: Any,
-    add_setting_flags: Callable[[argparse.ArgumentParser], None],
-    flags: Callable[[argparse.Namespace], dict[str, object]],
-) -> None:
-    send = sub.add_parser("send-test", help="send one span through the agent and wait until it is queryable")
-    add_setting_flags(send)
-    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the span (default 30)")
-    send.set_defaults(func=lambda a: cmd_send_test(a, flags(a)))

@@ -1,30 +1,24 @@
-"""``automagik-telemetry status [--json]``: what the running agent says about itself.
+"""What the running agent says about itself (``automagik-telemetry status``, ``doctor``).
 
-Asks the supervisor over its control socket (:mod:`.control`, ``{"cmd": "status"}``) and prints a
-few aligned lines: up or down, pid, uptime, each child's state and restarts, spans received,
-backlog, oldest unshipped age, last ship, drops, dead letters, last error. ``--json`` prints the
-status dict as the agent sent it. Exit 0 when the agent answers, 3 when it is not running (the code
-``systemctl status`` uses for "not running"), 1 when it cannot be asked (permission denied, no
-answer), 2 for a bad configuration.
+Asks the supervisor over its control socket (``supervisor.control``, ``{"cmd": "status"}``); :func:`render`
+gives a few aligned lines: up or down, pid, uptime, each child's state and restarts, spans received,
+backlog, oldest unshipped age, last ship, drops, dead letters, last error.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from . import exitcodes
-from .config import ConfigError, load_config
+from ..paths import control_socket_path
+from ..supervisor.control import request
+from ..units import duration_text, size_text
 
-NOT_RUNNING = 3  # like `systemctl status`: the unit is not active
+__all__ = ["MAX_ERROR", "fetch_status", "render"]
+
 MAX_ERROR = 240  # characters of the last error shown (`--json` has all of it)
-
-
-_die = exitcodes.die
 
 
 def fetch_status(config: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
@@ -33,9 +27,6 @@ def fetch_status(config: Mapping[str, Any], timeout: float = 5.0) -> dict[str, A
     Raises RuntimeError (one line) when something listens but cannot be asked: permission denied
     (the socket is the agent's user's, mode 0600), no answer in time, or a malformed answer.
     """
-    from .control import request
-    from .preflight import control_socket_path
-
     path = control_socket_path(config)
     try:
         answer = request(path, {"cmd": "status"}, timeout=timeout)
@@ -49,28 +40,8 @@ def fetch_status(config: Mapping[str, Any], timeout: float = 5.0) -> dict[str, A
         raise RuntimeError(str(exc)) from None
     if not answer.get("ok") or not isinstance(answer.get("status"), dict):
         raise RuntimeError(f"the agent refused the status request: {answer.get('error', answer)}")
-    return answer["status"]
-
-
-def duration_text(seconds: float | None) -> str:
-    """``3d 4h``, ``2h 5m``, ``4m 10s``, ``12.3s``: two units at most, for humans."""
-    if seconds is None:
-        return "-"
-    s = float(seconds)
-    if s < 60:
-        return f"{s:.1f}s"
-    parts = [(int(s // 86400), "d"), (int(s % 86400 // 3600), "h"), (int(s % 3600 // 60), "m"), (int(s % 60), "s")]
-    first = next(i for i, (n, _) in enumerate(parts) if n)
-    return " ".join(f"{n}{unit}" for n, unit in parts[first : first + 2])
-
-
-def size_text(n: float | None) -> str:
-    if not n:
-        return "0 B"
-    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{int(n)} B"
+    status: dict[str, Any] = answer["status"]
+    return status
 
 
 def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
@@ -139,35 +110,3 @@ def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
             rows.append(("metrics", f"port {m['metrics_port']}"))
     width = max(len(label) for label, _ in rows)
     return [f"{label + ':':<{width + 1}}  {value}" for label, value in rows]
-
-
-def cmd_status(args: argparse.Namespace, flags: dict[str, object]) -> int:
-    try:
-        config = load_config(args.config, flags)
-    except ConfigError as exc:
-        return _die(exitcodes.CONFIG, f"config error: {exc}")
-    from .preflight import control_socket_path
-
-    try:
-        status = fetch_status(config, timeout=args.timeout)
-    except RuntimeError as exc:
-        return _die(exitcodes.FAILURE, str(exc))
-    if status is None:
-        return _die(NOT_RUNNING, f"the agent is not running (nothing answers on {control_socket_path(config)})")
-    if args.json:
-        print(json.dumps(status))
-    else:
-        print("\n".join(render(status)))
-    return exitcodes.OK
-
-
-def add_parser(
-    sub: Any,
-    add_setting_flags: Callable[[argparse.ArgumentParser], None],
-    flags: Callable[[argparse.Namespace], dict[str, object]],
-) -> None:
-    status = sub.add_parser("status", help="ask the running agent how it is doing (exit 3: not running)")
-    add_setting_flags(status)
-    status.add_argument("--json", action="store_true", help="print the agent's status dict as JSON")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the agent's answer")
-    status.set_defaults(func=lambda a: cmd_status(a, flags(a)))

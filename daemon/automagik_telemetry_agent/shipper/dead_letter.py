@@ -19,6 +19,7 @@ loses an entry the shipper appends meanwhile, and a reader never sees half a lin
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import os
 import threading
@@ -29,22 +30,25 @@ from typing import Any
 
 import orjson
 
-from .wal.durable import fsync_dir
+from ..paths import DEAD_LETTER_FILE
+from ..wal.durable import fsync_dir
 
-__all__ = ["DeadLetter", "DeadLetterEntry", "default_dead_letter_dir"]
+__all__ = ["DeadLetter", "DeadLetterEntry", "DeadLetterReason"]
 
-FILE_NAME = "dead-letter.jsonl"
 MAX_RAW = 64 * 1024  # a raw line longer than this is kept truncated (with its length)
 
 
-def default_dead_letter_dir(wal_dir: str) -> str:
-    """``<wal_dir>/../dead-letter``."""
-    return os.path.join(os.path.dirname(os.path.abspath(wal_dir)), "dead-letter")
+class DeadLetterReason(enum.StrEnum):
+    """Why a span is in the dead-letter file (the ``reason`` of its line)."""
+
+    TRANSFORM = "transform"  # the span could not become a row
+    REJECTED = "rejected"  # ClickHouse refused the row on its own, after bisection
+    UNSUPPORTED = "unsupported"  # a record kind the shipper does not ship
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterEntry:
-    reason: str  # "transform" | "rejected" | "unsupported"
+    reason: DeadLetterReason
     error: str
     wal_seq: int
     raw: bytes | None = None  # the WAL line (transform failures)
@@ -54,7 +58,7 @@ class DeadLetterEntry:
     def to_json(self, now: float) -> bytes:
         obj: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
-            "reason": self.reason,
+            "reason": str(self.reason),
             "error_code": self.error_code,
             "error": self.error,
             "wal_seq": self.wal_seq,
@@ -76,7 +80,7 @@ class DeadLetterEntry:
 class DeadLetter:
     def __init__(self, directory: str) -> None:
         self.dir = os.path.abspath(directory)
-        self.path = os.path.join(self.dir, FILE_NAME)
+        self.path = os.path.join(self.dir, DEAD_LETTER_FILE)
         self.count = 0  # entries written by this process
         self._lock = threading.Lock()
 

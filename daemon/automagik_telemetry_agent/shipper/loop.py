@@ -36,189 +36,38 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import random
 import threading
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .clickhouse_errors import ErrorClass
-from .dead_letter import DeadLetter, DeadLetterEntry, default_dead_letter_dir
-from .latency import INSERT_BOUNDS_S, LatencyHistogram
-from .sink import Sink
-from .sink_http import InsertResult, SinkError
-from .transform import Profile, TransformError, parse_resource, transform_span
-from .wal.durable import write_atomic
-from .wal.reader import WalEntry, WalReader
+from ..clickhouse.errors import ErrorClass
+from ..clickhouse.rows import Profile
+from ..clickhouse.sink import InsertResult, Sink, SinkError
+from ..paths import CONSUMER_LOCK_FILE, default_dead_letter_dir, shipper_state_dir
+from ..wal.reader import WalEntry, WalReader
+from .batch import FrozenBatch, freeze_batch
+from .bisect import bisect
+from .dead_letter import DeadLetter, DeadLetterEntry, DeadLetterReason
+from .inflight import InflightRecord
+from .options import ShipperOptions, ShipperStats
+from .pacing import TokenBucket, backoff_delay
+from .sending import Sending
 
-__all__ = [
-    "FrozenBatch",
-    "Shipper",
-    "ShipperOptions",
-    "ShipperStats",
-    "TokenBucket",
-    "backoff_delay",
-    "batch_token",
-    "freeze_batch",
-]
+if TYPE_CHECKING:
+    from ..lifecycle.liveness import Liveness
+
+__all__ = ["Shipper"]
 
 log = logging.getLogger(__name__)
 
-CONSUMER_LOCK_FILE = "consumer.lock"  # in the WAL directory: held by the one shipper reading it
-
-SPAN_KIND = 1  # automagik_telemetry.protocol.RecordKind.SPAN
-INFLIGHT_FILE = "inflight.json"
 PROBE_ROWS = 16  # span ids checked when a restarted shipper resends its in-flight batch (no dedup token)
-_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
-
-@dataclass
-class ShipperOptions:
-    batch_rows: int = 20_000
-    batch_bytes: int = 8 * 1024 * 1024
-    batch_wait_s: float = 1.0
-    poll_interval_s: float = 0.05
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
-    config_retry_s: float = 30.0
-    drain_rows_per_s: float = 200_000.0  # 0 = no limit
-    stop_deadline_s: float = 10.0
-    stats_log_interval_s: float = 60.0
-    state_dir: str | None = None  # default <wal_dir>/../shipper
-    dead_letter_dir: str | None = None  # default <wal_dir>/../dead-letter
-
-
-@dataclass
-class ShipperStats:
-    batches: int = 0
-    rows: int = 0
-    bytes_raw: int = 0
-    bytes_compressed: int = 0
-    requests: int = 0
-    retries_transient: int = 0
-    retries_config: int = 0
-    bisect_requests: int = 0
-    dead_lettered: int = 0
-    dead_lettered_transform: int = 0
-    dead_lettered_rejected: int = 0
-    committed_seq: int = 0
-    resumed_batches_skipped: int = 0  # in-flight at the last stop, found already stored (legacy servers)
-    retries_found_stored: int = 0  # connection broke after the server stored the batch: not resent
-    last_success_time: float | None = None
-    last_error: str = ""
-    insert_failures: dict[str, int] = field(default_factory=dict)  # failed INSERT requests, by ErrorClass value
-    insert_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INSERT_BOUNDS_S))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if k != "insert_latency"}
-        out["insert_failures"] = dict(self.insert_failures)
-        return out
-
-
-# ------------------------------------------------------------------------------------------ batches
-
-
-@dataclass
-class FrozenBatch:
-    first_seq: int
-    last_seq: int
-    salts: tuple[int, ...]
-    token: str
-    profile: Profile
-    body: bytes  # the JSONEachRow rows, newline-terminated, exactly as sent (one buffer: no per-row objects)
-    offsets: list[int]  # row i is body[offsets[i]:offsets[i + 1]]
-    line_seqs: list[int]  # the WAL seq of each row
-    dead: list[DeadLetterEntry] = field(default_factory=list)  # transform failures
-
-    @property
-    def rows(self) -> int:
-        return len(self.offsets) - 1
-
-    def row_bytes(self, lo: int, hi: int) -> bytes:
-        """Rows lo..hi-1 as one JSONEachRow body (a bisection half)."""
-        return self.body[self.offsets[lo] : self.offsets[hi]]
-
-    def row(self, i: int) -> bytes:
-        return self.row_bytes(i, i + 1)
-
-
-def batch_token(agent_id: str, first_seq: int, last_seq: int, salts: tuple[int, ...] | list[int]) -> str:
-    """The dedup token of the WAL range ``[first_seq, last_seq]`` read from segments with ``salts``."""
-    digest = zlib.crc32(",".join(f"{s:x}" for s in sorted(set(salts))).encode())
-    return f"{agent_id}:{first_seq}-{last_seq}:{digest:08x}"
-
-
-def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> FrozenBatch:
-    """Transform and encode ``entries`` (in WAL order) into a batch with a stable identity."""
-    body = bytearray()
-    offsets = [0]
-    seqs: list[int] = []
-    dead: list[DeadLetterEntry] = []
-    dumps = orjson.dumps
-    for entry in entries:
-        spans = entry.payload.split(b"\n")
-        if spans and spans[-1] == b"":
-            spans.pop()
-        if not spans:
-            continue
-        resource_line, spans = spans[0], spans[1:]
-        if entry.kind != SPAN_KIND:
-            dead += [
-                DeadLetterEntry("unsupported", f"record kind {entry.kind} is not shipped", entry.seq, raw=s)
-                for s in spans
-            ]
-            continue
-        try:
-            resource = parse_resource(resource_line)
-        except TransformError as exc:
-            dead += [DeadLetterEntry("transform", exc.reason, entry.seq, raw=s) for s in spans]
-            continue
-        for line in spans:  # an empty line is a span too: it fails to parse and is dead-lettered
-            try:
-                row = transform_span(line, resource, profile)
-            except TransformError as exc:
-                dead.append(DeadLetterEntry("transform", exc.reason, entry.seq, raw=line))
-                continue
-            body += dumps(row, option=_NEWLINE)
-            offsets.append(len(body))
-            seqs.append(entry.seq)
-    first, last = entries[0].seq, entries[-1].seq
-    salts = tuple(sorted({e.salt for e in entries}))
-    return FrozenBatch(
-        first, last, salts, batch_token(agent_id, first, last, salts), profile, bytes(body), offsets, seqs, dead
-    )
-
-
-# ------------------------------------------------------------------------------------------ pacing
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: random.Random | None = None) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    ceiling = min(cap, base * (2 ** min(attempt, 62)))
-    return (rand or random).uniform(0, ceiling)
-
-
-class TokenBucket:
-    """Rows per second with a one-second burst; ``take`` returns how long to wait first."""
-
-    def __init__(self, rate: float, clock: Any = time.monotonic) -> None:
-        self.rate = rate
-        self.clock = clock
-        self.tokens = rate
-        self.stamp = clock()
-
-    def take(self, n: int) -> float:
-        if self.rate <= 0:
-            return 0.0
-        now = self.clock()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= n
-        return -self.tokens / self.rate if self.tokens < 0 else 0.0
+#: What the sender thread hands back: the batch as finally sent, and the rows refused (None: abandoned).
+SendOutcome = tuple[FrozenBatch, "list[DeadLetterEntry] | None"]
 
 
 class _ProfileChanged(Exception):
@@ -233,8 +82,8 @@ class Shipper:
         self.wal_dir = os.path.abspath(wal_dir)
         self.sink = sink
         self.options = options or ShipperOptions()
-        parent = os.path.dirname(self.wal_dir)
-        self.state_dir = self.options.state_dir or os.path.join(parent, "shipper")
+        self.state_dir = self.options.state_dir or shipper_state_dir(self.wal_dir)
+        self.inflight = InflightRecord(self.state_dir)
         self.dead_letter = DeadLetter(self.options.dead_letter_dir or default_dead_letter_dir(self.wal_dir))
         self.stats = ShipperStats()
         self.reader: WalReader | None = None
@@ -246,7 +95,7 @@ class Shipper:
         self._last_problem_time = 0.0
         self._failures = 0
         self._last_stats_log = time.monotonic()
-        self._inflight: _Sending | None = None  # the batch being sent by the sender thread
+        self._sending: Sending[SendOutcome] | None = None  # the batch being sent by the sender thread
         self._last_send_start = float("-inf")  # monotonic time the last batch was handed to the sender
         self._abandoned = False
         self._stopping_at_commit = False  # a stop had been requested when the last batch was committed
@@ -257,6 +106,11 @@ class Shipper:
         wait = self.options.stop_deadline_s if deadline_s is None else deadline_s
         self._deadline = min(self._deadline, time.monotonic() + wait)
         self._stop.set()
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed attempts since the last success (0 when healthy)."""
+        return self._failures
 
     @property
     def stopping(self) -> bool:
@@ -270,9 +124,9 @@ class Shipper:
         if "drain_rows_per_s" in changes:
             self._bucket = TokenBucket(self.options.drain_rows_per_s)
 
-    def declare_waits(self, liveness: Any) -> None:
+    def declare_waits(self, liveness: Liveness) -> None:
         """Declare every timed wait of this shipper (polls, backoffs, config retries, the rate limit) to
-        ``liveness`` (:class:`~.report.Liveness`), so that the supervisor's heartbeat check tells a long but
+        ``liveness``, so that the supervisor's heartbeat check tells a long but
         known wait from a hang. Call before :meth:`run` and before installing signal handlers."""
         stop = liveness.event()
         if self._stop.is_set():
@@ -375,11 +229,13 @@ class Shipper:
     def _run_locked(self) -> ShipperStats:
         self.reader = WalReader(self.wal_dir)
         self.stats.committed_seq = self.reader.committed_seq
-        self._inflight, self._abandoned, self._stopping_at_commit = None, False, False
+        self._sending, self._abandoned, self._stopping_at_commit = None, False, False
         try:
             if not self.ensure_detected():
                 return self.stats
-            resume_last, resume_bisected = self._read_inflight()
+            resume = self.inflight.pending(self.reader.committed_seq)
+            resume_last = resume.last_seq if resume is not None else None
+            resume_bisected = resume is not None and resume.bisecting
             # Pipelined: batch N+1 is collected and frozen here while the sender thread sends batch N
             # (the POST and gzip release the GIL); N is committed before N+1 is recorded and sent.
             while not self._stop.is_set():
@@ -435,7 +291,7 @@ class Shipper:
                 break
             if not got:
                 self._stop.wait(o.poll_interval_s)
-                if self._inflight is not None and self._inflight.done.is_set():
+                if self._sending is not None and self._sending.done.is_set():
                     self._finish()  # commit the batch sent meanwhile without waiting for this one
         return entries
 
@@ -447,15 +303,10 @@ class Shipper:
         INSERT is either large or at least batch_wait after the previous one (about one a second by
         default, however many hosts), and the first spans after a quiet spell go out at once.
         """
-        if self._inflight is not None and not self._inflight.done.is_set():
+        if self._sending is not None and not self._sending.done.is_set():
             return False
         o = self.options
         return items >= max(1, o.batch_rows // 2) or time.monotonic() - self._last_send_start >= o.batch_wait_s
-
-    def _ship(self, entries: list[WalEntry], resumed: bool = False) -> bool:
-        """Ship one batch to the end and commit it; False if it was abandoned for a stop."""
-        self._start(self._freeze(entries), entries, resumed)
-        return self._finish()
 
     def _freeze(self, entries: list[WalEntry]) -> FrozenBatch:
         assert self.sink.profile is not None
@@ -466,10 +317,10 @@ class Shipper:
         :meth:`_finish` waits for it and commits it."""
         assert self.reader is not None
         assert self.sink.profile is not None
-        assert self._inflight is None
+        assert self._sending is None
         if batch.profile is not self.sink.profile:  # re-detected while it was being frozen
             batch = self._freeze(entries)
-        self._write_inflight(batch)
+        self.inflight.write(batch)
         if resumed and self._already_stored(batch):
             log.info(
                 "batch %d-%d was stored before the shipper stopped (probe of %d rows): not resending",
@@ -483,11 +334,9 @@ class Shipper:
             self.stats.committed_seq = batch.last_seq
             return
         self._last_send_start = time.monotonic()
-        self._inflight = _Sending(self._send_frozen, batch, entries)
+        self._sending = Sending(lambda: self._send_frozen(batch, entries))
 
-    def _send_frozen(
-        self, batch: FrozenBatch, entries: list[WalEntry]
-    ) -> tuple[FrozenBatch, list[DeadLetterEntry] | None]:
+    def _send_frozen(self, batch: FrozenBatch, entries: list[WalEntry]) -> SendOutcome:
         """In the sender thread: the batch as finally sent and the rows refused (None if abandoned)."""
         while True:
             try:
@@ -505,7 +354,7 @@ class Shipper:
 
     def _finish(self) -> bool:
         """Wait for the batch in flight (if any) and commit it; False if it was abandoned for a stop."""
-        sending, self._inflight = self._inflight, None
+        sending, self._sending = self._sending, None
         if sending is None:
             return True
         assert self.reader is not None
@@ -593,32 +442,21 @@ class Shipper:
             batch.rows,
             r.message,
         )
-        self._write_inflight(batch, bisecting=True)  # from now on parts of it may get stored
-        return self._bisect(batch, 0, batch.rows, "", r)
+        self.inflight.write(batch, bisecting=True)  # from now on parts of it may get stored
+        found = bisect(batch.rows, lambda lo, hi, path: self._send_part(batch, lo, hi, path), r)
+        if found.abandoned:
+            return None
+        return [
+            DeadLetterEntry(
+                DeadLetterReason.REJECTED, why.message, batch.line_seqs[i], row=batch.row(i), error_code=why.code
+            )
+            for i, why in found.refused
+        ]
 
-    def _bisect(
-        self, batch: FrozenBatch, lo: int, hi: int, path: str, failed: InsertResult
-    ) -> list[DeadLetterEntry] | None:
-        if hi - lo == 1:
-            return [
-                DeadLetterEntry(
-                    "rejected", failed.message, batch.line_seqs[lo], row=batch.row(lo), error_code=failed.code
-                )
-            ]
-        mid = (lo + hi) // 2
-        out: list[DeadLetterEntry] = []
-        for a, b, tag in ((lo, mid, "0"), (mid, hi, "1")):
-            sub = path + tag
-            self.stats.bisect_requests += 1
-            r = self._send(batch.row_bytes(a, b), f"{batch.token}:{sub}", b - a, batch.profile)
-            if r is None:
-                return None
-            if not r.ok:
-                bad = self._bisect(batch, a, b, sub, r)
-                if bad is None:
-                    return None
-                out += bad
-        return out
+    def _send_part(self, batch: FrozenBatch, lo: int, hi: int, path: str) -> InsertResult | None:
+        """One bisection part: rows ``lo..hi-1`` with the token ``<batch token>:<path>``."""
+        self.stats.bisect_requests += 1
+        return self._send(batch.row_bytes(lo, hi), f"{batch.token}:{path}", hi - lo, batch.profile)
 
     def _send(
         self, body: bytes, token: str, rows: int, profile: Profile, probe: Callable[[], bool] | None = None
@@ -704,41 +542,6 @@ class Shipper:
             if self._abandon():
                 return False
 
-    # ------------------------------------------------------------------ in-flight identity
-    @property
-    def inflight_path(self) -> str:
-        return os.path.join(self.state_dir, INFLIGHT_FILE)
-
-    def _write_inflight(self, batch: FrozenBatch, bisecting: bool = False) -> None:
-        try:
-            os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
-            write_atomic(
-                self.inflight_path,
-                orjson.dumps(
-                    {"first": batch.first_seq, "last": batch.last_seq, "token": batch.token, "bisecting": bisecting}
-                ),
-            )
-        except OSError as exc:  # only dedup across restarts depends on it
-            log.warning("cannot record the in-flight batch in %s: %s", self.inflight_path, exc.strerror)
-
-    def _read_inflight(self) -> tuple[int | None, bool]:
-        """The last seq of the batch in flight when the previous run ended (if still pending), and whether
-        it had gone into bisection (then parts of it may be stored: never skip it as a whole)."""
-        assert self.reader is not None
-        try:
-            with open(self.inflight_path, "rb") as f:
-                obj = orjson.loads(f.read())
-            first, last, bisecting = int(obj["first"]), int(obj["last"]), bool(obj.get("bisecting"))
-        except FileNotFoundError:
-            return None, False
-        except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            log.warning("ignoring unreadable %s", self.inflight_path)
-            return None, False
-        if first <= self.reader.committed_seq or last < first:
-            return None, False
-        log.info("resending the batch %d-%d that was in flight when the shipper last stopped", first, last)
-        return last, bisecting
-
     def _maybe_log_stats(self) -> None:
         now = time.monotonic()
         if now - self._last_stats_log >= self.options.stats_log_interval_s:
@@ -756,35 +559,3 @@ class Shipper:
                 s.retries_config,
                 s.committed_seq,
             )
-
-
-class _Sending:
-    """``fn(*args)`` running in a daemon thread (a send retried forever must not hold up exit)."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.done = threading.Event()
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), name="shipper-send", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            self._result = fn(*args)
-        except BaseException as exc:  # re-raised in the shipper thread by wait()
-            self._error = exc
-        finally:
-            self.done.set()
-
-    def wait(self) -> Any:
-        self.done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
-def run_in_thread(shipper: Shipper) -> threading.Thread:
-    """Start ``shipper.run()`` in a daemon thread (tests and embedding)."""
-    t = threading.Thread(target=shipper.run, name="shipper", daemon=True)
-    t.start()
-    return t

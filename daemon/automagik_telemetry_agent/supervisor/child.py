@@ -4,8 +4,8 @@ The supervisor (:mod:`.supervisor`) decides *when* (its state machine); this mod
 
 * ``python -m automagik_telemetry_agent <command> [args]``, in its own session (a Ctrl-C in a terminal
   reaches the supervisor only, which stops the children in order);
-* with its end of a :class:`~.report.ReportChannel` (fd number in ``$AUTOMAGIK_TELEMETRY_REPORT_FD``),
-  the supervisor's pid (for the parent-death signal the child arms itself, :func:`.report.connect`),
+* with its end of a :class:`~..lifecycle.channel.ReportChannel` (fd number in ``$AUTOMAGIK_TELEMETRY_REPORT_FD``),
+  the supervisor's pid (for the parent-death signal the child arms itself, ``lifecycle.link.connect``),
   and any extra fds it must inherit (ingest: the listening socket);
 * without systemd's per-service variables (``NOTIFY_SOCKET``, ``LISTEN_*``, ``WATCHDOG_*``): those are
   the supervisor's alone.
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from .report import REPORT_FD_ENV, SUPERVISOR_PID_ENV, ReportChannel
+from ..lifecycle.channel import REPORT_FD_ENV, SUPERVISOR_PID_ENV, ReportChannel
 
 #: Environment variables a child must not inherit (systemd addresses them to the main process only).
 SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")

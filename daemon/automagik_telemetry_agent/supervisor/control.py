@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..unix_socket import bind_unix
+
 __all__ = ["ControlError", "ControlServer", "request"]
 
 MAX_ANSWER = 4 * 1024 * 1024
@@ -190,8 +192,6 @@ class ControlServer:
 
 def _bind(path: str) -> socket.socket:
     """Listen on ``path`` (mode 0600), replacing a stale socket; ConfigError (exit 2) if it cannot."""
-    from .listen_socket import bind_unix
-
     sock = bind_unix(
         path,
         socket.SOCK_STREAM,

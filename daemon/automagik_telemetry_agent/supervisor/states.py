@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from . import exitcodes
+from .. import exitcodes
 
 
 class State(enum.Enum):
@@ -93,7 +93,7 @@ class RestartPolicy:
         """Seconds in BACKOFF before restart number ``failures`` (1 = the first failure in a row)."""
         if failures <= 1:
             return 0.0
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures - 2, 30))
+        return min(self.backoff_max_s, self.backoff_base_s * 2.0 ** min(failures - 2, 30))
 
     def verdict(self, exit_code: int, failed_starts: int) -> Event:
         """DIED (restart) or GIVE_UP for a process that ended unasked with ``exit_code``.

@@ -1,8 +1,8 @@
 """``automagik-telemetry agent``: the supervisor process (after gunicorn's arbiter and supervisord).
 
-It owns what must outlive a child: the clients' listening socket (:mod:`.listen_socket`), the
+It owns what must outlive a child: the clients' listening socket (:mod:`.listener`), the
 validated configuration, the control socket (:mod:`.control`), the metrics endpoint
-(:mod:`.metrics`) and the conversation with systemd (:mod:`.sdnotify`). It runs two children:
+(``metrics.exposition``) and the conversation with systemd (:mod:`.sdnotify`). It runs two children:
 
 * ``ingest`` (ingest + WAL writer), which gets the listening socket's fd, and
 * ``shipper`` (WAL -> ClickHouse or the embedded store), unless ``sink = "none"``; started once ingest
@@ -13,7 +13,7 @@ thread, one selector loop; every event is handled by one small ``handle_*`` meth
 
 * signals: the handlers only queue (``signal.set_wakeup_fd``); the loop drains the queue
   (:meth:`Supervisor.handle_sigterm`, ``handle_sighup``, ...);
-* child reports (:mod:`.report`): heartbeats with ``loop_age_s`` and metrics; ``ready`` moves a child
+* child reports (``lifecycle.channel``): heartbeats with ``loop_age_s`` and metrics; ``ready`` moves a child
   STARTING -> RUNNING; the first ingest READY is the agent's ``READY=1`` (and ``ready`` on stderr);
 * child exits (reaped every turn): restart with backoff, or give up (:class:`~.states.RestartPolicy`);
 * control requests; and timers: restarts due, heartbeat timeouts (SIGKILL + restart), the stop
@@ -37,12 +37,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import exitcodes
+from .. import exitcodes
+from ..config import AgentConfig, ConfigError, changed_settings
+from ..logs import set_level
+from ..metrics.exposition import AgentMetrics
+from ..units import size_text
 from .child import ChildProcess
-from .config import AgentConfig, ConfigError, changed_settings
 from .control import ControlServer
-from .listen_socket import ListenSocket
-from .logs import set_level
+from .listener import ListenSocket
 from .sdnotify import Notifier
 from .states import ALIVE, Event, RestartPolicy, State, transition
 
@@ -129,14 +131,14 @@ class Supervisor:
         self.exit_code = exitcodes.OK
         self.started = time.monotonic()
         self.selector = selectors.DefaultSelector()
-        self.metrics: Any = None
+        self.metrics: AgentMetrics | None = None
         self.control: ControlServer | None = None
         self.timers = _Timers()
         self.rate = _Rate()
         self._signal_r: socket.socket | None = None
         self._signal_w: socket.socket | None = None
         self._announced = False
-        self._on_signal = {
+        self._on_signal: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.handle_sigterm,
             signal.SIGINT: self.handle_sigint,
             signal.SIGHUP: self.handle_sighup,
@@ -514,7 +516,7 @@ class Supervisor:
         if self.rate.at and now > self.rate.at:
             self.rate.per_s = max(0.0, (total - self.rate.total) / (now - self.rate.at))
         self.rate.at, self.rate.total = now, total
-        parts = [f"ingest {self.rate.per_s:.0f} spans/s", f"backlog {_size(m.get('wal_unshipped_bytes', 0))}"]
+        parts = [f"ingest {self.rate.per_s:.0f} spans/s", f"backlog {size_text(m.get('wal_unshipped_bytes', 0))}"]
         if "shipper" in self.children:
             last = m.get("last_ship_time")
             parts.append(f"last ship {max(0.0, time.time() - last):.0f}s ago" if last else "nothing shipped yet")
@@ -537,16 +539,15 @@ class Supervisor:
 
     def _emergency_stop(self) -> None:
         """The loop itself failed: stop the children anyway (SIGTERM, then SIGKILL after the deadline)."""
-        alive = [c for c in self.children.values() if c.process is not None and c.process.poll() is None]
-        for child in alive:
-            child.process.signal(signal.SIGTERM)  # type: ignore[union-attr]
+        alive = [c.process for c in self.children.values() if c.process is not None and c.process.poll() is None]
+        for process in alive:
+            process.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config["agent.stop_timeout"] + STOP_MARGIN_S
-        for child in alive:
-            assert child.process is not None
-            while child.process.poll() is None and time.monotonic() < deadline:
+        for process in alive:
+            while process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-            child.process.kill()
-            child.process.poll()
+            process.kill()
+            process.poll()
 
     def _teardown(self) -> None:
         for child in self.children.values():
@@ -582,19 +583,10 @@ def _how_it_ended(code: int, kill_reason: str) -> str:
     return f"exited with code {code}"
 
 
-def _size(n: float) -> str:
-    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def _agent_metrics(listen: str) -> Any:
+def _agent_metrics(listen: str) -> AgentMetrics | None:
     """The metrics aggregate, or None when prometheus-client is missing and no endpoint is wanted
     (:class:`MissingExtra`, exit 69, when it is wanted)."""
     try:
-        from .metrics import AgentMetrics
-
         return AgentMetrics()
     except ImportError:
         if listen:

@@ -37,6 +37,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from ..paths import WAL_LOCK_FILE
+
 SEGMENT_MAGIC = b"ATWAL\r\n\x1a"
 FORMAT_VERSION = 1
 SEGMENT_HEADER = struct.Struct("<8sHHIQQI")  # + header_crc
@@ -51,7 +53,7 @@ QUARANTINE_SUFFIX = ".corrupt"
 CURSOR_FILE = "cursor"
 AGENT_ID_FILE = "agent_id"
 DROPS_FILE = "drops.log"
-LOCK_FILE = "LOCK"
+LOCK_FILE = WAL_LOCK_FILE  # held (flock) by the one ingest appending
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 

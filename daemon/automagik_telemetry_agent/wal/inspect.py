@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .cursor import read_cursor
 from .format import DROPS_FILE, QUARANTINE_SUFFIX, FormatError, parse_segment_name
@@ -46,7 +47,7 @@ class VerifyReport:
             or self.missing_records
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["clean"] = self.clean
         return out

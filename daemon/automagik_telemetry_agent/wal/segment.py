@@ -179,3 +179,13 @@ def open_segment(path: str) -> tuple[int, SegmentHeader]:
     except (OSError, FormatError):
         os.close(fd)
         raise
+
+
+@dataclass
+class SegmentFile:
+    """A segment file of the WAL directory, as the writer tracks it."""
+
+    first_seq: int
+    path: str
+    size: int
+    last_seq: int | None = None  # known exactly for segments this writer sealed

@@ -17,8 +17,6 @@ from collections.abc import Callable
 
 from .writer import WalWriter
 
-FSYNC_MODES = ("always", "interval", "off")
-
 
 class GroupCommitter:
     def __init__(self, writer: WalWriter, interval_s: float, max_bytes: int, on_durable: Callable[[int], None]) -> None:

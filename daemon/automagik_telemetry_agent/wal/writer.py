@@ -1,4 +1,5 @@
-"""The WAL writer: recovery at open, appends, rotation, retention and the disk policy.
+"""The WAL writer: appends, rotation, and the calls into recovery (:mod:`.recovery`, at open) and retention
+and the disk policy (:mod:`.retention`, in :meth:`WalWriter.maintain`).
 
 One writer per WAL directory (an ``flock`` on ``LOCK`` enforces it). Threading contract: every method
 is called from one thread, except :meth:`WalWriter.sync`, which a group-commit thread may call
@@ -11,42 +12,36 @@ storage. Nothing above it may be acknowledged to a client (docs/wal.md, "Durabil
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
 import threading
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..latency import FSYNC_BOUNDS_S, LatencyHistogram
 from .backlog import BacklogMarks
 from .cursor import cursor_path, read_cursor
-from .durable import append_line_durably, fsync_dir, write_atomic
+from .durable import fsync_dir, write_atomic
 from .format import (
     AGENT_ID_FILE,
-    DROPS_FILE,
     LOCK_FILE,
-    QUARANTINE_SUFFIX,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
-    FormatError,
     encode_record_header,
     encode_segment_header,
     new_salt,
-    parse_segment_name,
     segment_name,
 )
-from .segment import Corrupt, Record, SegmentScanner, Tail, open_segment
+from .policy import DiskPolicy
+from .recovery import recover_segments
+from .retention import DISK_FULL_ERRNOS, DropReason, delete_segment, over_limits, unshipped_backlog
+from .segment import SegmentFile
+from .stats import WalStats
 
 log = logging.getLogger(__name__)
 
 _MAX_IOV = 1000  # writev takes at most IOV_MAX (1024) buffers
-
-#: Errors that mean "the disk cannot take more now": a policy matter, never a crash.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class WalError(Exception):
@@ -72,7 +67,7 @@ class WalOptions:
     segment_bytes: int = 64 * 1024 * 1024
     max_bytes: int = 4 * 1024 * 1024 * 1024  # total size cap of all segments; 0 = no cap
     min_free_bytes: int = 256 * 1024 * 1024  # free-disk watermark; 0 = none
-    disk_policy: str = "drop_oldest"  # or "reject_new"
+    disk_policy: DiskPolicy = DiskPolicy.DROP_OLDEST
     write_buffer_bytes: int = 256 * 1024
 
     def validate(self) -> None:
@@ -80,36 +75,10 @@ class WalOptions:
             raise ValueError("segment size must be at least 64 KiB")
         if self.max_bytes and self.max_bytes < 2 * self.segment_bytes:
             raise ValueError("the WAL size cap must be at least twice the segment size")
-        if self.disk_policy not in ("drop_oldest", "reject_new"):
-            raise ValueError("disk policy must be drop_oldest or reject_new")
-
-
-@dataclass
-class WalStats:
-    """Counters the agent exports; every one can explain lost or delayed data."""
-
-    appended_records: int = 0
-    appended_items: int = 0
-    appended_bytes: int = 0
-    fsyncs: int = 0
-    fsync_seconds: float = 0.0
-    fsync_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(FSYNC_BOUNDS_S))
-    segments_created: int = 0
-    segments_deleted: int = 0
-    dropped_records: Counter = field(default_factory=Counter)  # by reason
-    dropped_items: Counter = field(default_factory=Counter)  # by reason
-    write_errors: int = 0
-    corrupt_records_at_open: int = 0
-    torn_tail_bytes_truncated: int = 0
-    quarantined_segments: int = 0
-
-
-@dataclass
-class _Segment:
-    first_seq: int
-    path: str
-    size: int
-    last_seq: int | None = None  # known exactly for segments this writer sealed
+        try:
+            self.disk_policy = DiskPolicy(self.disk_policy)
+        except ValueError:
+            raise ValueError("disk policy must be drop_oldest or reject_new") from None
 
 
 class WalWriter:
@@ -121,9 +90,9 @@ class WalWriter:
         self.agent_id = ""
         self._lock = threading.Lock()
         self._dir_lock_fd = -1
-        self._sealed: list[_Segment] = []
+        self._sealed: list[SegmentFile] = []
         self._fd = -1
-        self._active: _Segment | None = None
+        self._active: SegmentFile | None = None
         self._salt = 0
         self._offset = 0  # bytes of the active segment that reached the file
         self._chunks: list[bytes | memoryview] = []  # appended, not yet handed to the OS
@@ -147,7 +116,8 @@ class WalWriter:
         self._lock_dir()
         self.agent_id = self._load_agent_id()
         self._refresh_cursor(force=True)
-        last_seq = self._recover_segments()
+        recovered = recover_segments(self.dir, self.stats, self._marks)
+        self._sealed, last_seq = recovered.segments, recovered.last_seq
         self._next_seq = max(last_seq, self._cursor_seq) + 1
         self._written_seq = self.durable_seq = self._next_seq - 1
         try:
@@ -186,95 +156,6 @@ class WalWriter:
         write_atomic(path, value.encode() + b"\n")
         return value
 
-    def _list_segment_files(self) -> list[tuple[int, str]]:
-        found = []
-        for name in os.listdir(self.dir):
-            first = parse_segment_name(name)
-            if first is not None:
-                found.append((first, os.path.join(self.dir, name)))
-        found.sort()
-        return found
-
-    def _quarantine(self, path: str, why: str) -> None:
-        log.error("WAL segment %s is unreadable (%s); moved aside as %s%s", path, why, path, QUARANTINE_SUFFIX)
-        os.replace(path, path + QUARANTINE_SUFFIX)
-        fsync_dir(self.dir)
-        self.stats.quarantined_segments += 1
-
-    def _recover_segments(self) -> int:
-        """Validate headers, repair the newest segment; return the last valid seq (0 if none)."""
-        segments: list[_Segment] = []
-        created: dict[int, float] = {}
-        for first, path in self._list_segment_files():
-            try:
-                fd, header = open_segment(path)
-                os.close(fd)
-            except (OSError, FormatError) as exc:
-                if os.path.getsize(path) < SEGMENT_HEADER_SIZE:
-                    # A crash while creating it: it never held a record.
-                    os.unlink(path)
-                    fsync_dir(self.dir)
-                    continue
-                self._quarantine(path, str(exc))
-                continue
-            if header.first_seq != first:
-                self._quarantine(path, f"header says first seq {header.first_seq}, name says {first}")
-                continue
-            segments.append(_Segment(first, path, os.path.getsize(path)))
-            created[first] = header.created_ns / 1e9
-        last_seq = 0
-        while segments:
-            newest = segments[-1]
-            last_seq = self._repair_newest(newest)
-            if last_seq >= newest.first_seq:
-                break
-            # The newest segment holds no record: remove it (a new one gets a fresh salt).
-            os.unlink(newest.path)
-            fsync_dir(self.dir)
-            segments.pop()
-            last_seq = newest.first_seq - 1
-        for i, seg in enumerate(segments[:-1]):
-            seg.last_seq = segments[i + 1].first_seq - 1
-        if segments:
-            segments[-1].last_seq = last_seq
-        for seg in segments:  # records written before this start: their segment's creation time bounds their age
-            self._marks.mark(seg.first_seq, created[seg.first_seq], seg.first_seq, SEGMENT_HEADER_SIZE)
-        self._sealed = segments
-        return last_seq
-
-    def _repair_newest(self, seg: _Segment) -> int:
-        """Scan the newest segment, count corrupt records, truncate a torn tail. Return its last seq."""
-        fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            scanner = SegmentScanner.open(fd)
-            expected = seg.first_seq
-            last = seg.first_seq - 1
-            while (item := scanner.next()) is not None:
-                if isinstance(item, Record):
-                    if item.seq > expected:
-                        self.stats.corrupt_records_at_open += item.seq - expected
-                    last = item.seq
-                    expected = item.seq + 1
-                elif isinstance(item, Tail):
-                    log.warning(
-                        "WAL segment %s: truncating a torn tail of %d bytes at offset %d",
-                        seg.path,
-                        item.length,
-                        item.offset,
-                    )
-                    os.ftruncate(fd, item.offset)
-                    os.fsync(fd)
-                    self.stats.torn_tail_bytes_truncated += item.length
-                    break
-                elif isinstance(item, Corrupt):
-                    log.error(
-                        "WAL segment %s: %d corrupt bytes at offset %d skipped", seg.path, item.length, item.offset
-                    )
-            seg.size = os.fstat(fd).st_size
-            return last
-        finally:
-            os.close(fd)
-
     # ------------------------------------------------------------------ segments
     def _start_segment(self) -> None:
         first = self._next_seq
@@ -295,7 +176,7 @@ class WalWriter:
         self._fd = fd
         self._salt = salt
         self._offset = len(header)
-        self._active = _Segment(first, path, self._offset)
+        self._active = SegmentFile(first, path, self._offset)
         self.stats.segments_created += 1
         self._marks.mark(first, created_ns / 1e9, first, self._offset)
 
@@ -453,119 +334,43 @@ class WalWriter:
         return max(self._active.first_seq if self._active else 1, self._cursor_seq + 1)
 
     def maintain(self) -> None:
-        """Delete consumed segments and apply the disk policy. Call about once a second."""
+        """Delete consumed segments and apply the disk policy (:mod:`.retention`). Call about once a second."""
         self._refresh_cursor()
         while self._sealed and (self._sealed[0].last_seq or 0) <= self._cursor_seq:
             if not self._delete_segment(self._sealed[0], reason=None):
                 break
         over = self._over_limits()
-        if over and self.options.disk_policy == "drop_oldest":
+        if over and self.options.disk_policy is DiskPolicy.DROP_OLDEST:
             for seg in list(self._sealed):
                 if not self._over_limits():
                     break
                 self._delete_segment(seg, reason=over)
             over = self._over_limits()
         self.accepting = not over
-        self._update_backlog()
+        self.unshipped_bytes, self.oldest_unshipped_time = unshipped_backlog(
+            self._marks, self.oldest_unconsumed_seq(), self._segment_sizes()
+        )
 
-    def _update_backlog(self) -> None:
-        """Recompute :attr:`unshipped_bytes` and :attr:`oldest_unshipped_time` (read by the metrics)."""
-        oldest = self.oldest_unconsumed_seq()
-        mark = self._marks.find(oldest) if oldest is not None else None
-        if mark is None:
-            self.unshipped_bytes, self.oldest_unshipped_time = 0, None
-            return
-        unshipped = 0  # record bytes (headers and payloads) from the mark on
+    def _segment_sizes(self) -> list[tuple[int, int]]:
+        """(first seq, bytes in the file) of every segment, the active one last."""
         sizes = [(seg.first_seq, seg.size) for seg in self._sealed]
         if self._active is not None:
             sizes.append((self._active.first_seq, self._offset))
-        for first, size in sizes:
-            if first >= mark.segment:
-                unshipped += max(0, size - (mark.offset if first == mark.segment else SEGMENT_HEADER_SIZE))
-        self.unshipped_bytes = unshipped
-        self.oldest_unshipped_time = mark.time
+        return sizes
 
-    def _over_limits(self) -> str | None:
-        opts = self.options
-        if opts.max_bytes and self.total_bytes() > opts.max_bytes:
-            return "wal_size_cap"
-        if opts.min_free_bytes:
-            try:
-                st = os.statvfs(self.dir)
-            except OSError:
-                return None
-            if st.f_bavail * st.f_frsize < opts.min_free_bytes:
-                return "disk_free_watermark"
-        return None
+    def _over_limits(self) -> DropReason | None:
+        return over_limits(self.dir, self.options.max_bytes, self.options.min_free_bytes, self.total_bytes())
 
-    def _delete_segment(self, seg: _Segment, reason: str | None) -> bool:
-        """Delete a sealed segment. With a reason, unconsumed records in it are dropped and counted.
-
-        A consumer holds a shared flock on the segments of the batch it is shipping; this takes an
-        exclusive one, so a segment is never dropped under a batch in flight and the count is exact.
-        """
-        try:
-            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+    def _delete_segment(self, seg: SegmentFile, reason: DropReason | None) -> bool:
+        """Delete a sealed segment (with a reason: dropping and counting its unconsumed records)."""
+        deleted = delete_segment(self.dir, seg, reason, self._current_cursor, self.stats)
+        if deleted:
             self._sealed.remove(seg)
-            return True
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            self._refresh_cursor(force=True)
-            ledger_line = ""
-            if reason is not None:
-                records, items, first, last = self._count_unconsumed(fd)
-                if records:
-                    self.stats.dropped_records[reason] += records
-                    self.stats.dropped_items[reason] += items
-                    log.error(
-                        "WAL disk policy (%s): dropped %d unshipped records (%d items), seq %d..%d",
-                        reason,
-                        records,
-                        items,
-                        first,
-                        last,
-                    )
-                    ledger_line = (
-                        f"{time.time_ns()} first_seq={first} last_seq={last} records={records} "
-                        f"items={items} reason={reason}"
-                    )
-                    try:
-                        append_line_durably(os.path.join(self.dir, DROPS_FILE), ledger_line)
-                        ledger_line = ""
-                    except OSError as exc:
-                        if exc.errno not in DISK_FULL_ERRNOS:
-                            raise
-                        # The disk is full: the ledger line goes in once the unlink below made room.
-            os.unlink(seg.path)
-            fsync_dir(self.dir)
-        finally:
-            os.close(fd)  # the space is freed once the last fd is closed
-        self._sealed.remove(seg)
-        self.stats.segments_deleted += 1
-        if ledger_line:
-            append_line_durably(os.path.join(self.dir, DROPS_FILE), ledger_line)
-        return True
+        return deleted
 
-    def _count_unconsumed(self, fd: int) -> tuple[int, int, int, int]:
-        records = items = 0
-        first = last = 0
-        try:
-            scanner = SegmentScanner.open(fd)
-        except FormatError:
-            return 0, 0, 0, 0
-        while (item := scanner.next()) is not None:
-            if isinstance(item, Tail):
-                break
-            if isinstance(item, Record) and item.seq > self._cursor_seq:
-                records += 1
-                items += item.header.count
-                first = first or item.seq
-                last = item.seq
-        return records, items, first, last
+    def _current_cursor(self) -> int:
+        self._refresh_cursor(force=True)
+        return self._cursor_seq
 
     # ------------------------------------------------------------------ close
     def close(self) -> None:

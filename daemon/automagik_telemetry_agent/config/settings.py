@@ -1,0 +1,297 @@
+"""The settings table: every key with its env var, flag, default, parser and meaning.
+
+``docs/configuration.md`` is generated from this table (scripts/gen_config_docs.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .values import (
+    parse_bool,
+    parse_choice,
+    parse_duration,
+    parse_identifier,
+    parse_int,
+    parse_listen,
+    parse_mode,
+    parse_size,
+    parse_str,
+    parse_url,
+)
+
+ENV_PREFIX = "AUTOMAGIK_TELEMETRY_"
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted TOML key: "wal.fsync" is [wal] fsync = ...
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    env: str = ""  # full env var name; "" = derived from the key
+    flag: str = ""  # long option; "" = derived from the key
+    live: bool = False  # can change on SIGHUP without a restart
+
+    @property
+    def env_name(self) -> str:
+        return self.env or ENV_PREFIX + self.key.replace(".", "_").upper()
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.key.split(".", 1)[-1].replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "socket.path",
+        "/run/automagik-telemetry/agent.sock",
+        parse_str,
+        "Unix socket (SOCK_SEQPACKET) the clients send to.",
+        env="AUTOMAGIK_TELEMETRY_SOCKET",
+        flag="--socket",
+    ),
+    Setting("socket.mode", 0o660, parse_mode, "File mode of the socket the agent creates.", flag="--socket-mode"),
+    Setting(
+        "socket.max_connections",
+        1024,
+        parse_int(1),
+        "Concurrent client connections; more are refused and counted.",
+        flag="--max-connections",
+    ),
+    Setting(
+        "socket.control_path",
+        "",
+        parse_str,
+        "Control socket of the running agent (SOCK_STREAM, mode 0600) "
+        'that `automagik-telemetry status` asks; "" = control.sock in the directory of socket.path.',
+        flag="--control-socket",
+    ),
+    Setting(
+        "wal.dir",
+        "/var/lib/automagik-telemetry/wal",
+        parse_str,
+        "Write-ahead log directory.",
+        env="AUTOMAGIK_TELEMETRY_WAL_DIR",
+        flag="--wal-dir",
+    ),
+    Setting(
+        "wal.fsync",
+        "interval",
+        parse_choice("always", "interval", "off"),
+        "always: fsync before every acknowledgement; interval: group commit; off: never fsync "
+        "(a power loss loses what the OS had not written).",
+        env="AUTOMAGIK_TELEMETRY_FSYNC",
+        flag="--fsync",
+    ),
+    Setting(
+        "wal.fsync_interval_ms",
+        50,
+        parse_int(1),
+        "Group commit: fsync at most this long after a write.",
+        env="AUTOMAGIK_TELEMETRY_FSYNC_INTERVAL_MS",
+        flag="--fsync-interval-ms",
+    ),
+    Setting(
+        "wal.fsync_bytes",
+        1024 * 1024,
+        parse_size,
+        "Group commit: fsync once this many bytes are unsynced.",
+        env="AUTOMAGIK_TELEMETRY_FSYNC_BYTES",
+        flag="--fsync-bytes",
+    ),
+    Setting(
+        "wal.segment_size",
+        64 * 1024 * 1024,
+        parse_size,
+        "Rotate to a new segment file at this size.",
+        env="AUTOMAGIK_TELEMETRY_WAL_SEGMENT_SIZE",
+        flag="--segment-size",
+    ),
+    Setting(
+        "wal.max_size",
+        4 * 1024**3,
+        parse_size,
+        "Cap on the WAL's total size (0 = none); the disk policy applies above it.",
+        env="AUTOMAGIK_TELEMETRY_WAL_MAX_SIZE",
+        flag="--wal-max-size",
+    ),
+    Setting(
+        "wal.min_free",
+        256 * 1024 * 1024,
+        parse_size,
+        "Keep at least this much disk free (0 = no watermark); the disk policy applies below it.",
+        env="AUTOMAGIK_TELEMETRY_WAL_MIN_FREE",
+        flag="--wal-min-free",
+    ),
+    Setting(
+        "wal.disk_policy",
+        "drop_oldest",
+        parse_choice("drop_oldest", "reject_new"),
+        "When over the cap or under the watermark: drop the oldest unshipped segment (counted), or "
+        "refuse new records (clients count the rejections).",
+        env="AUTOMAGIK_TELEMETRY_WAL_DISK_POLICY",
+        flag="--disk-policy",
+    ),
+    Setting(
+        "metrics.listen",
+        "127.0.0.1:9479",
+        parse_listen,
+        "host:port of the Prometheus endpoint (/metrics; "
+        'docs/metrics.md): loopback by default, IPv6 as [::1]:9479, port 0 = any free port, "" = off.',
+        env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN",
+        flag="--metrics-listen",
+    ),
+    Setting(
+        "log.level",
+        "info",
+        parse_choice("debug", "info", "warning", "error"),
+        "Log level.",
+        env="AUTOMAGIK_TELEMETRY_LOG_LEVEL",
+        flag="--log-level",
+        live=True,
+    ),
+    # ---- the supervisor (`automagik-telemetry agent`; docs/operations.md)
+    Setting(
+        "agent.stop_timeout",
+        10.0,
+        parse_duration,
+        "On SIGTERM/SIGINT: how long the shipper may take to "
+        "finish its in-flight batch before abandoning it (it stays in the WAL); a child still running 2 s "
+        "later is killed.",
+        flag="--stop-timeout",
+    ),
+    Setting(
+        "agent.heartbeat_timeout",
+        30.0,
+        parse_duration,
+        "A child whose main loop shows no progress for this "
+        "long is killed and restarted (a declared wait, such as an HTTP request within its timeouts or a "
+        "retry backoff, counts as progress).",
+        flag="--heartbeat-timeout",
+    ),
+    # ---- shipper: ClickHouse target (the `shipper` and `schema apply` commands)
+    Setting(
+        "sink",
+        "clickhouse",
+        parse_choice("clickhouse", "embedded", "none"),
+        "Where the agent ships the "
+        "WAL: clickhouse (a server over HTTP), embedded (an in-process chDB store in embedded.dir; needs the "
+        "'embedded' extra), or none (ingest only; the WAL keeps everything).",
+        env="AUTOMAGIK_TELEMETRY_SINK",
+        flag="--sink",
+    ),
+    Setting(
+        "embedded.dir",
+        "/var/lib/automagik-telemetry/embedded",
+        parse_str,
+        "Data directory of the embedded ClickHouse store (sink = embedded); --embedded DIR also selects that sink.",
+        env="AUTOMAGIK_TELEMETRY_EMBEDDED_DIR",
+        flag="--embedded",
+    ),
+    Setting(
+        "clickhouse.endpoint",
+        "http://localhost:8123",
+        parse_url,
+        "ClickHouse HTTP(S) endpoint, without credentials in the URL.",
+        flag="--clickhouse-endpoint",
+    ),
+    Setting(
+        "clickhouse.database",
+        "telemetry",
+        parse_identifier,
+        "ClickHouse database of the traces table.",
+        flag="--database",
+    ),
+    Setting("clickhouse.table", "traces", parse_identifier, "ClickHouse table the spans go to.", flag="--table"),
+    Setting("clickhouse.username", "default", parse_str, "ClickHouse user (HTTP basic auth).", flag="--username"),
+    Setting(
+        "clickhouse.password",
+        "",
+        parse_str,
+        "ClickHouse password (prefer --password-file: flags show in ps).",
+        flag="--password",
+    ),
+    Setting(
+        "clickhouse.password_file",
+        "",
+        parse_str,
+        "File holding the ClickHouse password (first line); overrides clickhouse.password.",
+        flag="--password-file",
+    ),
+    Setting(
+        "clickhouse.ca_bundle",
+        "",
+        parse_str,
+        'CA bundle to verify an https endpoint with ("" = system).',
+        flag="--ca-bundle",
+    ),
+    Setting("clickhouse.verify_tls", True, parse_bool, "Verify the https endpoint's certificate.", flag="--verify-tls"),
+    Setting(
+        "clickhouse.compression",
+        "auto",
+        parse_choice("auto", "zstd", "gzip", "none"),
+        "Request body compression; auto = zstd on ClickHouse >= 21.1, else gzip (bodies under 1 KiB are sent plain).",
+        flag="--compression",
+    ),
+    Setting("clickhouse.connect_timeout", 5.0, parse_duration, "Connect timeout.", flag="--connect-timeout"),
+    Setting(
+        "clickhouse.read_timeout",
+        60.0,
+        parse_duration,
+        "Timeout waiting for ClickHouse's answer.",
+        flag="--read-timeout",
+    ),
+    Setting("shipper.batch_size", 20_000, parse_int(1), "Spans per INSERT (at most).", flag="--batch-size", live=True),
+    Setting(
+        "shipper.batch_bytes",
+        8 * 1024 * 1024,
+        parse_size,
+        "WAL bytes per INSERT (at most).",
+        flag="--batch-bytes",
+        live=True,
+    ),
+    Setting(
+        "shipper.batch_wait",
+        1.0,
+        parse_duration,
+        "Longest wait to fill a partial batch.",
+        flag="--batch-wait",
+        live=True,
+    ),
+    Setting(
+        "shipper.max_rows_per_second",
+        200_000,
+        parse_int(0),
+        "Rate limit while catching up after an outage (0 = none).",
+        flag="--max-rows-per-second",
+        live=True,
+    ),
+    Setting(
+        "shipper.retry_base",
+        1.0,
+        parse_duration,
+        "First retry delay after a transient failure (doubles up to retry_max, full jitter).",
+        flag="--retry-base",
+    ),
+    Setting(
+        "shipper.retry_max", 60.0, parse_duration, "Longest retry delay after transient failures.", flag="--retry-max"
+    ),
+    Setting(
+        "shipper.config_retry",
+        30.0,
+        parse_duration,
+        "Retry delay while ClickHouse refuses the configuration (auth, missing table).",
+        flag="--config-retry",
+    ),
+    Setting(
+        "shipper.dead_letter_dir",
+        "",
+        parse_str,
+        'Where refused spans are kept ("" = <wal dir>/../dead-letter).',
+        flag="--dead-letter-dir",
+    ),
+)
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

@@ -1,0 +1,208 @@
+"""Every metric the agent exposes, in one table (docs/metrics.md describes each one; a test keeps the two
+equal), and the label values every child reports from the start."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class MetricKind(enum.StrEnum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+P = "automagik_telemetry_"
+
+# Label values every child initialises to 0, so that rate() and alerts work before the first event.
+REJECT_REASONS = (
+    "too_short",
+    "bad_magic",
+    "bad_version",
+    "bad_type",
+    "bad_flags",
+    "unsupported_kind",
+    "length_mismatch",
+    "oversized",
+    "bad_payload",
+    "empty",
+    "bad_seq",
+    "disk_full",
+    "too_many_connections",
+    "wal_error",
+)
+WAL_DROP_REASONS = ("wal_size_cap", "disk_free_watermark")
+FAILURE_CLASSES = ("transient", "config", "bad_data")
+RETRY_CLASSES = ("transient", "config")
+CLIENT_DROP_COUNTERS = {
+    "dropped_queue_full": "queue_full",
+    "dropped_oversized": "oversized",
+    "dropped_at_shutdown": "at_shutdown",
+    "dropped_after_shutdown": "after_shutdown",
+    "unconfirmed_records": "unconfirmed",
+}
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str  # full name; counters end in _total
+    kind: MetricKind
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+def _defs(*defs: MetricDef) -> dict[str, MetricDef]:
+    return {d.name: d for d in defs}
+
+
+C, G, H = MetricKind.COUNTER, MetricKind.GAUGE, MetricKind.HISTOGRAM
+#: Every metric the agent exposes (docs/metrics.md describes each one and what it answers).
+CATALOGUE: dict[str, MetricDef] = _defs(
+    # ---- supervisor
+    MetricDef(P + "up", G, "1 while the agent's supervisor serves metrics."),
+    MetricDef(P + "build_info", G, "Always 1; the labels say which agent and Python run.", ("version", "python")),
+    MetricDef(
+        P + "agent_info", G, "Always 1; agent_id names this agent's WAL (as in STATS and batch tokens).", ("agent_id",)
+    ),
+    MetricDef(
+        P + "child_restarts_total", C, "Times the supervisor restarted a child process after it died.", ("child",)
+    ),
+    MetricDef(P + "child_up", G, "1 if the child reported in the last 5 seconds, else 0.", ("child",)),
+    # ---- ingest
+    MetricDef(
+        P + "ingest_messages_received_total", C, "Protocol messages received from clients (any type, valid or not)."
+    ),
+    MetricDef(
+        P + "ingest_records_received_total",
+        C,
+        "RECORDS messages accepted and appended to the WAL (one WAL record each).",
+    ),
+    MetricDef(P + "ingest_spans_received_total", C, "Spans in the accepted RECORDS messages."),
+    MetricDef(P + "ingest_received_bytes_total", C, "Bytes of all messages received from clients, headers included."),
+    MetricDef(P + "ingest_rejected_messages_total", C, "Messages answered with REJECT, by reason.", ("reason",)),
+    MetricDef(
+        P + "ingest_rejected_spans_total",
+        C,
+        "Spans in rejected RECORDS messages, by reason (0 for reasons "
+        "where the message's span count cannot be trusted).",
+        ("reason",),
+    ),
+    MetricDef(
+        P + "ingest_acks_sent_total",
+        C,
+        "ACK messages sent (each acknowledges every earlier message on its connection).",
+    ),
+    MetricDef(P + "ingest_connections_accepted_total", C, "Client connections accepted."),
+    MetricDef(
+        P + "ingest_connections_refused_total",
+        C,
+        "Client connections refused (too many connections, or no file descriptors).",
+    ),
+    MetricDef(
+        P + "ingest_connections_dropped_total",
+        C,
+        "Clients disconnected because they stopped reading the agent's replies.",
+    ),
+    MetricDef(P + "ingest_connections_open", G, "Client connections open now."),
+    MetricDef(
+        P + "client_dropped_spans_total",
+        C,
+        "Spans clients lost before the agent had them, as the clients report (CLIENT_STATS), by reason.",
+        ("reason",),
+    ),
+    MetricDef(
+        P + "client_reported_total",
+        C,
+        "Every counter clients report in CLIENT_STATS, summed over client instances.",
+        ("counter",),
+    ),
+    # ---- WAL (reported by ingest, except the two reader counters)
+    MetricDef(P + "wal_bytes", G, "Size of the WAL's segment files."),
+    MetricDef(P + "wal_segments", G, "Segment files in the WAL."),
+    MetricDef(
+        P + "wal_accepting", G, "1 while the WAL accepts records, 0 while the disk policy refuses them (disk_full)."
+    ),
+    MetricDef(P + "wal_unshipped_records", G, "WAL records written but not yet consumed by the shipper."),
+    MetricDef(
+        P + "wal_unshipped_bytes",
+        G,
+        "Bytes from the oldest unshipped record to the end of the WAL "
+        "(over-estimate by at most 1 MiB, or one segment for data from before the last start).",
+    ),
+    MetricDef(
+        P + "wal_oldest_unshipped_age_seconds",
+        G,
+        "Age of the oldest WAL record the shipper has not "
+        "committed (over-estimate by at most 1 s, or a segment's lifetime for data from before the last "
+        "start); 0 when everything is shipped.",
+    ),
+    MetricDef(P + "wal_appended_records_total", C, "Records appended to the WAL."),
+    MetricDef(P + "wal_appended_spans_total", C, "Spans in the records appended to the WAL."),
+    MetricDef(P + "wal_appended_bytes_total", C, "Bytes appended to the WAL (record headers included)."),
+    MetricDef(P + "wal_fsync_duration_seconds", H, "Duration of each fdatasync of the active WAL segment."),
+    MetricDef(
+        P + "wal_write_errors_total", C, "Failed WAL writes or segment creations (the records were rejected, not lost)."
+    ),
+    MetricDef(
+        P + "wal_dropped_records_total", C, "Unshipped WAL records deleted by the disk policy, by reason.", ("reason",)
+    ),
+    MetricDef(
+        P + "wal_dropped_spans_total", C, "Spans in the WAL records deleted by the disk policy, by reason.", ("reason",)
+    ),
+    MetricDef(P + "wal_segments_created_total", C, "WAL segment files created."),
+    MetricDef(
+        P + "wal_segments_deleted_total", C, "WAL segment files deleted (shipped, or dropped by the disk policy)."
+    ),
+    MetricDef(
+        P + "wal_recovery_corrupt_records_total",
+        C,
+        "Corrupt records found in the newest segment at start (skipped, left in place).",
+    ),
+    MetricDef(
+        P + "wal_recovery_truncated_bytes_total",
+        C,
+        "Bytes of torn tails truncated at start (a write cut short by a crash; never acknowledged).",
+    ),
+    MetricDef(
+        P + "wal_quarantined_segments_total", C, "Segments with an unreadable header moved aside as .corrupt at start."
+    ),
+    MetricDef(P + "wal_corrupt_records_skipped_total", C, "Records the shipper could not read (corrupt) and skipped."),
+    MetricDef(
+        P + "wal_missing_records_total",
+        C,
+        "Records missing between segments when the shipper read them "
+        "(dropped by the disk policy, or in a quarantined segment).",
+    ),
+    # ---- shipper
+    MetricDef(P + "shipper_batches_total", C, "Batches shipped and committed."),
+    MetricDef(P + "shipper_rows_total", C, "Rows (spans) ClickHouse accepted."),
+    MetricDef(P + "shipper_uncompressed_bytes_total", C, "Bytes of the accepted INSERT bodies before compression."),
+    MetricDef(P + "shipper_sent_bytes_total", C, "Bytes of the accepted INSERT bodies as sent (after compression)."),
+    MetricDef(P + "shipper_insert_requests_total", C, "INSERT requests sent, successful or not."),
+    MetricDef(P + "shipper_insert_duration_seconds", H, "Duration of each INSERT request, successful or not."),
+    MetricDef(P + "shipper_insert_failures_total", C, "INSERT requests that failed, by error class.", ("class",)),
+    MetricDef(
+        P + "shipper_retries_total",
+        C,
+        "Retries after a failure (INSERT or server detection), by error class.",
+        ("class",),
+    ),
+    MetricDef(
+        P + "shipper_bisect_requests_total", C, "INSERTs of batch halves while isolating rows ClickHouse refuses."
+    ),
+    MetricDef(
+        P + "shipper_dead_lettered_rows_total",
+        C,
+        "Spans written to the dead-letter file instead of ClickHouse, by reason.",
+        ("reason",),
+    ),
+    MetricDef(
+        P + "shipper_batches_found_stored_total",
+        C,
+        "Batches not re-sent because ClickHouse already had them, by when that was found.",
+        ("when",),
+    ),
+    MetricDef(P + "shipper_last_success_timestamp_seconds", G, "Unix time of the last INSERT ClickHouse accepted."),
+    MetricDef(P + "shipper_consecutive_failures", G, "Failed attempts since the last success (0 when healthy)."),
+)

@@ -1,0 +1,121 @@
+"""Recovery at open: what the WAL directory holds after whatever ended the last writer (docs/wal.md).
+
+Every segment's header is checked: a file cut short before its header was complete never held a record
+and is removed; a header that is unreadable, or disagrees with the file's name, gets the segment moved
+aside as ``.corrupt`` (quarantined, never deleted). The newest segment is scanned to the end: corrupt
+records in it are counted and left in place, a torn tail (a write a crash cut short; never
+acknowledged) is truncated, and a newest segment left without any record is removed so that the
+next one gets a fresh salt. Older segments are not rescanned: their readers skip and count damage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from .backlog import BacklogMarks
+from .durable import fsync_dir
+from .format import QUARANTINE_SUFFIX, SEGMENT_HEADER_SIZE, FormatError, parse_segment_name
+from .segment import Corrupt, Record, SegmentFile, SegmentScanner, Tail, open_segment
+from .stats import WalStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recovered:
+    segments: list[SegmentFile]  # every usable segment, oldest first, each with its last seq
+    last_seq: int  # the last valid record's seq (0 if none)
+
+
+def recover_segments(wal_dir: str, stats: WalStats, marks: BacklogMarks) -> Recovered:
+    """Validate headers, repair the newest segment; ``marks`` gets each segment's creation time (the age
+    bound of records written before this start)."""
+    segments: list[SegmentFile] = []
+    created: dict[int, float] = {}
+    for first, path in list_segment_files(wal_dir):
+        try:
+            fd, header = open_segment(path)
+            os.close(fd)
+        except (OSError, FormatError) as exc:
+            if os.path.getsize(path) < SEGMENT_HEADER_SIZE:
+                # A crash while creating it: it never held a record.
+                os.unlink(path)
+                fsync_dir(wal_dir)
+                continue
+            quarantine(wal_dir, path, str(exc), stats)
+            continue
+        if header.first_seq != first:
+            quarantine(wal_dir, path, f"header says first seq {header.first_seq}, name says {first}", stats)
+            continue
+        segments.append(SegmentFile(first, path, os.path.getsize(path)))
+        created[first] = header.created_ns / 1e9
+    last_seq = 0
+    while segments:
+        newest = segments[-1]
+        last_seq = repair_newest(newest, stats)
+        if last_seq >= newest.first_seq:
+            break
+        # The newest segment holds no record: remove it (a new one gets a fresh salt).
+        os.unlink(newest.path)
+        fsync_dir(wal_dir)
+        segments.pop()
+        last_seq = newest.first_seq - 1
+    for i, seg in enumerate(segments[:-1]):
+        seg.last_seq = segments[i + 1].first_seq - 1
+    if segments:
+        segments[-1].last_seq = last_seq
+    for seg in segments:
+        marks.mark(seg.first_seq, created[seg.first_seq], seg.first_seq, SEGMENT_HEADER_SIZE)
+    return Recovered(segments, last_seq)
+
+
+def list_segment_files(wal_dir: str) -> list[tuple[int, str]]:
+    """(first seq, path) of every file named like a segment, in seq order."""
+    found = []
+    for name in os.listdir(wal_dir):
+        first = parse_segment_name(name)
+        if first is not None:
+            found.append((first, os.path.join(wal_dir, name)))
+    found.sort()
+    return found
+
+
+def quarantine(wal_dir: str, path: str, why: str, stats: WalStats) -> None:
+    log.error("WAL segment %s is unreadable (%s); moved aside as %s%s", path, why, path, QUARANTINE_SUFFIX)
+    os.replace(path, path + QUARANTINE_SUFFIX)
+    fsync_dir(wal_dir)
+    stats.quarantined_segments += 1
+
+
+def repair_newest(seg: SegmentFile, stats: WalStats) -> int:
+    """Scan the newest segment, count corrupt records, truncate a torn tail. Return its last seq."""
+    fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        scanner = SegmentScanner.open(fd)
+        expected = seg.first_seq
+        last = seg.first_seq - 1
+        while (item := scanner.next()) is not None:
+            if isinstance(item, Record):
+                if item.seq > expected:
+                    stats.corrupt_records_at_open += item.seq - expected
+                last = item.seq
+                expected = item.seq + 1
+            elif isinstance(item, Tail):
+                log.warning(
+                    "WAL segment %s: truncating a torn tail of %d bytes at offset %d",
+                    seg.path,
+                    item.length,
+                    item.offset,
+                )
+                os.ftruncate(fd, item.offset)
+                os.fsync(fd)
+                stats.torn_tail_bytes_truncated += item.length
+                break
+            elif isinstance(item, Corrupt):
+                log.error("WAL segment %s: %d corrupt bytes at offset %d skipped", seg.path, item.length, item.offset)
+        seg.size = os.fstat(fd).st_size
+        return last
+    finally:
+        os.close(fd)
