@@ -22,6 +22,7 @@ log() { printf 'bootstrap: %s\n' "$*"; }
 
 APT_PACKAGES=(
     clickhouse-server clickhouse-client   # Debian 12 ships ClickHouse 18.16.1: the real-server test fixture
+    zookeeper                             # ZooKeeper 3.8 jars (+ default-jre): tests/clickhouse_cluster.py runs its own
     libsystemd-dev pkg-config gcc python3-dev  # build deps of systemd-python
     python3-venv
     systemd                               # systemd-socket-activate, systemd-analyze
