@@ -102,6 +102,7 @@ def chdb_session_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 UNIT_FILES = frozenset(
     {
         "test_architecture.py",
+        "test_cli_help.py",
         "test_client_attributes.py",
         "test_client_config.py",
         "test_client_transport_parts.py",

@@ -13,7 +13,7 @@ from ..paths import control_socket_path
 from ..supervisor.listener import create, from_systemd
 from ..supervisor.sdnotify import Notifier, listen_fds
 from ..supervisor.supervisor import Supervisor
-from .options import ALL, INGEST, Subparsers, add_setting_flags, loader
+from .options import AGENT, ALL, Subparsers, add_setting_flags, loader
 from .packages import missing_agent_extras
 
 
@@ -59,6 +59,6 @@ def add_parser(sub: Subparsers) -> None:
     agent.set_defaults(func=run_agent)
     # Internal (started by `agent`; no help= keeps it out of the command list).
     internal = sub.add_parser("ingest", description="Internal: the ingest process `agent` starts.")
-    add_setting_flags(internal, INGEST)
+    add_setting_flags(internal, AGENT)
     internal.add_argument("--listen-fd", type=int, default=None, help="the listening socket, inherited")
     internal.set_defaults(func=run_ingest)

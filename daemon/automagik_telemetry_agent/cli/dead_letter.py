@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .. import exitcodes
 from ..config import ConfigError
 from ..paths import dead_letter_dir
-from .options import DEAD_LETTER, SINK, Subparsers, add_setting_flags, load
+from .options import AGENT, Subparsers, add_setting_flags, load
 
 if TYPE_CHECKING:
     from ..shipper.replay import ReplayPlan
@@ -141,10 +141,10 @@ def add_parser(sub: Subparsers) -> None:
     dead = sub.add_parser("dead-letter", help="list or replay the spans the shipper could not ship")
     dead_sub = dead.add_subparsers(dest="dead_letter_command", required=True)
     listing = dead_sub.add_parser("list", help="one line per dead-lettered span (time, reason, code, error)")
-    add_setting_flags(listing, DEAD_LETTER | SINK)  # the same flags as replay, so one set serves both
+    add_setting_flags(listing, AGENT)
     listing.add_argument("--json", action="store_true", help="print one JSON object with every entry")
     listing.set_defaults(func=cmd_list)
     replay = dead_sub.add_parser("replay", help="insert the dead-lettered rows again; remove those that land")
-    add_setting_flags(replay, DEAD_LETTER | SINK)
+    add_setting_flags(replay, AGENT)
     replay.add_argument("--dry-run", action="store_true", help="say what would be sent, change nothing")
     replay.set_defaults(func=cmd_replay)

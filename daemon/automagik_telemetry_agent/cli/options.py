@@ -1,7 +1,10 @@
 """What every command shares: the setting flags it accepts (only those it uses) and loading its configuration.
 
-Each command names the settings it reads as a :data:`Scope`; its ``--help`` lists exactly those flags.
-Every setting can still come from the TOML file and the environment whatever the command.
+Each command names the settings it accepts as flags as a :data:`Scope`; its ``--help`` lists exactly those.
+Commands that read only where the data went (``query``, ``schema apply``) take the sink's settings; the
+agent, its children and the operator's commands about a running agent (``status``, ``doctor``,
+``send-test``, ``dead-letter``, ``config check``) take every setting, so the flags that started an agent
+also find it. Every setting can still come from the TOML file and the environment whatever the command.
 """
 
 from __future__ import annotations
@@ -30,10 +33,8 @@ def scope(*prefixes: str) -> Scope:
 
 ALL = scope(*(s.key for s in SETTINGS))
 SINK = scope("sink", "embedded.", "clickhouse.")
-SHIPPER = SINK | scope("wal.dir", "shipper.", "agent.stop_timeout", "log.level")
-INGEST = scope("socket.", "wal.", "log.level")
-STATUS = scope("socket.path", "socket.control_path")
-DEAD_LETTER = scope("wal.dir", "shipper.dead_letter_dir")
+#: The agent's own flags: the agent, its children, and the commands about a running agent.
+AGENT = ALL
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, keys: Scope = ALL) -> None:

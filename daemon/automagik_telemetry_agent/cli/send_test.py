@@ -9,7 +9,7 @@ import argparse
 
 from .. import exitcodes
 from ..config import ConfigError
-from .options import SINK, STATUS, Subparsers, add_setting_flags, loader
+from .options import AGENT, Subparsers, add_setting_flags, loader
 
 
 def run_send_test(args: argparse.Namespace) -> int:
@@ -30,6 +30,6 @@ def run_send_test(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Subparsers) -> None:
     send = sub.add_parser("send-test", help="send one span through the agent and wait until it is queryable")
-    add_setting_flags(send, SINK | STATUS)
+    add_setting_flags(send, AGENT)
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the span (default 30)")
     send.set_defaults(func=run_send_test)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import SHIPPER, Subparsers, add_setting_flags, loader
+from .options import AGENT, Subparsers, add_setting_flags, loader
 
 
 def run_shipper(args: argparse.Namespace) -> int:
@@ -17,5 +17,5 @@ def run_shipper(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Subparsers) -> None:
     shipper = sub.add_parser("shipper", help="ship the WAL to ClickHouse in the foreground")
-    add_setting_flags(shipper, SHIPPER)
+    add_setting_flags(shipper, AGENT)
     shipper.set_defaults(func=run_shipper)

@@ -12,7 +12,7 @@ import json
 from .. import exitcodes
 from ..ops.status import fetch_status, render
 from ..paths import control_socket_path
-from .options import STATUS, Subparsers, add_setting_flags, load
+from .options import AGENT, Subparsers, add_setting_flags, load
 
 NOT_RUNNING = 3  # like `systemctl status`: the unit is not active
 
@@ -38,7 +38,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Subparsers) -> None:
     status = sub.add_parser("status", help="ask the running agent how it is doing (exit 3: not running)")
-    add_setting_flags(status, STATUS)
+    add_setting_flags(status, AGENT)
     status.add_argument("--json", action="store_true", help="print the agent's status dict as JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the agent's answer")
     status.set_defaults(func=run_status)
