@@ -84,7 +84,7 @@ def test_venv_holds_the_agent_and_its_dependencies_precompiled_and_no_pip(deb_tr
         assert module in names, f"{module} missing from the venv"
     assert not {n for n in names if re.match(r"(pip|setuptools|wheel)(-|$)", n)}, "build tools in the venv"
     # Byte-compiled at build time: the service cannot write .pyc files under ProtectSystem=strict.
-    cached = list((site / "automagik_telemetry_agent/__pycache__").glob("cli.cpython-311.pyc"))
+    cached = list((site / "automagik_telemetry_agent/cli/__pycache__").glob("__init__.cpython-311.pyc"))
     assert cached, "automagik_telemetry_agent is not byte-compiled"
     assert os.readlink(site / "certifi/cacert.pem") == "/etc/ssl/certs/ca-certificates.crt"
 
