@@ -88,6 +88,17 @@ def parse_segment_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def list_segment_files(wal_dir: str) -> list[tuple[int, str]]:
+    """(first seq, path) of every file in ``wal_dir`` named like a segment, in seq order."""
+    found = []
+    for name in os.listdir(wal_dir):
+        first = parse_segment_name(name)
+        if first is not None:
+            found.append((first, os.path.join(wal_dir, name)))
+    found.sort()
+    return found
+
+
 def new_salt() -> int:
     """A random non-zero 32-bit salt (zero is what a zero-filled torn tail looks like)."""
     while True:

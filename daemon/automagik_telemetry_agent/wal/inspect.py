@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .cursor import read_cursor
-from .format import DROPS_FILE, QUARANTINE_SUFFIX, FormatError, parse_segment_name
+from .format import DROPS_FILE, QUARANTINE_SUFFIX, FormatError, list_segment_files
 from .segment import Corrupt, Record, SegmentScanner, Tail, open_segment
 
 
@@ -53,16 +53,6 @@ class VerifyReport:
         return out
 
 
-def _segment_files(wal_dir: str) -> list[tuple[int, str]]:
-    found = []
-    for name in os.listdir(wal_dir):
-        first = parse_segment_name(name)
-        if first is not None:
-            found.append((first, os.path.join(wal_dir, name)))
-    found.sort()
-    return found
-
-
 def _dropped_ranges(wal_dir: str) -> list[tuple[int, int]]:
     ranges = []
     try:
@@ -82,7 +72,7 @@ def verify(wal_dir: str) -> VerifyReport:
     report.cursor_seq, report.cursor_damaged = cursor.seq, cursor.damaged
     report.quarantined_segments = sorted(n for n in os.listdir(wal_dir) if n.endswith(QUARANTINE_SUFFIX))
     drops = _dropped_ranges(wal_dir)
-    segments = _segment_files(wal_dir)
+    segments = list_segment_files(wal_dir)
     expected: int | None = None
     for index, (first, path) in enumerate(segments):
         newest = index == len(segments) - 1
@@ -143,7 +133,7 @@ def _account_gap(report: VerifyReport, first: int, last: int, drops: list[tuple[
 
 def dump(wal_dir: str, *, start_after: int = 0) -> Iterator[tuple[int, int, bytes]]:
     """Every readable record as (seq, kind, payload), oldest first, skipping damage."""
-    for _first, path in _segment_files(wal_dir):
+    for _first, path in list_segment_files(wal_dir):
         try:
             fd, header = open_segment(path)
         except (OSError, FormatError):

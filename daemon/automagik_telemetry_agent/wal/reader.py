@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 from .cursor import read_cursor, write_cursor
-from .format import FormatError, parse_segment_name
+from .format import FormatError, list_segment_files
 from .segment import Corrupt, Record, SegmentScanner, Tail, read_segment_header
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,10 @@ class WalReader:
 
     # ------------------------------------------------------------------ segment discovery
     def _segments(self) -> list[tuple[int, str]]:
-        found = []
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self.dir):
-                first = parse_segment_name(name)
-                if first is not None:
-                    found.append((first, os.path.join(self.dir, name)))
-        found.sort()
-        return found
+        try:
+            return list_segment_files(self.dir)
+        except FileNotFoundError:
+            return []
 
     def _open(self, first_seq: int, path: str) -> _OpenSegment | None:
         """Open and share-lock a segment; None if it vanished or is unreadable."""

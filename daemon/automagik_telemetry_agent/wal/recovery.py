@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .backlog import BacklogMarks
 from .durable import fsync_dir
-from .format import QUARANTINE_SUFFIX, SEGMENT_HEADER_SIZE, FormatError, parse_segment_name
+from .format import QUARANTINE_SUFFIX, SEGMENT_HEADER_SIZE, FormatError, list_segment_files
 from .segment import Corrupt, Record, SegmentFile, SegmentScanner, Tail, open_segment
 from .stats import WalStats
 
@@ -69,17 +69,6 @@ def recover_segments(wal_dir: str, stats: WalStats, marks: BacklogMarks) -> Reco
     for seg in segments:
         marks.mark(seg.first_seq, created[seg.first_seq], seg.first_seq, SEGMENT_HEADER_SIZE)
     return Recovered(segments, last_seq)
-
-
-def list_segment_files(wal_dir: str) -> list[tuple[int, str]]:
-    """(first seq, path) of every file named like a segment, in seq order."""
-    found = []
-    for name in os.listdir(wal_dir):
-        first = parse_segment_name(name)
-        if first is not None:
-            found.append((first, os.path.join(wal_dir, name)))
-    found.sort()
-    return found
 
 
 def quarantine(wal_dir: str, path: str, why: str, stats: WalStats) -> None:
