@@ -2,8 +2,9 @@
 
 Nothing system-wide is used: ZooKeeper (Debian package ``zookeeper``, scripts/bootstrap.sh; not the
 ``zookeeperd`` service) runs as ``java ... org.apache.zookeeper.server.ZooKeeperServerMain zoo.cfg`` in its
-own temp dir, and each replica is a :class:`ClickHouseServer` of tests/clickhouse_server.py (its config.xml,
-users, start/stop/kill/pause code) plus one file, ``config.d/cluster.xml``. Everything listens on 127.0.0.1
+own temp dir, and each replica is a :class:`ClickHouseServer` of tests/clickhouse_server.py (its config.xml
+and users) plus one file, ``config.d/cluster.xml``. Both are tests/managed_process.py's ``ManagedProcess``:
+the same start/stop/kill/restart/freeze/thaw/log_tail code. Everything listens on 127.0.0.1
 only, on free ports; ``close()`` stops every process and removes the temp dirs. A watchdog process
 does the same if the test process dies without running its teardown (SIGKILL, a runner's timeout).
 A 1x2 cluster starts in about 0.5 s (ZooKeeper ~0.3-1 s, the replicas in parallel ~0.1-0.2 s).
@@ -23,8 +24,8 @@ API (``ClickHouseCluster``; the fixtures of tests/cluster/conftest.py give start
 
     Replica (a ClickHouseServer): http_url (== url), http_port, tcp_port, interserver_port, shard and
     replica (1-based), name ("s1r2"), macros, query(sql, ...), kill() (SIGKILL), freeze()/thaw()
-    (SIGSTOP/SIGCONT, same as pause()/resume()), stop(), start(), restart() (same ports, same data dir),
-    ensure_running(), wait_zookeeper_session(), log_tail().
+    (SIGSTOP/SIGCONT, also named pause()/resume()), frozen, stop(), start(), restart() (same ports, same
+    data dir), running, ensure_running(), wait_zookeeper_session(), log_tail().
 
     ZooKeeper: host, port, connect_string, data_dir, stop() (SIGTERM) / start() (same port and data
     dir: znodes survive), kill() (SIGKILL), restart(), freeze()/thaw() (SIGSTOP/SIGCONT), running,
@@ -60,14 +61,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -75,13 +75,12 @@ from xml.sax.saxutils import escape
 
 from clickhouse_server import (
     START_TIMEOUT,
-    STOP_TIMEOUT,
     ClickHouseQueryError,
     ClickHouseServer,
     ClickHouseStartError,
     find_binary,
-    free_port,
 )
+from managed_process import ManagedProcess, StartCloseContext, distinct_free_ports
 
 CLUSTER_NAME = "telemetry_cluster"
 RETRIED_DDL_ERRORS = frozenset({242, 999})  # TABLE_IS_READ_ONLY, KEEPER_EXCEPTION (see ClickHouseCluster.ddl)
@@ -175,47 +174,38 @@ def missing_dependencies() -> list[str]:
     return missing
 
 
-def _distinct_free_ports(n: int, taken: set[int]) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        p = free_port()
-        if p not in taken and p not in ports:
-            ports.append(p)
-    taken.update(ports)
-    return ports
-
-
 class ZooKeeperStartError(RuntimeError):
     pass
 
 
-class ZooKeeper:
-    """A private standalone ZooKeeper server (see the module docstring)."""
+class ZooKeeper(ManagedProcess):
+    """A private standalone ZooKeeper server (see the module docstring); process control (start, stop,
+    kill, restart, freeze/thaw, log_tail) is :class:`managed_process.ManagedProcess`'s."""
 
     host = "127.0.0.1"
+    what = "ZooKeeper"
+    start_error = ZooKeeperStartError
+    start_timeout = 30.0
 
     def __init__(self, base_dir: str | os.PathLike[str] | None = None, port: int = 0):
+        super().__init__(base_dir, prefix="zookeeper-test-")
         self.java = find_java()
-        self._owns_dir = base_dir is None
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zookeeper-test-"))
         self.data_dir = self.base_dir / "data"
         self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.frozen = False
 
     @property
     def connect_string(self) -> str:
         return f"{self.host}:{self.port}"
 
     @property
-    def console_log(self) -> Path:
-        return self.base_dir / "console.log"
+    def _ports(self) -> tuple[int, ...]:
+        return (self.port,)
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    @_ports.setter
+    def _ports(self, ports: Sequence[int]) -> None:
+        (self.port,) = ports
 
-    def _write_config(self) -> Path:
+    def _command(self) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.base_dir / "zoo.cfg"
         cfg.write_text(
@@ -237,7 +227,11 @@ class ZooKeeper:
                 ]
             )
         )
-        return cfg
+        classpath = ZOOKEEPER_JAR + (f":{SLF4J_SIMPLE_JAR}" if os.path.exists(SLF4J_SIMPLE_JAR) else "")
+        return [self.java, *ZOOKEEPER_JVM_OPTS, "-cp", classpath, ZOOKEEPER_MAIN, str(cfg)]
+
+    def _ready(self) -> bool:
+        return self.serving()
 
     def four_letter(self, word: str, timeout: float = 1.0) -> str | None:
         """Send a four-letter word (ruok, srvr, conf, mntr, ...); the answer, or None if nobody answers."""
@@ -260,115 +254,6 @@ class ZooKeeper:
             return False
         conf = self.four_letter("conf", timeout) or ""
         return f"dataDir={self.data_dir}" in conf
-
-    def start(self, timeout: float = 30.0) -> ZooKeeper:
-        """Start and wait until it serves. The first start picks a free port (retrying on a collision);
-        later starts reuse the port and the data dir."""
-        if self.running:
-            return self
-        if self.port:
-            self._start_once(timeout)
-            return self
-        last: Exception | None = None
-        for _ in range(5):
-            self.port = free_port()
-            try:
-                self._start_once(timeout)
-                return self
-            except ZooKeeperStartError as e:
-                last = e
-                if "Address already in use" not in str(e):
-                    raise
-                self.port = 0
-        raise ZooKeeperStartError(f"no free port after 5 tries: {last}")
-
-    def _start_once(self, timeout: float) -> None:
-        cfg = self._write_config()
-        classpath = ZOOKEEPER_JAR + (f":{SLF4J_SIMPLE_JAR}" if os.path.exists(SLF4J_SIMPLE_JAR) else "")
-        with open(self.console_log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [self.java, *ZOOKEEPER_JVM_OPTS, "-cp", classpath, ZOOKEEPER_MAIN, str(cfg)],
-                cwd=self.base_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.frozen = False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                rc = self.proc.returncode
-                self.proc = None
-                raise ZooKeeperStartError(f"ZooKeeper exited with {rc} during start\n{self.log_tail()}")
-            if self.serving():
-                return
-            time.sleep(0.05)
-        self.kill()
-        raise ZooKeeperStartError(f"ZooKeeper not serving after {timeout}s\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.console_log.read_text(errors="replace").splitlines()[-lines:]
-        except FileNotFoundError:
-            return "(no ZooKeeper log)"
-        return f"--- {self.console_log} (last {lines} lines) ---\n" + "\n".join(text)
-
-    def _signal(self, sig: int) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM (the JVM exits with 143); SIGKILL if it does not exit within ``timeout``."""
-        if self.proc is None:
-            return
-        if self.frozen:
-            self.thaw()
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        self._signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        self.frozen = False
-
-    def restart(self, timeout: float = 30.0) -> None:
-        self.stop()
-        self.start(timeout)
-
-    def freeze(self) -> None:
-        """SIGSTOP: connections stay open (and new ones are accepted by the kernel) but nothing answers.
-        Returns once every JVM thread is stopped."""
-        self._signal(signal.SIGSTOP)
-        self.frozen = True
-        assert self.proc is not None
-        pid = self.proc.pid
-        # ClickHouseServer._all_threads_stopped: its /proc check, reused rather than copied.
-        wait_for(lambda: ClickHouseServer._all_threads_stopped(pid), timeout=5, interval=0.005, what="SIGSTOP")
-
-    def thaw(self) -> None:
-        self._signal(signal.SIGCONT)
-        self.frozen = False
-
-    def ensure_running(self) -> None:
-        if self.frozen:
-            self.thaw()
-        if not self.running:
-            self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
 class Replica(ClickHouseServer):
@@ -433,16 +318,8 @@ class Replica(ClickHouseServer):
         except AssertionError as e:
             raise ClickHouseStartError(f"{e}\n{self.log_tail()}\n{zk.log_tail()}") from None
 
-    def freeze(self) -> None:
-        """SIGSTOP (every thread stopped on return)."""
-        self.pause()
 
-    def thaw(self) -> None:
-        """SIGCONT."""
-        self.resume()
-
-
-class ClickHouseCluster:
+class ClickHouseCluster(StartCloseContext):
     """``shards`` x ``replicas`` clickhouse-servers and one ZooKeeper (see the module docstring)."""
 
     def __init__(
@@ -526,7 +403,7 @@ class ClickHouseCluster:
         for _ in range(3):
             taken = {self.zookeeper.port}
             for r in self.replicas:
-                r.http_port, r.tcp_port, r.interserver_port = _distinct_free_ports(3, taken)
+                r.http_port, r.tcp_port, r.interserver_port = distinct_free_ports(3, taken)
             with ThreadPoolExecutor(len(self.replicas)) as pool:
                 futures = [pool.submit(r.start, timeout) for r in self.replicas]
                 errors = [e for e in (f.exception() for f in futures) if e is not None]
@@ -576,16 +453,6 @@ class ClickHouseCluster:
                     self._reaper.wait()
                 self._reaper = None
 
-    def __enter__(self) -> ClickHouseCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join([self.zookeeper.log_tail(lines), *(f"[{r.name}] {r.log_tail(lines)}" for r in self.replicas)])
 
@@ -617,7 +484,7 @@ class ClickHouseCluster:
 
     def zookeeper_children(self, path: str, replica: Replica | None = None) -> list[str]:
         """The znodes under ``path``, read through a replica's system.zookeeper ([] if ``path`` is missing)."""
-        target = replica or next(r for r in self.replicas if r.running and not r.paused)
+        target = replica or next(r for r in self.replicas if r.running and not r.frozen)
         try:
             out = target.query(f"SELECT name FROM system.zookeeper WHERE path = '{path}' ORDER BY name")
         except ClickHouseQueryError as e:

@@ -4,7 +4,8 @@
 instance: a temp dir holds a generated config.xml + users.xml and all data/tmp/log paths; it listens on
 127.0.0.1 only, on free HTTP and native-TCP ports; the interserver port is left unconfigured, which
 makes 18.16 not open it. The process can be stopped, killed, restarted (same ports, same data) and
-frozen (SIGSTOP) to simulate outages.
+frozen (SIGSTOP; ``pause()``/``resume()`` are ``freeze()``/``thaw()``) to simulate outages: that code is
+tests/managed_process.py's ``ManagedProcess``, shared with the cluster's ZooKeeper.
 
 Users (same names must exist on an external server, see below):
     default        no password, full access
@@ -30,19 +31,18 @@ import base64
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from managed_process import STOP_TIMEOUT, ManagedProcess
+from managed_process import free_port as free_port  # re-exported: tests import it from here
 
 EXTERNAL_URL_ENV = "AUTOMAGIK_TELEMETRY_TEST_CLICKHOUSE_URL"
 BINARY_ENV = "AUTOMAGIK_TELEMETRY_TEST_CLICKHOUSE_BIN"
@@ -51,7 +51,6 @@ AGENT_USER, AGENT_PASSWORD = "agent", "agent-secret"
 READONLY_USER, READONLY_PASSWORD = "readonly_user", "readonly-secret"
 
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
 
 
 class ClickHouseQueryError(Exception):
@@ -82,12 +81,6 @@ class Response:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_binary() -> str:
@@ -199,10 +192,14 @@ class _HTTPMixin:
         return self.query("SELECT version()").strip()
 
 
-class ClickHouseServer(_HTTPMixin):
-    """A private clickhouse-server process. See the module docstring."""
+class ClickHouseServer(ManagedProcess, _HTTPMixin):
+    """A private clickhouse-server process. See the module docstring; process control (start, stop, kill,
+    restart, freeze/thaw, log_tail) is :class:`managed_process.ManagedProcess`'s."""
 
     supports_process_control = True
+    what = "clickhouse-server"
+    start_error = ClickHouseStartError
+    start_timeout = START_TIMEOUT
 
     def __init__(
         self,
@@ -212,14 +209,11 @@ class ClickHouseServer(_HTTPMixin):
     ):
         """``users_d``: extra ``{file name: XML text}`` written to ``users.d/`` next to users.xml, which the
         server merges into it (how deploy/clickhouse/users/ adds the agent's user on 18.16)."""
+        super().__init__(base_dir, prefix="clickhouse-test-")
         self.binary = binary or find_binary()
         self.users_d = dict(users_d or {})
-        self._owns_dir = base_dir is None
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="clickhouse-test-"))
         self.http_port = 0
         self.tcp_port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.paused = False
         # Sent back by the server as X-ClickHouse-Server-Display-Name: proves that /ping was answered
         # by THIS instance, not by another server that grabbed the port first.
         self.display_name = f"automagik-test-{uuid.uuid4().hex[:12]}"
@@ -314,62 +308,26 @@ class ClickHouseServer(_HTTPMixin):
 </yandex>
 """)
 
-    # -- process control ------------------------------------------------------------------------
     @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def log_files(self) -> Sequence[Path]:
+        return (self.console_log, self.error_log)
 
-    def start(self, timeout: float = START_TIMEOUT) -> ClickHouseServer:
-        """Start and wait for ``GET /ping`` == "Ok.". First start picks free ports (retrying on a
-        collision); later starts (restart) reuse the same ports and data dir."""
-        if self.running:
-            return self
-        if self.http_port:
-            self._start_once(timeout)
-            return self
-        last: Exception | None = None
-        for _ in range(5):
-            self.http_port, self.tcp_port = free_port(), free_port()
-            if self.http_port == self.tcp_port:
-                continue
-            try:
-                self._start_once(timeout)
-                return self
-            except ClickHouseStartError as e:
-                last = e
-                if "Address already in use" not in str(e):
-                    raise
-                self.http_port = self.tcp_port = 0
-        raise ClickHouseStartError(f"no free ports after 5 tries: {last}")
+    # -- process control: ManagedProcess's, plus these hooks ------------------------------------
+    @property
+    def _ports(self) -> tuple[int, ...]:
+        return (self.http_port, self.tcp_port)
 
-    def _start_once(self, timeout: float) -> None:
+    @_ports.setter
+    def _ports(self, ports: Sequence[int]) -> None:
+        self.http_port, self.tcp_port = ports
+
+    def _command(self) -> list[str]:
         self._write_config()
-        for f in (self.error_log, self.console_log):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()  # so a failure report shows only this start's errors
-        with open(self.console_log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, f"--config-file={self.base_dir / 'config.xml'}"],
-                cwd=self.base_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C in pytest must not hit the server first
-            )
-        self.paused = False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                rc = self.proc.returncode
-                self.proc = None
-                raise ClickHouseStartError(f"clickhouse-server exited with {rc} during start\n{self.log_tail()}")
-            if self._ours_answers():
-                return
-            time.sleep(0.05)
-        self.kill()
-        raise ClickHouseStartError(f"clickhouse-server not ready after {timeout}s\n{self.log_tail()}")
+        with contextlib.suppress(FileNotFoundError):
+            self.error_log.unlink()  # so a failure report shows only this start's errors
+        return [self.binary, f"--config-file={self.base_dir / 'config.xml'}"]
 
-    def _ours_answers(self) -> bool:
+    def _ready(self) -> bool:
         """GET /ping says "Ok." and a query is answered with our display_name (18.16 sends the
         X-ClickHouse-Server-Display-Name header on query answers, not on /ping)."""
         if not self.ping(timeout=1.0):
@@ -380,103 +338,13 @@ class ClickHouseServer(_HTTPMixin):
         except (OSError, urllib.error.URLError):
             return False
 
-    def log_tail(self, lines: int = 40) -> str:
-        out = []
-        for f in (self.console_log, self.error_log):
-            try:
-                text = f.read_text(errors="replace").splitlines()[-lines:]
-            except FileNotFoundError:
-                continue
-            out.append(f"--- {f} (last {lines} lines) ---\n" + "\n".join(text))
-        return "\n".join(out) or "(no server log)"
-
-    def _signal(self, sig: int) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Graceful SIGTERM; SIGKILL if it does not exit within ``timeout``."""
-        if self.proc is None:
-            return
-        if self.paused:
-            self.resume()
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL (a crash: no flush, no clean shutdown)."""
-        if self.proc is None:
-            return
-        self._signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        self.paused = False
-
-    def restart(self, timeout: float = START_TIMEOUT) -> None:
-        """Stop (if running) and start again on the same ports with the same data."""
-        self.stop()
-        self.start(timeout)
-
     def pause(self) -> None:
-        """SIGSTOP: connections are accepted by the kernel but never answered.
-
-        Returns once every thread is stopped: the stop is asynchronous, and a request sent right
-        after the signal could otherwise still be answered by a thread running on another core.
-        """
-        self._signal(signal.SIGSTOP)
-        self.paused = True
-        assert self.proc is not None
-        deadline = time.monotonic() + 5
-        while not self._all_threads_stopped(self.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.005)
-
-    @staticmethod
-    def _all_threads_stopped(pid: int) -> bool:
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except FileNotFoundError:
-            return True
-        for tid in tasks:
-            try:
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            except FileNotFoundError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
-                return False
-        return True
+        """:meth:`freeze` under the name the ``clickhouse`` fixture has (ExternalClickHouse's too)."""
+        self.freeze()
 
     def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-        self.paused = False
-
-    def ensure_running(self) -> None:
-        """Undo whatever a test left behind (paused or dead) so the shared server stays usable."""
-        if self.paused:
-            self.resume()
-        if not self.running:
-            self.start()
-
-    def close(self) -> None:
-        """Stop and delete the temp dir (if this object created it)."""
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> ClickHouseServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        """:meth:`thaw` under the name the ``clickhouse`` fixture has (ExternalClickHouse's too)."""
+        self.thaw()
 
 
 class ExternalClickHouse(_HTTPMixin):
@@ -490,7 +358,7 @@ class ExternalClickHouse(_HTTPMixin):
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.base_dir = None
-        self.paused = False
+        self.frozen = False
 
     @property
     def running(self) -> bool:
