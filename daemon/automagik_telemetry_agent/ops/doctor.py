@@ -13,48 +13,21 @@ embedded sink that chDB imports; finally the dead-letter file.
 from __future__ import annotations
 
 import contextlib
-import enum
 import grp
 import os
 import pwd
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from ..clickhouse.errors import ErrorClass, Finding
-from ..clickhouse.factory import sink_from_config
-from ..clickhouse.http import ClickHouseHttpSink
-from ..clickhouse.schema import render_migrations
-from ..clickhouse.sink import Capabilities, SinkError
-from ..config import ConfigError
 from ..paths import DEAD_LETTER_FILE, control_socket_path, dead_letter_dir
 from ..preflight import held_by_systemd, problems, socket_in_use
 from ..units import duration_text, size_text
+from .doctor_check import FAIL, OK, WARN, Check, Status
+from .doctor_sink import check_clickhouse, check_embedded
 from .status import fetch_status
 
-
-class Status(enum.StrEnum):
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "FAIL"
-
-
-OK, WARN, FAIL = Status.OK, Status.WARN, Status.FAIL
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    status: Status
-    name: str
-    detail: str
-    fix: str = ""
-
-    def lines(self) -> list[str]:
-        out = [f"{self.status:<5} {self.name}: {self.detail}"]
-        if self.fix and self.status != OK:
-            out.append(f"      fix: {self.fix}")
-        return out
+__all__ = ["FAIL", "OK", "WARN", "Check", "Doctor", "Status"]
 
 
 class Doctor:
@@ -257,115 +230,12 @@ class Doctor:
         else:
             self.add(OK, "WAL", detail)
 
-    # ------------------------------------------------------------------ sinks
+    # ------------------------------------------------------------------ sinks (doctor_sink)
     def check_clickhouse(self) -> None:
-        try:
-            sink = sink_from_config(self.config)
-        except ConfigError as exc:
-            self.add(FAIL, "clickhouse", str(exc), "fix the clickhouse.* settings")
-            return
-        try:
-            if isinstance(sink, ClickHouseHttpSink):
-                self._clickhouse(sink)
-        finally:
-            sink.close()
-
-    def _clickhouse(self, sink: ClickHouseHttpSink) -> None:
-        where = sink.endpoint
-        try:
-            sink.query("SELECT 1")
-        except SinkError as exc:
-            result = exc.result
-            if result.finding is Finding.NOT_CLICKHOUSE:
-                self.add(
-                    FAIL,
-                    "clickhouse reachable",
-                    str(exc),
-                    f"{where} answers, but it is not ClickHouse: "
-                    "set --clickhouse-endpoint (clickhouse.endpoint) to its HTTP interface, e.g. "
-                    "http://host:8123",
-                )
-            elif result.status is None or result.error_class is ErrorClass.TRANSIENT:
-                self.add(
-                    FAIL,
-                    "clickhouse reachable",
-                    str(exc),
-                    f"check that ClickHouse runs and --clickhouse-endpoint {where} is right",
-                )
-            else:
-                self.add(OK, "clickhouse reachable", f"{where} answers")
-                self.add(
-                    FAIL,
-                    "clickhouse auth",
-                    str(exc),
-                    "set the right clickhouse.username and clickhouse.password_file (--username, --password-file)",
-                )
-            return
-        self.add(OK, "clickhouse reachable", f"{where} answers")
-        self.add(OK, "clickhouse auth", f"user {sink.username!r} accepted")
-        try:
-            detected = sink.detect()
-        except SinkError as exc:
-            caps = sink.capabilities
-            if caps is not None:
-                self.add(OK, "clickhouse version", _features(caps))
-            self.add(
-                FAIL,
-                "clickhouse table",
-                str(exc),
-                f"run `automagik-telemetry schema apply` "
-                f"(--clickhouse-endpoint {where} --database {sink.database} --table {sink.table})",
-            )
-            return
-        self.add(OK, "clickhouse version", _features(detected.capabilities))
-        profile = detected.profile
-        self.add(OK, "clickhouse table", f"{sink.target} exists, {profile.value} row profile")
-        try:
-            out = (
-                sink.query(
-                    f"SELECT max(version), any(profile), count() FROM {sink.database}.schema_migrations "
-                    "FORMAT TabSeparated"
-                )
-                .strip()
-                .split("\t")
-            )
-        except SinkError:
-            self.add(
-                WARN,
-                "clickhouse schema",
-                f"no {sink.database}.schema_migrations: the table was not created by `schema apply`",
-                "run `automagik-telemetry schema apply` (it adopts the existing table)",
-            )
-        else:
-            recorded = int(out[0]) if out and out[0].isdigit() and len(out) == 3 and out[2] != "0" else 0
-            try:
-                latest = render_migrations(profile, sink.database, sink.table, 0)[-1].version
-            except Exception:  # migrations not installed: cannot compare, not a problem of this host's setup
-                latest = recorded
-            if recorded >= latest:
-                self.add(OK, "clickhouse schema", f"version {recorded} ({out[1] or profile.value} profile), up to date")
-            else:
-                self.add(
-                    WARN,
-                    "clickhouse schema",
-                    f"version {recorded}, {latest} available",
-                    "run `automagik-telemetry schema apply`",
-                )
-        result = sink.insert(b"")  # an empty INSERT: checks the privilege, stores nothing
-        if result.ok:
-            self.add(OK, "clickhouse insert", f"user {sink.username!r} may INSERT into {sink.target}")
-        else:
-            self.add(
-                FAIL, "clickhouse insert", sink.explain(result), "give the user INSERT on the table (and not readonly)"
-            )
+        check_clickhouse(self.config, self.add)
 
     def check_embedded(self) -> None:
-        import importlib.util
-
-        if importlib.util.find_spec("chdb") is None:
-            self.add(FAIL, "embedded", "chDB is not installed", "pip install 'automagik-telemetry[embedded]'")
-        else:
-            self.add(OK, "embedded", f"chDB importable; store in {self.config['embedded.dir']}")
+        check_embedded(self.config, self.add)
 
     def check_dead_letters(self) -> None:
         path = os.path.join(dead_letter_dir(self.config), DEAD_LETTER_FILE)
@@ -387,14 +257,6 @@ class Doctor:
             )
         else:
             self.add(OK, "dead letters", "none")
-
-
-def _features(caps: Capabilities) -> str:
-    zstd = "zstd yes" if caps.zstd else "zstd no (gzip instead; needs 21.1)"
-    dedup = (
-        "dedup token yes" if caps.dedup_token else "dedup token no (a retried batch may be stored twice; needs 22.2)"
-    )
-    return f"ClickHouse {caps.version}: {zstd}, {dedup}"
 
 
 def _user_name(uid: int) -> str:

@@ -14,7 +14,7 @@ all if a stop was requested by then):
    ``{agent_id}:{first}-{last}:{crc32(salts)}`` derives only from that identity, so every retry
    sends the same bytes with the same token. The range is written to ``<state_dir>/inflight.json``
    before the first send, so a restarted shipper rebuilds the very same batch (same token).
-3. **Send** and act on the class of the answer (:mod:`.clickhouse_errors`):
+3. **Send** in the sender thread and act on the class of the answer (:mod:`.delivery`, the retry policy):
 
    * OK: dead-letter what must be, then ``reader.commit(last)`` (durable cursor).
    * TRANSIENT: retry the same bytes forever, capped exponential backoff with full jitter.
@@ -36,26 +36,21 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from ..clickhouse.errors import ErrorClass
-from ..clickhouse.rows import Profile
-from ..clickhouse.sink import InsertResult, Sink, SinkError
+from ..clickhouse.sink import Sink
 from ..paths import CONSUMER_LOCK_FILE, default_dead_letter_dir, shipper_state_dir
 from ..wal.reader import WalEntry, WalReader
 from .batch import FrozenBatch, freeze_batch
-from .bisect import bisect
-from .dead_letter import DeadLetter, DeadLetterEntry, DeadLetterReason
+from .dead_letter import DeadLetter, DeadLetterEntry
+from .delivery import PROBE_ROWS, Delivery, ProfileChanged
 from .inflight import InflightRecord
 from .options import ShipperOptions, ShipperStats
-from .pacing import TokenBucket, backoff_delay
 from .sending import Sending
+from .stop import StopRequest
 
 if TYPE_CHECKING:
     from ..lifecycle.liveness import Liveness
@@ -64,14 +59,8 @@ __all__ = ["Shipper"]
 
 log = logging.getLogger(__name__)
 
-PROBE_ROWS = 16  # span ids checked when a restarted shipper resends its in-flight batch (no dedup token)
-
 #: What the sender thread hands back: the batch as finally sent, and the rows refused (None: abandoned).
 SendOutcome = tuple[FrozenBatch, "list[DeadLetterEntry] | None"]
-
-
-class _ProfileChanged(Exception):
-    pass
 
 
 # ------------------------------------------------------------------------------------------ shipper
@@ -87,13 +76,9 @@ class Shipper:
         self.dead_letter = DeadLetter(self.options.dead_letter_dir or default_dead_letter_dir(self.wal_dir))
         self.stats = ShipperStats()
         self.reader: WalReader | None = None
-        self._stop = threading.Event()
-        self._deadline = float("inf")
-        self._bucket = TokenBucket(self.options.drain_rows_per_s)
+        self._stop = StopRequest()  # the one stop event and deadline, shared with the delivery
+        self._delivery = Delivery(sink, self.stats, self._stop, lambda: self.options, self.inflight)
         self._agent_id: str | None = None
-        self._last_problem = ""
-        self._last_problem_time = 0.0
-        self._failures = 0
         self._last_stats_log = time.monotonic()
         self._sending: Sending[SendOutcome] | None = None  # the batch being sent by the sender thread
         self._last_send_start = float("-inf")  # monotonic time the last batch was handed to the sender
@@ -103,14 +88,12 @@ class Shipper:
     # ------------------------------------------------------------------ control
     def request_stop(self, deadline_s: float | None = None) -> None:
         """Finish the in-flight batch, or abandon it (kept in the WAL) after the deadline."""
-        wait = self.options.stop_deadline_s if deadline_s is None else deadline_s
-        self._deadline = min(self._deadline, time.monotonic() + wait)
-        self._stop.set()
+        self._stop.request(self.options.stop_deadline_s if deadline_s is None else deadline_s)
 
     @property
     def consecutive_failures(self) -> int:
         """Failed attempts since the last success (0 when healthy)."""
-        return self._failures
+        return self._delivery.consecutive_failures
 
     @property
     def stopping(self) -> bool:
@@ -122,68 +105,18 @@ class Shipper:
         token bucket are replaced whole, never mutated under the shipper's feet."""
         self.options = replace(self.options, **changes)
         if "drain_rows_per_s" in changes:
-            self._bucket = TokenBucket(self.options.drain_rows_per_s)
+            self._delivery.set_rate(self.options.drain_rows_per_s)
 
     def declare_waits(self, liveness: Liveness) -> None:
         """Declare every timed wait of this shipper (polls, backoffs, config retries, the rate limit) to
         ``liveness``, so that the supervisor's heartbeat check tells a long but
         known wait from a hang. Call before :meth:`run` and before installing signal handlers."""
-        stop = liveness.event()
-        if self._stop.is_set():
-            stop.set()
-        self._stop = stop
-
-    def _abandon(self) -> bool:
-        return self._stop.is_set() and time.monotonic() >= self._deadline
-
-    def _sleep(self, delay: float) -> None:
-        end = time.monotonic() + delay
-        if not self._stop.is_set():
-            self._stop.wait(delay)
-        if self._stop.is_set():
-            remaining = min(end, self._deadline) - time.monotonic()
-            if remaining > 0:
-                time.sleep(remaining)
-
-    # ------------------------------------------------------------------ problems (one line each)
-    def _problem(self, message: str, error_class: ErrorClass) -> None:
-        self.stats.last_error = message
-        self._failures += 1
-        now = time.monotonic()
-        if message != self._last_problem or now - self._last_problem_time >= 600:
-            level = logging.ERROR if error_class is ErrorClass.CONFIG else logging.WARNING
-            log.log(level, "%s; data is kept in the WAL and retried", message)
-            self._last_problem, self._last_problem_time = message, now
-        else:
-            log.debug("still failing: %s", message)
-
-    def _recovered(self) -> None:
-        if self._failures:
-            log.info(
-                "ClickHouse at %s accepts inserts again (after %d failed attempts)", self.sink.endpoint, self._failures
-            )
-        self._failures = 0
-        self._last_problem = ""
+        self._stop.declare_waits(liveness)
 
     # ------------------------------------------------------------------ detection
     def ensure_detected(self) -> bool:
         """Detect the server and table, retrying until it works or a stop is requested."""
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                self.sink.detect()
-                self._recovered()
-                return True
-            except SinkError as exc:
-                self._problem(str(exc), exc.result.error_class)
-                if exc.result.error_class is ErrorClass.CONFIG:
-                    self.stats.retries_config += 1
-                    self._stop.wait(self.options.config_retry_s)
-                else:
-                    self.stats.retries_transient += 1
-                    self._stop.wait(backoff_delay(attempt, self.options.backoff_base_s, self.options.backoff_cap_s))
-                    attempt += 1
-        return False
+        return self._delivery.ensure_detected()
 
     def agent_id(self) -> str:
         if self._agent_id is None:
@@ -321,7 +254,7 @@ class Shipper:
         if batch.profile is not self.sink.profile:  # re-detected while it was being frozen
             batch = self._freeze(entries)
         self.inflight.write(batch)
-        if resumed and self._already_stored(batch):
+        if resumed and self._delivery.already_stored(batch):
             log.info(
                 "batch %d-%d was stored before the shipper stopped (probe of %d rows): not resending",
                 batch.first_seq,
@@ -340,8 +273,8 @@ class Shipper:
         """In the sender thread: the batch as finally sent and the rows refused (None if abandoned)."""
         while True:
             try:
-                return batch, self._send_batch(batch)
-            except _ProfileChanged:
+                return batch, self._delivery.send_batch(batch)
+            except ProfileChanged:
                 assert self.sink.profile is not None
                 log.warning(
                     "table %s now takes %s rows: re-encoding batch %d-%d",
@@ -368,11 +301,11 @@ class Shipper:
                 self.dead_letter.write(dead)
                 break
             except OSError as exc:  # keep the batch uncommitted until its bad rows are kept somewhere
-                self._problem(
+                self._delivery.problem(
                     f"cannot write the dead-letter file {self.dead_letter.path}: {exc.strerror}", ErrorClass.CONFIG
                 )
-                self._sleep(self.options.config_retry_s)
-                if self._abandon():
+                self._stop.sleep(self.options.config_retry_s)
+                if self._stop.abandon():
                     self._abandoned = True
                     return False
         self.reader.commit(batch.last_seq)
@@ -393,154 +326,6 @@ class Shipper:
                 dead[0].error,
             )
         return True
-
-    def _already_stored(self, batch: FrozenBatch) -> bool:
-        """On a server without dedup tokens: did the previous run's insert of this batch commit?
-
-        A JSONEachRow insert of under a million rows is one block, stored entirely or not at all, so
-        finding every one of up to PROBE_ROWS sampled span ids means the whole batch is there. Any
-        doubt (a partial find after a bisection, a failed probe) resends: at-least-once.
-        """
-        caps = self.sink.capabilities
-        # A token only deduplicates on a table with a dedup window: our modern schema has one, a legacy
-        # table kept on a server upgraded past 22.2 does not (the probe still guards it).
-        if (
-            not batch.rows
-            or caps is None
-            or batch.rows >= 1_000_000
-            or (caps.dedup_token and batch.profile is Profile.MODERN)
-        ):
-            return False
-        step = max(1, batch.rows // PROBE_ROWS)
-        sample = [orjson.loads(batch.row(i)) for i in range(0, batch.rows, step)[:PROBE_ROWS]]
-        stamps = [r["timestamp_ns"] for r in sample]
-        try:
-            found = self.sink.count_present([r["span_id"] for r in sample], min(stamps), max(stamps))
-        except SinkError as exc:
-            log.warning(
-                "could not check whether batch %d-%d was stored (%s): resending it",
-                batch.first_seq,
-                batch.last_seq,
-                exc,
-            )
-            return False
-        return found >= len(sample)
-
-    def _send_batch(self, batch: FrozenBatch) -> list[DeadLetterEntry] | None:
-        """Send the whole batch (bisecting if needed); the rows the server refused, None if abandoned."""
-        if not batch.rows:
-            return []
-        r = self._send(batch.body, batch.token, batch.rows, batch.profile, probe=lambda: self._already_stored(batch))
-        if r is None:
-            return None
-        if r.ok:
-            return []
-        log.warning(
-            "batch %d-%d (%d rows) refused as bad data, bisecting: %s",
-            batch.first_seq,
-            batch.last_seq,
-            batch.rows,
-            r.message,
-        )
-        self.inflight.write(batch, bisecting=True)  # from now on parts of it may get stored
-        found = bisect(batch.rows, lambda lo, hi, path: self._send_part(batch, lo, hi, path), r)
-        if found.abandoned:
-            return None
-        return [
-            DeadLetterEntry(
-                DeadLetterReason.REJECTED, why.message, batch.line_seqs[i], row=batch.row(i), error_code=why.code
-            )
-            for i, why in found.refused
-        ]
-
-    def _send_part(self, batch: FrozenBatch, lo: int, hi: int, path: str) -> InsertResult | None:
-        """One bisection part: rows ``lo..hi-1`` with the token ``<batch token>:<path>``."""
-        self.stats.bisect_requests += 1
-        return self._send(batch.row_bytes(lo, hi), f"{batch.token}:{path}", hi - lo, batch.profile)
-
-    def _send(
-        self, body: bytes, token: str, rows: int, profile: Profile, probe: Callable[[], bool] | None = None
-    ) -> InsertResult | None:
-        """Send until OK or BAD_DATA; None if abandoned. Raises _ProfileChanged after a re-detection.
-
-        ``probe``: after a broken connection, asks whether the server stored the body anyway (servers
-        without dedup tokens); if so the body is not sent again.
-        """
-        attempt = 0
-        o = self.options
-        while True:
-            if self._abandon():
-                return None
-            wait = self._bucket.take(rows)
-            if wait > 0:
-                self._sleep(wait)
-                if self._abandon():
-                    return None
-            started = time.perf_counter()
-            r = self.sink.insert(body, token)
-            self.stats.insert_latency.observe(time.perf_counter() - started)
-            self.stats.requests += 1
-            if not r.ok:
-                failures = self.stats.insert_failures
-                failures[r.error_class.value] = failures.get(r.error_class.value, 0) + 1
-            if r.ok:
-                s = self.stats
-                s.rows += rows
-                s.bytes_raw += r.raw_bytes
-                s.bytes_compressed += r.sent_bytes
-                s.last_success_time = time.time()
-                self._recovered()
-                return r
-            if r.error_class is ErrorClass.BAD_DATA:
-                return r
-            self._problem(self.sink.explain(r), r.error_class)
-            if r.error_class is ErrorClass.TRANSIENT:
-                self.stats.retries_transient += 1
-                self._sleep(backoff_delay(attempt, o.backoff_base_s, o.backoff_cap_s))
-                attempt += 1
-                if r.status is None and not self._abandon():
-                    # No HTTP answer: the connection broke. The server may have been restarted or upgraded
-                    # meanwhile, so detect its version (compression, dedup token) and table again first.
-                    try:
-                        self.sink.detect()
-                    except SinkError:
-                        continue
-                    if self.sink.profile is not profile:
-                        raise _ProfileChanged()
-                    if probe is not None and probe():
-                        log.info("the connection broke after ClickHouse had stored the batch: not resending it")
-                        self.stats.retries_found_stored += 1
-                        return InsertResult(True, ErrorClass.OK, None, "stored before the connection broke", 200)
-                continue
-            # CONFIG: wait, re-detect (the table may have been created or changed), retry.
-            self.stats.retries_config += 1
-            self._sleep(o.config_retry_s)
-            if self._abandon():
-                return None
-            if not self._redetect_while_misconfigured():
-                if self._abandon():
-                    return None
-                continue  # the server is unreachable now: the INSERT's retry takes the transient path
-            if self.sink.profile is not profile:
-                raise _ProfileChanged()
-
-    def _redetect_while_misconfigured(self) -> bool:
-        """After a configuration error, detect until the server and table are usable (True). The INSERT is
-        retried only then, so a table changed under the shipper (a column dropped) gives the table's
-        diagnosis every ``config_retry`` instead of the INSERT's and the table's error in turn. False when
-        detection fails for another reason (server unreachable) or the stop deadline passed."""
-        while True:
-            try:
-                self.sink.detect()
-                return True
-            except SinkError as exc:
-                self._problem(str(exc), exc.result.error_class)
-                if exc.result.error_class is not ErrorClass.CONFIG:
-                    return False
-            self.stats.retries_config += 1
-            self._sleep(self.options.config_retry_s)
-            if self._abandon():
-                return False
 
     def _maybe_log_stats(self) -> None:
         now = time.monotonic()
