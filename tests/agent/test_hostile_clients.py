@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 
 from automagik_telemetry import protocol
 from automagik_telemetry.protocol import MAX_MESSAGE_SIZE, MessageType
-from automagik_telemetry_agent.ingest.server import MAX_OUTBOX
+from automagik_telemetry_agent.ingest.replies import MAX_OUTBOX
 
 HEADER = struct.Struct("<2sBBBBHIIQ")
 RECORDS, CLIENT_STATS, STATS_REQUEST = 0x01, 0x02, 0x10

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from ..lifecycle.channel import REPORT_FD_ENV, SUPERVISOR_PID_ENV, ReportChannel
@@ -74,3 +75,15 @@ class ChildProcess:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def stop_all(processes: Sequence[ChildProcess], timeout: float) -> None:
+    """SIGTERM every process, give them ``timeout`` seconds in all, then SIGKILL and reap each one left."""
+    for process in processes:
+        process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.kill()
+        process.poll()
