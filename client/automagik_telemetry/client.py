@@ -20,16 +20,29 @@ import inspect
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
 from .attributes import safe_str
 from .config import TelemetryConfig
+from .logs import LogRecord, LogSeverity, severity_of
+from .metrics import (
+    Counter,
+    Gauge,
+    Histogram,
+    Instrument,
+    MetricsRegistry,
+    MetricType,
+    UpDownCounter,
+    metric_type_of,
+    single_point,
+)
 from .resource import SDK_VERSION, build_resource_line
 from .span import NOOP_SPAN, NoOpSpan, Span, SpanKind, StatusCode, exception_attributes
-from .transport import Transport
+from .transport import Record, Transport
 
 F = TypeVar("F", bound=Callable[..., Any])
+InstrumentT = TypeVar("InstrumentT", bound=Instrument)
 
 #: Bound on joining the sender thread at shutdown (it never blocks longer than one short poll).
 _JOIN_TIMEOUT = 0.5
@@ -53,13 +66,14 @@ class AutomagikTelemetry:
         self._enabled = bool(config.enabled)
         self._max_attribute_length = config.max_attribute_length
         self._shut_down = False
+        self._metrics = MetricsRegistry(config.max_metric_series)
         self._transport = self._new_transport()
-        #: The hot path's hand-off; swapped for a counting no-op at shutdown.
-        self._enqueue: Callable[[Span], None] = self._transport.queue.put if self._enabled else _discard
+        #: The hot path's hand-off (spans, log records, data points); swapped for a counting no-op at shutdown.
+        self._enqueue: Callable[[Record], None] = self._transport.queue.put if self._enabled else _discard
         if self._enabled:
             _CLIENTS.add(self)
             # On garbage collection stop the sender thread (which holds only the transport).
-            self._holder: list[Transport[Span]] = [self._transport]
+            self._holder: list[Transport[Record]] = [self._transport]
             finalizer = weakref.finalize(self, _stop_transport, self._holder)
             finalizer.atexit = False  # exit is handled by the flushing atexit hook below
 
@@ -104,6 +118,80 @@ class AutomagikTelemetry:
             span.end(span._start)
         except Exception:
             self._internal_error()
+
+    def track_log(
+        self,
+        message: object,
+        severity: LogSeverity | str = LogSeverity.INFO,
+        attributes: Mapping[str, object] | None = None,
+    ) -> None:
+        """Record a log record (0.1.4's signature): ``severity`` a ``LogSeverity`` or its name; inside a span
+        it carries that span's trace and span ids."""
+        if not self._enabled:
+            return
+        try:
+            level = severity_of(severity)
+            self._record_log(message, level, level.name, dict(attributes) if attributes else None)
+        except Exception:
+            self._internal_error()
+
+    def _record_log(
+        self,
+        body: object,
+        severity: LogSeverity,
+        severity_text: str,
+        attributes: dict[str, object] | None,
+        time_unix_ns: int | None = None,
+    ) -> None:
+        """Queue one log record (``track_log`` and ``LoggingHandler``); may raise, callers count it."""
+        if self._enabled:
+            self._enqueue(LogRecord(body, severity.value, severity_text, attributes, time_unix_ns))
+
+    def track_metric(
+        self,
+        metric_name: str,
+        value: float,
+        metric_type: MetricType | str = MetricType.GAUGE,
+        attributes: Mapping[str, object] | None = None,
+    ) -> None:
+        """Record one data point now (0.1.4's meaning): a gauge, a counter's increment as a monotonic
+        sum, or a one-value histogram. For many measurements use the instruments (``counter`` ...)."""
+        if not self._enabled:
+            return
+        try:
+            point = single_point(str(metric_name), value, metric_type_of(metric_type), dict(attributes or {}))
+            self._enqueue(point)
+        except Exception:
+            self._internal_error()
+
+    def counter(self, name: str, unit: str = "", description: str = "") -> Counter:
+        """A monotonic counter (``add(value, attributes)``), aggregated here, exported every metrics_interval."""
+        return self._instrument(Counter, name, unit, description)
+
+    def up_down_counter(self, name: str, unit: str = "", description: str = "") -> UpDownCounter:
+        """A sum that may go down (``add(value, attributes)``)."""
+        return self._instrument(UpDownCounter, name, unit, description)
+
+    def gauge(self, name: str, unit: str = "", description: str = "") -> Gauge:
+        """The last value per attribute set (``set(value, attributes)``)."""
+        return self._instrument(Gauge, name, unit, description)
+
+    def histogram(
+        self, name: str, unit: str = "", boundaries: Sequence[float] | None = None, description: str = ""
+    ) -> Histogram:
+        """An explicit-bucket histogram (``record(value, attributes)``); ``boundaries`` default to OpenTelemetry's.
+
+        Raises ValueError for boundaries that are not finite and strictly increasing (a programming error,
+        found when the instrument is created).
+        """
+        return self._instrument(Histogram, name, unit, description, boundaries=boundaries)
+
+    def _instrument(
+        self, cls: type[InstrumentT], name: str, unit: str, description: str, **extra: object
+    ) -> InstrumentT:
+        found = self._metrics.get(cls, name, unit, description, **extra)
+        assert isinstance(found, cls)
+        return found
 
     @overload
     def trace(self, func: F, /) -> F: ...
@@ -175,6 +263,7 @@ class AutomagikTelemetry:
         if not self._enabled:
             return True
         try:
+            self._export_metrics()
             return self._transport.flush(float(timeout))
         except Exception:
             self._internal_error()
@@ -187,6 +276,7 @@ class AutomagikTelemetry:
         self._shut_down = True
         try:
             transport = self._transport
+            self._export_metrics()
             transport.flush(self.config.exit_flush_timeout if timeout is None else float(timeout))
             self._enqueue = transport.queue.drop_after_shutdown
             transport.stop(_JOIN_TIMEOUT)
@@ -200,22 +290,30 @@ class AutomagikTelemetry:
         Values typed ``Any`` (as they always were) so that callers can use a counter as an ``int``.
         """
         try:
-            return {**self._transport.snapshot(), "enabled": self._enabled}  # disabled: all zero
+            metrics = {"metric_series_overflow": self._metrics.overflowed(), "metric_errors": self._metrics.errors()}
+            return {**self._transport.snapshot(), **metrics, "enabled": self._enabled}  # disabled: all zero
         except Exception:
             self._internal_error()
             return {"enabled": self._enabled, "internal_errors": 1}
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _new_transport(self) -> Transport[Span]:
+    def _new_transport(self) -> Transport[Record]:
         config = self.config
-        return Transport(config, lambda: build_resource_line(config, SDK_VERSION), self._on_fork_detected)
+        return Transport(
+            config, lambda: build_resource_line(config, SDK_VERSION), self._on_fork_detected, self._metrics.collect
+        )
+
+    def _export_metrics(self) -> None:
+        """Queue one data point per series of every instrument (before a flush, and at exit)."""
+        for point in self._metrics.collect():
+            self._enqueue(point)
 
     def _internal_error(self) -> None:
         with contextlib.suppress(Exception):
             self._transport.count_internal_error()
 
-    def _on_fork_detected(self, record: Span) -> None:
+    def _on_fork_detected(self, record: Record) -> None:
         """Backstop for a fork the at-fork hook did not see: reset, then queue ``record`` anew."""
         self._reset_after_fork()
         self._enqueue(record)
@@ -228,6 +326,7 @@ class AutomagikTelemetry:
         """
         old = self._transport
         old.abandon_in_child()
+        self._metrics.reset_after_fork()
         self._transport = self._new_transport()
         if self._enabled:
             self._holder[0] = self._transport
@@ -240,11 +339,11 @@ class AutomagikTelemetry:
         return f"<AutomagikTelemetry {self.config.service_name!r} enabled={self._enabled}>"
 
 
-def _discard(record: Span) -> None:
+def _discard(record: Record) -> None:
     pass
 
 
-def _stop_transport(holder: list[Transport[Span]]) -> None:
+def _stop_transport(holder: list[Transport[Record]]) -> None:
     holder[0].stop(0.0)
 
 

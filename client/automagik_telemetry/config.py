@@ -18,6 +18,7 @@ from .protocol import DEFAULT_SOCKET_PATH
 ENV_ENVIRONMENT = "AUTOMAGIK_TELEMETRY_ENVIRONMENT"
 ENV_SOCKET = "AUTOMAGIK_TELEMETRY_SOCKET"
 ENV_ENABLED = "AUTOMAGIK_TELEMETRY_ENABLED"
+ENV_METRICS_INTERVAL = "AUTOMAGIK_TELEMETRY_METRICS_INTERVAL"
 
 #: The default of ``resource_attributes``, recognized by identity and replaced by a fresh dict (so an
 #: explicit ``None`` is still rejected, as it always was). Never mutated.
@@ -65,6 +66,10 @@ class TelemetryConfig:
     #: Longer string attribute values are truncated to this many characters.
     max_attribute_length: int = 4096
     resource_attributes: dict[str, Any] = field(default_factory=dict)
+    #: Seconds between exports of the metric instruments' series (and at flush and exit).
+    metrics_interval: float = 10.0
+    #: Attribute sets an instrument keeps; more go to one overflow series (counted).
+    max_metric_series: int = 2000
 
     def __init__(
         self,
@@ -79,6 +84,8 @@ class TelemetryConfig:
         exit_flush_timeout: float = 1.0,
         max_attribute_length: int = 4096,
         resource_attributes: dict[str, Any] = _NO_RESOURCE_ATTRIBUTES,
+        metrics_interval: float | None = None,
+        max_metric_series: int = 2000,
     ) -> None:
         self.project_name = project_name
         self.version = version
@@ -104,6 +111,14 @@ class TelemetryConfig:
         if resource_attributes is _NO_RESOURCE_ATTRIBUTES:
             resource_attributes = {}
         self.resource_attributes = resource_attributes
+        if metrics_interval is None:
+            raw_interval = os.environ.get(ENV_METRICS_INTERVAL)
+            try:
+                metrics_interval = 10.0 if raw_interval is None else float(raw_interval)
+            except ValueError:
+                raise ValueError(f"{ENV_METRICS_INTERVAL}={raw_interval!r}: expected a number of seconds") from None
+        self.metrics_interval = metrics_interval
+        self.max_metric_series = max_metric_series
         self._validate()
 
     def _validate(self) -> None:
@@ -115,16 +130,18 @@ class TelemetryConfig:
             raise ValueError(f"TelemetryConfig.socket_path is too long for a Unix socket: {self.socket_path!r}")
         if not isinstance(self.enabled, bool):
             raise ValueError(f"TelemetryConfig.enabled must be a bool, got {self.enabled!r}")
-        for name in ("max_queue_size", "max_attribute_length"):
+        for name in ("max_queue_size", "max_attribute_length", "max_metric_series"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TelemetryConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("flush_interval", "exit_flush_timeout"):
+        for name in ("flush_interval", "exit_flush_timeout", "metrics_interval"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"TelemetryConfig.{name} must be a finite number of seconds, got {value!r}")
         if self.flush_interval <= 0:
             raise ValueError(f"TelemetryConfig.flush_interval must be > 0 seconds, got {self.flush_interval!r}")
+        if self.metrics_interval <= 0:
+            raise ValueError(f"TelemetryConfig.metrics_interval must be > 0 seconds, got {self.metrics_interval!r}")
         if self.exit_flush_timeout < 0:
             raise ValueError(
                 f"TelemetryConfig.exit_flush_timeout must be >= 0 seconds, got {self.exit_flush_timeout!r}"

@@ -18,6 +18,8 @@ import collections
 import threading
 from collections.abc import Callable
 
+from .protocol import RecordKind
+
 
 class Message:
     """A RECORDS message covering record indices [start, end); ``seq`` is 0 until sent.
@@ -25,9 +27,10 @@ class Message:
     ``lines`` (the serialized records) are dropped once the message is sent or settled.
     """
 
-    __slots__ = ("count", "end", "lines", "seq", "settled", "start")
+    __slots__ = ("count", "end", "kind", "lines", "seq", "settled", "start")
 
-    def __init__(self, start: int, end: int, lines: list[bytes]) -> None:
+    def __init__(self, start: int, end: int, lines: list[bytes], kind: RecordKind = RecordKind.SPAN) -> None:
+        self.kind = kind  # every record of a message is of one kind (the header says which)
         self.start = start
         self.end = end
         self.lines: list[bytes] | None = lines
@@ -85,11 +88,11 @@ class DeliveryLedger:
         self._claimed += count
         return start
 
-    def add_message(self, start: int, end: int, lines: list[bytes]) -> None:
-        """A message of ``lines`` covering [start, end), to be sent after those already waiting."""
+    def add_message(self, start: int, end: int, lines: list[bytes], kind: RecordKind = RecordKind.SPAN) -> None:
+        """A message of ``lines`` (records of ``kind``) covering [start, end), sent after those waiting."""
         if not lines:
             return
-        message = Message(start, end, lines)
+        message = Message(start, end, lines, kind)
         self._inflight.append(message)
         self._unsent.append(message)
 

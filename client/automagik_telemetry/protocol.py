@@ -54,8 +54,8 @@ class MessageType(enum.IntEnum):
 
 class RecordKind(enum.IntEnum):
     SPAN = 1
-    LOG = 2  # reserved: the agent rejects it until logs are supported
-    METRIC = 3  # reserved: the agent rejects it until metrics are supported
+    LOG = 2  # OTLP logRecord lines (accepted from agent 0.2 on; older agents answer unsupported_kind)
+    METRIC = 3  # OTLP Metric lines, one data point each (likewise)
 
 
 class RejectReason(enum.StrEnum):
@@ -95,7 +95,7 @@ class Header:
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
-_ACCEPTED_KINDS = frozenset({int(RecordKind.SPAN)})
+_ACCEPTED_KINDS = frozenset(int(kind) for kind in RecordKind)
 
 
 def encode(msg_type: MessageType, payload: bytes = b"", *, seq: int = 0, count: int = 0, kind: int = 0) -> bytes:

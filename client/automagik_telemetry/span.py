@@ -21,9 +21,10 @@ from json.encoder import encode_basestring
 from random import getrandbits
 from time import time_ns
 from types import TracebackType
-from typing import Literal, Protocol, TypeAlias
+from typing import ClassVar, Literal, Protocol, TypeAlias
 
 from .attributes import UNREPRESENTABLE, key_values, safe_str
+from .protocol import RecordKind
 
 
 class StatusCode(enum.IntEnum):
@@ -135,6 +136,7 @@ class Span:
     _trace_id: int
     kind: SpanKind | int
     name: str
+    record_kind: ClassVar[RecordKind] = RecordKind.SPAN
 
     def __init__(
         self,

@@ -17,13 +17,22 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeAlias, TypeVar
 
 from .config import TelemetryConfig
 from .connection import AgentConnection
 from .ledger import DeliveryLedger
-from .protocol import HEADER_SIZE, MAX_PAYLOAD_SIZE, MessageType, ProtocolError, decode_header, encode, encode_records
+from .protocol import (
+    HEADER_SIZE,
+    MAX_PAYLOAD_SIZE,
+    MessageType,
+    ProtocolError,
+    RecordKind,
+    decode_header,
+    encode,
+    encode_records,
+)
 from .span_queue import SpanQueue
 
 #: Records taken from the queue per serialization round.
@@ -45,7 +54,12 @@ StatsValue: TypeAlias = int | bool | dict[str, int]
 
 
 class Record(Protocol):
-    """What the sender needs of a queued record (``Span`` is one)."""
+    """What the sender needs of a queued record (``Span``, ``LogRecord``, ``MetricPoint``)."""
+
+    @property
+    def record_kind(self) -> RecordKind:
+        """Which signal the record is (a message carries records of one kind)."""
+        ...
 
     def to_line(self, max_length: int) -> bytes:
         """The record as one newline-terminated JSON line."""
@@ -63,10 +77,13 @@ class Transport(Generic[R]):
         config: TelemetryConfig,
         resource_line: Callable[[], bytes],
         on_fork: Callable[[R], None] | None = None,
+        collect: Callable[[], Sequence[R]] | None = None,
     ) -> None:
         """``resource_line()`` is called once, in the sender thread. ``on_fork(record)`` (a bound
         method, held weakly: the sender thread must not keep the client alive) gets a record put in
-        a forked child that the at-fork hook missed (a fork that bypassed ``os.fork``)."""
+        a forked child that the at-fork hook missed (a fork that bypassed ``os.fork``). ``collect()`` (the
+        metric instruments' data points) is called every ``metrics_interval`` in the sender thread and
+        its records queued."""
         self._max_length = config.max_attribute_length
         self._flush_interval = config.flush_interval
         self._resource_line_factory = resource_line
@@ -88,6 +105,9 @@ class Transport(Generic[R]):
         self.connection = AgentConnection(config.socket_path)
         self.ledger = DeliveryLedger()
         self._next_stats = 0.0
+        self._collect = collect
+        self._metrics_interval = config.metrics_interval
+        self._next_metrics = time.monotonic() + config.metrics_interval
 
         self.dropped_at_shutdown = 0
         self.send_errors = 0
@@ -202,6 +222,7 @@ class Transport(Generic[R]):
             return
         self._read_replies()
         self._maybe_send_stats()
+        self._maybe_collect_metrics()
         if not connection.connected:
             return
         if ledger.next_unsent is not None:
@@ -263,6 +284,7 @@ class Transport(Generic[R]):
         end = start + len(records)
         lines: list[bytes] = []
         size = 0
+        kind = records[0].record_kind if records else RecordKind.SPAN
         for index, record in enumerate(records, start):
             try:
                 line = record.to_line(self._max_length)
@@ -273,12 +295,12 @@ class Transport(Generic[R]):
             if len(line) > budget:
                 ledger.drop_oversized_record(index)
                 continue
-            if size + len(line) > budget:
-                ledger.add_message(start, index, lines)
-                start, lines, size = index, [], 0
+            if size + len(line) > budget or record.record_kind is not kind:
+                ledger.add_message(start, index, lines, kind)
+                start, lines, size, kind = index, [], 0, record.record_kind
             lines.append(line)
             size += len(line)
-        ledger.add_message(start, end, lines)
+        ledger.add_message(start, end, lines, kind)
 
     def _send_unsent(self) -> bool:
         """Send built messages in order; False if blocked (after waiting a little) or disconnected."""
@@ -286,7 +308,7 @@ class Transport(Generic[R]):
         while (message := ledger.next_unsent) is not None and ledger.unacked_messages < MAX_UNACKED_MESSAGES:
             seq = connection.next_seq
             try:
-                connection.send(encode_records(self._resource_line, message.lines or [], seq=seq))
+                connection.send(encode_records(self._resource_line, message.lines or [], seq=seq, kind=message.kind))
             except OSError as exc:
                 if exc.errno in _RETRY_ERRNOS:
                     self._wait_writable(exc.errno)
@@ -308,6 +330,15 @@ class Transport(Generic[R]):
         else:
             self.connection.wait(BLOCKED_POLL, writable=True)
         self.ledger.publish()
+
+    def _maybe_collect_metrics(self) -> None:
+        """Every ``metrics_interval``: queue one data point per series of the metric instruments."""
+        now = time.monotonic()
+        if self._collect is None or now < self._next_metrics:
+            return
+        self._next_metrics = now + self._metrics_interval
+        for point in self._collect():
+            self.queue.put(point)
 
     def _maybe_send_stats(self, force: bool = False) -> None:
         now = time.monotonic()

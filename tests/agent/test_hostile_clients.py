@@ -118,7 +118,7 @@ def expected_outcome(msg: bytes) -> Outcome:
         return reject("length_mismatch")
     payload = msg[24:]
     if mtype == RECORDS:
-        if kind != 1:
+        if kind not in (1, 2, 3):  # spans, log records, metric data points
             return reject("unsupported_kind", count)
         if count == 0:
             return reject("empty")
@@ -241,8 +241,8 @@ def test_garbage_frames_are_rejected_and_counted_by_reason(agent: AgentProcess) 
         header(length=len(good) + 1, seq=22, payload=good),
         header(length=len(good) - 1, seq=23, payload=good),
         header(length=0xFFFFFFFF, seq=24, payload=good),
-        header(kind=2, count=1, seq=25, payload=good),  # logs: not supported yet
-        header(kind=3, count=1, seq=26, payload=good),  # metrics: not supported yet
+        header(kind=4, count=1, seq=25, payload=good),  # a kind no agent knows
+        header(kind=255, count=1, seq=26, payload=good),
         header(kind=0, count=1, seq=27, payload=good),
         header(count=0, seq=28, payload=good),  # RECORDS with no records
         header(seq=0, payload=good),  # RECORDS with seq 0: sequence numbers start at 1
@@ -418,6 +418,7 @@ def test_unknown_type_version_magic_flags_kind_rejected(agent: AgentProcess) -> 
             add(type=value, count=0 if value >= 0x80 else 1)
         if value != 1:
             add(version=value)
+        if value not in (1, 2, 3):  # spans, log records, metric data points
             add(kind=value)
         if value:
             add(flags=value)
@@ -425,7 +426,8 @@ def test_unknown_type_version_magic_flags_kind_rejected(agent: AgentProcess) -> 
             add(magic=bytes([value]) + b"T")
         if value != ord("T"):
             add(magic=b"A" + bytes([value]))
-    add(kind=1)  # the one valid combination
+    for kind in (1, 2, 3):  # the valid combinations: one of each kind
+        add(kind=kind)
     with RawClient(agent.socket_path) as client:
         # Batches small enough that the agent's replies never fill the socket (REJECT is best effort).
         for start in range(0, len(messages), 50):
@@ -444,12 +446,12 @@ def test_unknown_type_version_magic_flags_kind_rejected(agent: AgentProcess) -> 
     assert stats["rejected_messages"] == {
         "bad_type": 256 - 3,
         "bad_version": 255,
-        "unsupported_kind": 255,
+        "unsupported_kind": 256 - 3,
         "bad_flags": 255,
         "bad_magic": 510,
     }
-    assert nonzero(stats["rejected_items"]) == {"unsupported_kind": 255}
-    assert stats["records_received"] == 1
+    assert nonzero(stats["rejected_items"]) == {"unsupported_kind": 256 - 3}
+    assert stats["records_received"] == 3
 
 
 # ---------------------------------------------------------------------------------------------------

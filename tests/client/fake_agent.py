@@ -45,6 +45,7 @@ class Received:
     seq: int
     resource: dict[str, Any]
     records: list[dict[str, Any]]
+    kind: int = 1  # RecordKind: 1 spans, 2 log records, 3 metric data points
 
 
 @dataclass
@@ -88,19 +89,27 @@ class FakeAgent:
     # -- inspection ----------------------------------------------------------------------------
 
     def spans(self) -> list[dict[str, Any]]:
+        return self.records(1)
+
+    def records(self, kind: int) -> list[dict[str, Any]]:
+        """Every record of ``kind`` received so far, in order."""
         with self._lock:
-            return [record for message in self.messages for record in message.records]
+            return [record for message in self.messages if message.kind == kind for record in message.records]
 
     def wait_for_spans(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least ``count`` spans arrived; return them all (maybe fewer on timeout)."""
+        return self.wait_for_records(1, count, timeout)
+
+    def wait_for_records(self, kind: int, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Wait until at least ``count`` records of ``kind`` arrived; return them all (maybe fewer)."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while sum(len(m.records) for m in self.messages) < count:
+            while sum(len(m.records) for m in self.messages if m.kind == kind) < count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
-        return self.spans()
+        return self.records(kind)
 
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -197,7 +206,11 @@ class FakeAgent:
                     if self.mode != "reject":
                         self.messages.append(
                             Received(
-                                conn.number, header.seq, json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+                                conn.number,
+                                header.seq,
+                                json.loads(lines[0]),
+                                [json.loads(line) for line in lines[1:]],
+                                header.kind,
                             )
                         )
                     burst_seq = header.seq

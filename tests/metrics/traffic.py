@@ -75,7 +75,7 @@ def send_known_traffic(
                 send(b"XX" + _records([span(10**6)], seq)[2:])
                 t.rejected_messages["bad_magic"] += 1
                 seq += 1
-                send(_records([span(10**6 + j) for j in range(3)], seq, kind=2))
+                send(_records([span(10**6 + j) for j in range(3)], seq, kind=4))  # a kind no agent knows
                 t.rejected_messages["unsupported_kind"] += 1
                 t.rejected_spans["unsupported_kind"] += 3
                 seq += 1

@@ -1,0 +1,96 @@
+"""``LoggingHandler``: the standard ``logging`` module as a source of log records.
+
+``logging.getLogger(...).addHandler(LoggingHandler(client))`` turns every record into a log record
+of ``client``: the level becomes the OTLP severity, the message (formatted once, here) the body; the
+logger name, the source location, the thread, an exception (``exc_info``: type, message, stack trace)
+and the ``extra=`` fields become attributes; the span active where it was logged gives the trace and
+span ids. ``emit`` never blocks, never raises (a failure is counted as an internal error of the
+client), and never loops: records of this library's own loggers, and records logged while it is
+already handling one in this thread, are not captured.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from .logs import LogSeverity
+from .span import exception_attributes
+
+if TYPE_CHECKING:
+    from .client import AutomagikTelemetry
+
+#: Attributes every ``logging.LogRecord`` has: anything else on a record came from ``extra=``.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_OWN_LOGGERS = ("automagik_telemetry",)  # and automagik_telemetry_agent: same prefix
+
+
+def severity_of_level(levelno: int) -> LogSeverity:
+    """``logging`` level -> OTLP severity: DEBUG, INFO, WARNING -> WARN, ERROR, CRITICAL -> FATAL; below
+    DEBUG is TRACE, and a custom level takes the range it falls in."""
+    if levelno >= logging.CRITICAL:
+        return LogSeverity.FATAL
+    if levelno >= logging.ERROR:
+        return LogSeverity.ERROR
+    if levelno >= logging.WARNING:
+        return LogSeverity.WARN
+    if levelno >= logging.INFO:
+        return LogSeverity.INFO
+    if levelno >= logging.DEBUG:
+        return LogSeverity.DEBUG
+    return LogSeverity.TRACE
+
+
+class LoggingHandler(logging.Handler):
+    """Sends ``logging`` records to an ``AutomagikTelemetry`` client as log records."""
+
+    def __init__(self, client: AutomagikTelemetry, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.client = client
+        self._busy = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(_OWN_LOGGERS) or getattr(self._busy, "active", False):
+            return
+        self._busy.active = True
+        try:
+            self.client._record_log(
+                _message(record),
+                severity_of_level(record.levelno),
+                record.levelname,
+                _attributes(record, self.client._max_attribute_length),
+                int(record.created * 1_000_000_000),
+            )
+        except Exception:
+            self.client._internal_error()
+        finally:
+            self._busy.active = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # never print tracebacks to stderr
+        self.client._internal_error()
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # bad %-args: keep what the app wrote
+        return str(record.msg)
+
+
+def _attributes(record: logging.LogRecord, max_length: int) -> dict[str, object]:
+    attributes: dict[str, object] = {
+        "logger.name": record.name,
+        "code.filepath": record.pathname,
+        "code.lineno": record.lineno,
+        "code.function": record.funcName,
+        "thread.name": record.threadName,
+    }
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD and not key.startswith("_"):
+            attributes[key] = value
+    if record.exc_info and record.exc_info[1] is not None:
+        attributes.update(exception_attributes(record.exc_info[1], max_length))  # as a span's exception event
+    elif record.exc_text:
+        attributes["exception.stacktrace"] = record.exc_text[-max_length:]
+    return attributes
