@@ -248,6 +248,30 @@ class AgentMetrics:
             return int(sums.get(P + name, 0))
 
         last_ship = g.get(P + "shipper_last_success_timestamp_seconds")
+        signals: dict[str, dict[str, float]] = {}
+        for source, field in (
+            (
+                m["counters"],
+                {
+                    "ingest_items_received_total": "received",
+                    "shipper_signal_rows_total": "shipped",
+                    "shipper_signal_dead_lettered_rows_total": "dead_lettered",
+                },
+            ),
+            (
+                g,
+                {
+                    "shipper_signal_consecutive_failures": "consecutive_failures",
+                    "shipper_signal_last_success_timestamp_seconds": "last_ship_time",
+                },
+            ),
+        ):
+            for key, value in source.items():
+                with contextlib.suppress(ValueError):
+                    name, labels = parse_sample(key)
+                    column = field.get(name[len(P) :]) if name.startswith(P) else None
+                    if column is not None and "signal" in labels:
+                        signals.setdefault(labels["signal"], {})[column] = value
         return {
             "metrics_port": self.server.port if self.server is not None else None,
             "records_received": total("ingest_records_received_total"),
@@ -264,6 +288,7 @@ class AgentMetrics:
             "insert_failures": total("shipper_insert_failures_total"),
             "last_error": m["info"].get("last_error", ""),
             "child_restarts": {name: info["restarts"] for name, info in self.children().items()},
+            "signals": signals,
         }
 
     def exposition(self) -> str:

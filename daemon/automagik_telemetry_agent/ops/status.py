@@ -104,6 +104,18 @@ def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
             )
         )
         rows.append(("dead letters", f"{m.get('dead_lettered_rows', 0)} rows"))
+        for signal, s in sorted((m.get("signals") or {}).items()):
+            failing = int(s.get("consecutive_failures", 0))
+            last = s.get("last_ship_time")
+            rows.append(
+                (
+                    f"signal {signal}",
+                    f"{int(s.get('received', 0))} received, {int(s.get('shipped', 0))} shipped, "
+                    f"{int(s.get('dead_lettered', 0))} dead-lettered, last ship "
+                    f"{duration_text(now - last) + ' ago' if last else 'never'}"
+                    + (f", failing ({failing} attempts)" if failing else ""),
+                )
+            )
         error = " ".join(str(m.get("last_error") or "none").split())
         rows.append(("last error", error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 3] + "..."))
         if m.get("metrics_port"):

@@ -1,13 +1,16 @@
-"""The consumer cursor: the highest sequence number the consumer (shipper) has finished with.
+"""The consumer cursors: per signal, the highest sequence number its consumer (shipper) has finished with.
 
-Owned by the consumer process; the writer only reads it (to delete segments the cursor has passed
-and to never reuse a sequence number at or below it). Stored as 20 bytes::
+One file per signal (:attr:`.signals.Signal.cursor_file`: ``cursor`` for traces, as before signals
+existed, ``cursor.logs``, ``cursor.metrics``). Each is owned by its signal's consumer; the writer only
+reads them (to delete segments no signal still needs, and to never reuse a sequence number at or below
+any of them). "Finished with" counts only the signal's own records: a cursor may pass records of other
+kinds, which that consumer never reads. Stored as 20 bytes::
 
     0  8  magic   b"ATCUR\\x00\\x01\\x00"
     8  8  seq     little-endian u64
     16 4  crc     CRC-32 of bytes 0..15
 
-Written crash-atomically (see :func:`write_cursor`). A missing cursor means 0.
+Written crash-atomically (see :func:`write_cursor`). A missing cursor means 0 (``CursorState.missing``).
 An unreadable one also means 0, reported through ``CursorState.damaged``: re-reading from the start
 re-ships data (the sink's deduplication absorbs it) rather than skipping any.
 """
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .durable import fsync_dir, write_atomic
-from .format import CURSOR_FILE
+from .signals import Signal
 
 CURSOR_MAGIC = b"ATCUR\x00\x01\x00"
 _BODY = struct.Struct("<8sQ")
@@ -34,10 +37,11 @@ _BODY = struct.Struct("<8sQ")
 class CursorState:
     seq: int
     damaged: bool = False
+    missing: bool = False  # no cursor file: this signal's consumer never committed
 
 
-def cursor_path(wal_dir: str) -> str:
-    return os.path.join(wal_dir, CURSOR_FILE)
+def cursor_path(wal_dir: str, signal: Signal = Signal.TRACES) -> str:
+    return os.path.join(wal_dir, signal.cursor_file)
 
 
 def encode_cursor(seq: int) -> bytes:
@@ -45,12 +49,12 @@ def encode_cursor(seq: int) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def read_cursor(wal_dir: str) -> CursorState:
+def read_cursor(wal_dir: str, signal: Signal = Signal.TRACES) -> CursorState:
     try:
-        with open(cursor_path(wal_dir), "rb") as f:
+        with open(cursor_path(wal_dir, signal), "rb") as f:
             data = f.read(64)
     except FileNotFoundError:
-        return CursorState(0)
+        return CursorState(0, missing=True)
     except OSError:
         return CursorState(0, damaged=True)
     if len(data) != _BODY.size + 4:
@@ -62,8 +66,8 @@ def read_cursor(wal_dir: str) -> CursorState:
     return CursorState(seq)
 
 
-def write_cursor(wal_dir: str, seq: int) -> None:
-    """Durably record that every record with sequence number <= seq is consumed.
+def write_cursor(wal_dir: str, seq: int, signal: Signal = Signal.TRACES) -> None:
+    """Durably record that every record of ``signal`` with sequence number <= seq is consumed.
 
     A full disk must never stop the consumer from committing (the writer frees space only behind the
     cursor). So after the first commit, commits allocate nothing: the new value overwrites a spare file
@@ -71,9 +75,14 @@ def write_cursor(wal_dir: str, seq: int) -> None:
     (``renameat2(RENAME_EXCHANGE)``), then the directory is fsynced. The spare then holds the previous
     value. Where the exchange is unavailable it falls back to temp + fsync + rename + directory fsync.
     """
-    path = cursor_path(wal_dir)
+    write_swapped(cursor_path(wal_dir, signal), encode_cursor(seq))
+
+
+def write_swapped(path: str, data: bytes) -> None:
+    """Replace the fixed-size file ``path`` with ``data`` crash-atomically, allocating nothing once
+    ``path`` and its spare (``path + ".spare"``) exist (see :func:`write_cursor`)."""
+    wal_dir = os.path.dirname(path) or "."
     spare = path + ".spare"
-    data = encode_cursor(seq)
     if _exchange_available() and os.path.exists(path) and _overwrite_in_place(spare, data):
         try:
             _exchange(spare, path)

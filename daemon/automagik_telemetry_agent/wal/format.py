@@ -1,7 +1,8 @@
 """The WAL's on-disk format, version 1: the one place it is defined (described in docs/wal.md).
 
-A WAL directory holds segment files ``<first_seq:020d>.seg``, the consumer cursor ``cursor``, the
-agent identity ``agent_id``, the drop ledger ``drops.log`` and the writer lock ``LOCK``.
+A WAL directory holds segment files ``<first_seq:020d>.seg``, one consumer cursor per signal (``cursor``,
+``cursor.logs``, ``cursor.metrics``: :mod:`.signals`), the retention floors ``floors``, the agent
+identity ``agent_id``, the drop ledger ``drops.log`` and the writer lock ``LOCK``.
 
 Segment file = a 40-byte segment header, then records back to back::
 
@@ -19,7 +20,7 @@ Segment file = a 40-byte segment header, then records back to back::
       0  4  salt        == the segment's salt: a resync marker and a guard against stale bytes
       4  4  length      payload length
       8  8  seq         sequence number; contiguous within a segment, increasing across segments
-      16 1  kind        record kind (1 = spans)
+      16 1  kind        record kind (protocol RecordKind: 1 = spans, 2 = logs, 3 = metrics)
       17 1  flags       0
       18 2  reserved    0
       20 4  count       number of items (spans) in the payload
@@ -50,7 +51,8 @@ MAX_RECORD_PAYLOAD = 16 * 1024 * 1024
 
 SEGMENT_SUFFIX = ".seg"
 QUARANTINE_SUFFIX = ".corrupt"
-CURSOR_FILE = "cursor"
+CURSOR_FILE = "cursor"  # the traces cursor; the other signals' add a suffix (signals.py)
+FLOORS_FILE = "floors"
 AGENT_ID_FILE = "agent_id"
 DROPS_FILE = "drops.log"
 LOCK_FILE = WAL_LOCK_FILE  # held (flock) by the one ingest appending

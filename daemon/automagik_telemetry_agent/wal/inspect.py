@@ -1,7 +1,8 @@
 """Offline inspection of a WAL directory: ``wal verify`` and ``wal dump``. Never modifies anything.
 
 Verify reads every segment with the same scanner the agent uses and reports what a repair at the
-next agent start would do: torn tail bytes (to be truncated) and corrupt records (skipped).
+next agent start would do: torn tail bytes (to be truncated) and corrupt records (skipped); and, for each
+signal, its cursor and how many of its records are above it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .cursor import read_cursor
-from .format import DROPS_FILE, QUARANTINE_SUFFIX, FormatError, list_segment_files
+from .floors import read_floors
+from .format import DROPS_FILE, QUARANTINE_SUFFIX, SEGMENT_HEADER_SIZE, FormatError, list_segment_files
 from .segment import Corrupt, Record, SegmentScanner, Tail, open_segment
+from .signals import Signal
 
 
 @dataclass
@@ -25,12 +28,18 @@ class VerifyReport:
     bytes: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
-    cursor_seq: int = 0
-    cursor_damaged: bool = False
-    unconsumed_records: int = 0
+    cursor_seq: int = 0  # every record at or below it is consumed by its own signal
+    cursor_damaged: bool = False  # some signal's cursor file is unreadable (then taken as 0)
+    cursors: dict[str, int] = field(default_factory=dict)  # each signal's cursor file (missing = 0)
+    damaged_cursors: list[str] = field(default_factory=list)
+    floors: dict[str, int] = field(default_factory=dict)
+    unconsumed_records: int = 0  # records above their own signal's cursor
+    unconsumed_by_signal: dict[str, int] = field(default_factory=dict)
+    other_kind_records: int = 0  # records of a kind no signal reads
     corrupt_records: int = 0
     corrupt_bytes: int = 0
     torn_tail_bytes: int = 0
+    emptied_segments: int = 0  # sealed segments retention cut to their header (no signal needed them)
     bad_segments: list[str] = field(default_factory=list)
     quarantined_segments: list[str] = field(default_factory=list)
     dropped_by_policy_records: int = 0
@@ -53,14 +62,20 @@ class VerifyReport:
         return out
 
 
-def _dropped_ranges(wal_dir: str) -> list[tuple[int, int]]:
-    ranges = []
+def _dropped_ranges(wal_dir: str) -> list[tuple[int, int, int | None]]:
+    """Per drops.log line: the sequence numbers it explains and how many records it dropped. A line naming
+    its segment explains the segment's whole range (records of other signals in it were consumed); an
+    older line explains first_seq..last_seq, each of them a dropped record (None)."""
+    ranges: list[tuple[int, int, int | None]] = []
     try:
         with open(os.path.join(wal_dir, DROPS_FILE)) as f:
             for line in f:
                 fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
-                if "first_seq" in fields and "last_seq" in fields:
-                    ranges.append((int(fields["first_seq"]), int(fields["last_seq"])))
+                if "segment_first_seq" in fields and "segment_last_seq" in fields and "records" in fields:
+                    seg_range = int(fields["segment_first_seq"]), int(fields["segment_last_seq"])
+                    ranges.append((*seg_range, int(fields["records"])))
+                elif "first_seq" in fields and "last_seq" in fields:
+                    ranges.append((int(fields["first_seq"]), int(fields["last_seq"]), None))
     except (OSError, ValueError):
         pass
     return ranges
@@ -68,12 +83,22 @@ def _dropped_ranges(wal_dir: str) -> list[tuple[int, int]]:
 
 def verify(wal_dir: str) -> VerifyReport:
     report = VerifyReport(os.path.abspath(wal_dir))
-    cursor = read_cursor(wal_dir)
-    report.cursor_seq, report.cursor_damaged = cursor.seq, cursor.damaged
+    cursors = {s: read_cursor(wal_dir, s) for s in Signal}
+    seqs = {s: c.seq for s, c in cursors.items()}
+    report.cursors = {str(s): c.seq for s, c in cursors.items()}
+    report.damaged_cursors = [str(s) for s, c in cursors.items() if c.damaged]
+    report.cursor_damaged = bool(report.damaged_cursors)
+    report.floors = {str(s): f for s, f in read_floors(wal_dir).items()}
+    unconsumed = dict.fromkeys(Signal, 0)
+    oldest_unconsumed: int | None = None
+    # A gap at or below the highest cursor may be numbers the writer never handed out again after a crash
+    # erased records a consumer had passed (docs/wal.md, "Sequence numbers"): not missing.
+    passed = max(seqs.values())
     report.quarantined_segments = sorted(n for n in os.listdir(wal_dir) if n.endswith(QUARANTINE_SUFFIX))
     drops = _dropped_ranges(wal_dir)
     segments = list_segment_files(wal_dir)
     expected: int | None = None
+    emptied_from: int | None = None  # the first number of a run of emptied segments before this one
     for index, (first, path) in enumerate(segments):
         newest = index == len(segments) - 1
         report.segments += 1
@@ -85,13 +110,20 @@ def verify(wal_dir: str) -> VerifyReport:
             expected = None
             continue
         try:
-            # A gap at or below the cursor was consumed before it vanished (e.g. the consumer shipped
-            # records a power loss then erased): nothing is missing there.
-            gap_from = max(expected, cursor.seq + 1) if expected is not None else None
-            if gap_from is not None and first > gap_from:
-                _account_gap(report, gap_from, first - 1, drops)
-            expected = first
+            if expected is not None and first > expected:
+                _account_gap(report, expected, first - 1, drops, passed)
             scanner = SegmentScanner(fd, header)
+            if not newest and scanner.file_size <= SEGMENT_HEADER_SIZE:
+                report.emptied_segments += 1  # its numbers run up to the next segment's: none missing
+                emptied_from = first if emptied_from is None else emptied_from
+                expected = None
+                continue
+            if emptied_from is not None:  # segments dropped right after emptied ones: not a gap, but dropped
+                report.dropped_by_policy_records += sum(
+                    n for a, b, n in drops if n is not None and emptied_from <= a and b < first
+                )
+                emptied_from = None
+            expected = first
             while (item := scanner.next()) is not None:
                 if isinstance(item, Record):
                     if item.seq > expected:
@@ -101,8 +133,13 @@ def verify(wal_dir: str) -> VerifyReport:
                     if report.first_seq is None:
                         report.first_seq = item.seq
                     report.last_seq = item.seq
-                    if item.seq > cursor.seq:
-                        report.unconsumed_records += 1
+                    signal = Signal.of_kind(item.header.kind)
+                    if signal is None:
+                        report.other_kind_records += 1
+                    elif item.seq > seqs[signal]:
+                        unconsumed[signal] += 1
+                        if oldest_unconsumed is None:
+                            oldest_unconsumed = item.seq
                     expected = item.seq + 1
                 elif isinstance(item, Corrupt):
                     report.corrupt_bytes += item.length
@@ -117,18 +154,31 @@ def verify(wal_dir: str) -> VerifyReport:
                     break
         finally:
             os.close(fd)
+    report.unconsumed_by_signal = {str(s): n for s, n in unconsumed.items()}
+    report.unconsumed_records = sum(unconsumed.values())
+    if oldest_unconsumed is not None:
+        report.cursor_seq = oldest_unconsumed - 1
+    else:
+        report.cursor_seq = max(passed, report.last_seq or 0)
     return report
 
 
-def _account_gap(report: VerifyReport, first: int, last: int, drops: list[tuple[int, int]]) -> None:
-    """Records first..last are absent: explained by the drop ledger, or missing."""
-    explained = 0
-    for a, b in drops:  # ledger ranges never overlap: each seq is dropped once
-        lo, hi = max(a, first), min(b, last)
-        if lo <= hi:
-            explained += hi - lo + 1
-    report.dropped_by_policy_records += explained
-    report.missing_records += (last - first + 1) - explained
+def _account_gap(
+    report: VerifyReport, first: int, last: int, drops: list[tuple[int, int, int | None]], passed: int
+) -> None:
+    """Records first..last are absent: explained by the drop ledger, at or below the highest cursor, or
+    missing."""
+    lo = max(first, passed + 1)
+    unexplained = max(0, last - lo + 1)
+    for a, b, records in drops:  # ledger ranges never overlap: each segment is dropped once
+        if records is not None and max(a, first) <= min(b, last):
+            report.dropped_by_policy_records += records
+        x, y = max(a, lo), min(b, last)
+        if x <= y:
+            unexplained -= y - x + 1
+            if records is None:
+                report.dropped_by_policy_records += y - x + 1
+    report.missing_records += unexplained
 
 
 def dump(wal_dir: str, *, start_after: int = 0) -> Iterator[tuple[int, int, bytes]]:

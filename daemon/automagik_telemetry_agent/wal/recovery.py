@@ -5,7 +5,8 @@ and is removed; a header that is unreadable, or disagrees with the file's name, 
 aside as ``.corrupt`` (quarantined, never deleted). The newest segment is scanned to the end: corrupt
 records in it are counted and left in place, a torn tail (a write a crash cut short; never
 acknowledged) is truncated, and a newest segment left without any record is removed so that the
-next one gets a fresh salt. Older segments are not rescanned: their readers skip and count damage.
+next one gets a fresh salt (but not one retention emptied: see retention.empty_segment). Older
+segments are not rescanned: their readers skip and count damage.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from .backlog import BacklogMarks
 from .durable import fsync_dir
 from .format import QUARANTINE_SUFFIX, SEGMENT_HEADER_SIZE, FormatError, list_segment_files
-from .segment import Corrupt, Record, SegmentFile, SegmentScanner, Tail, open_segment
+from .segment import Corrupt, KindRanges, Record, SegmentFile, SegmentScanner, Tail, add_kind, open_segment
 from .stats import WalStats
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Recovered:
     segments: list[SegmentFile]  # every usable segment, oldest first, each with its last seq
-    last_seq: int  # the last valid record's seq (0 if none)
+    last_seq: int  # the last valid record's seq (0 if none), or the end of an emptied segment's numbers
 
 
 def recover_segments(wal_dir: str, stats: WalStats, marks: BacklogMarks) -> Recovered:
@@ -34,7 +35,8 @@ def recover_segments(wal_dir: str, stats: WalStats, marks: BacklogMarks) -> Reco
     bound of records written before this start)."""
     segments: list[SegmentFile] = []
     created: dict[int, float] = {}
-    for first, path in list_segment_files(wal_dir):
+    files = list_segment_files(wal_dir)
+    for first, path in files:
         try:
             fd, header = open_segment(path)
             os.close(fd)
@@ -54,6 +56,13 @@ def recover_segments(wal_dir: str, stats: WalStats, marks: BacklogMarks) -> Reco
     last_seq = 0
     while segments:
         newest = segments[-1]
+        following = [first for first, _ in files if first > newest.first_seq]
+        if newest.size == SEGMENT_HEADER_SIZE and following:
+            # Only a header, though a newer segment was started after it: retention emptied it (the writer
+            # never seals an empty segment). Kept: its numbers run up to the next one's, all consumed.
+            newest.kinds = {}
+            last_seq = following[0] - 1
+            break
         last_seq = repair_newest(newest, stats)
         if last_seq >= newest.first_seq:
             break
@@ -79,8 +88,12 @@ def quarantine(wal_dir: str, path: str, why: str, stats: WalStats) -> None:
 
 
 def repair_newest(seg: SegmentFile, stats: WalStats) -> int:
-    """Scan the newest segment, count corrupt records, truncate a torn tail. Return its last seq."""
+    """Scan the newest segment, count corrupt records, truncate a torn tail. Return its last seq.
+
+    Notes the kinds of records it holds in ``seg.kinds`` (the older segments' stay unknown until
+    retention needs them)."""
     fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
+    kinds: KindRanges = {}
     try:
         scanner = SegmentScanner.open(fd)
         expected = seg.first_seq
@@ -89,6 +102,7 @@ def repair_newest(seg: SegmentFile, stats: WalStats) -> int:
             if isinstance(item, Record):
                 if item.seq > expected:
                     stats.corrupt_records_at_open += item.seq - expected
+                add_kind(kinds, item.header.kind, item.seq, item.seq)
                 last = item.seq
                 expected = item.seq + 1
             elif isinstance(item, Tail):
@@ -105,6 +119,7 @@ def repair_newest(seg: SegmentFile, stats: WalStats) -> int:
             elif isinstance(item, Corrupt):
                 log.error("WAL segment %s: %d corrupt bytes at offset %d skipped", seg.path, item.length, item.offset)
         seg.size = os.fstat(fd).st_size
+        seg.kinds = kinds
         return last
     finally:
         os.close(fd)

@@ -12,6 +12,9 @@ Rules (docs/wal.md, "Reading and repair"):
   lost there is the jump in sequence numbers (they are contiguous within a segment).
 * If nothing valid follows, the rest of the file is a *tail*: torn by a crash in the newest
   segment (the writer truncates it), corrupt in a sealed one.
+* A caller that wants one kind only (a signal's reader) gets the records of other kinds as
+  :class:`Skipped`: their header is checked (salt and CRC) and the whole record must be in the file, but
+  the payload is neither copied nor checked (it is another signal's to check).
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ class Record:
     offset: int
     header: RecordHeader
     payload: bytes
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def end(self) -> int:
+        return self.offset + RECORD_HEADER_SIZE + self.header.length
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A record of a kind the caller did not ask for: its header only (the payload was not read)."""
+
+    offset: int
+    header: RecordHeader
 
     @property
     def seq(self) -> int:
@@ -127,13 +146,17 @@ class SegmentScanner:
         self.file_size = os.fstat(self.fd).st_size
         self._window = _Window(self.fd)
 
-    def _record_at(self, offset: int) -> Record | None:
+    def _header_at(self, offset: int) -> RecordHeader | None:
         head = self._window.get(offset, RECORD_HEADER_SIZE, self.file_size)
         if head is None:
             return None
-        header = decode_record_header(head, 0, self.header.salt)
-        if header is None:
-            return None
+        return decode_record_header(head, 0, self.header.salt)
+
+    def _record_at(self, offset: int) -> Record | None:
+        header = self._header_at(offset)
+        return None if header is None else self._record_with(offset, header)
+
+    def _record_with(self, offset: int, header: RecordHeader) -> Record | None:
         payload = self._window.get(offset + RECORD_HEADER_SIZE, header.length, self.file_size)
         if payload is None:
             return None
@@ -141,18 +164,27 @@ class SegmentScanner:
             return None
         return Record(offset, header, payload)
 
-    def next(self) -> Record | Corrupt | Tail | None:
+    def next(self, kind: int | None = None) -> Record | Skipped | Corrupt | Tail | None:
         """The next item; None at a clean end of the bytes currently in the file.
 
-        A :class:`Tail` does not advance the position: it is returned again until the file grows
-        (a tailing reader retries it), so a caller reading a finished file stops at it.
+        With ``kind``, a record of another kind whose header is valid and which lies wholly in the file is
+        returned as :class:`Skipped`, its payload unread. A :class:`Tail` does not advance the position:
+        it is returned again until the file grows (a tailing reader retries it), so a caller reading a
+        finished file stops at it.
         """
-        if self.offset >= self.file_size:
+        offset = self.offset
+        if offset >= self.file_size:
             return None
-        record = self._record_at(self.offset)
-        if record is not None:
-            self.offset = record.end
-            return record
+        header = self._header_at(offset)
+        if header is not None:
+            end = offset + RECORD_HEADER_SIZE + header.length
+            if kind is not None and header.kind != kind and end <= self.file_size:
+                self.offset = end
+                return Skipped(offset, header)
+            record = self._record_with(offset, header)
+            if record is not None:
+                self.offset = record.end
+                return record
         resync = self._resync(self.offset + 1)
         if resync < 0:
             return Tail(self.offset, self.file_size - self.offset)
@@ -181,6 +213,13 @@ def open_segment(path: str) -> tuple[int, SegmentHeader]:
         raise
 
 
+#: Per record kind in a segment, the (first, last) sequence numbers of its records of that kind.
+KindRanges = dict[int, tuple[int, int]]
+
+#: Matches no record kind (the kind field is one byte): every record comes back as Skipped.
+NO_KIND = -1
+
+
 @dataclass
 class SegmentFile:
     """A segment file of the WAL directory, as the writer tracks it."""
@@ -189,3 +228,32 @@ class SegmentFile:
     path: str
     size: int
     last_seq: int | None = None  # known exactly for segments this writer sealed
+    #: Which kinds of records it holds, where; None = not known yet (a sealed segment found at start
+    #: that was not scanned): then it may hold any kind anywhere in its range.
+    kinds: KindRanges | None = None
+
+
+def add_kind(kinds: KindRanges, kind: int, first: int, last: int) -> None:
+    """Note records of ``kind`` from ``first`` to ``last`` (appended after those already noted)."""
+    known = kinds.get(kind)
+    kinds[kind] = (known[0] if known is not None else first, last)
+
+
+def scan_kinds(path: str) -> KindRanges | None:
+    """The kinds of records a segment holds, from its record headers only; None if it is unreadable.
+
+    A record whose payload is damaged still counts for its kind (a superset is what retention needs);
+    records lost in a damaged region count for none (no reader will ever read them)."""
+    try:
+        fd, header = open_segment(path)
+    except (OSError, FormatError):
+        return None
+    kinds: KindRanges = {}
+    try:
+        scanner = SegmentScanner(fd, header)
+        while (item := scanner.next(NO_KIND)) is not None and not isinstance(item, Tail):
+            if isinstance(item, Skipped | Record):
+                add_kind(kinds, item.header.kind, item.seq, item.seq)
+    finally:
+        os.close(fd)
+    return kinds

@@ -18,10 +18,9 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
 from .backlog import BacklogMarks
-from .cursor import cursor_path, read_cursor
+from .consumers import Consumers
 from .durable import fsync_dir, write_atomic
 from .format import (
     AGENT_ID_FILE,
@@ -33,52 +32,19 @@ from .format import (
     new_salt,
     segment_name,
 )
+from .options import WalLockedError, WalOptions, WalWriteError
 from .policy import DiskPolicy
 from .recovery import recover_segments
-from .retention import DISK_FULL_ERRNOS, DropReason, delete_segment, over_limits, unshipped_backlog
-from .segment import SegmentFile
+from .retention import DISK_FULL_ERRNOS, DropReason, delete_segment, over_limits, retain, unshipped_backlog
+from .segment import KindRanges, SegmentFile, add_kind
+from .signals import Signal
 from .stats import WalStats
 
 log = logging.getLogger(__name__)
 
 _MAX_IOV = 1000  # writev takes at most IOV_MAX (1024) buffers
-
-
-class WalError(Exception):
-    """Base class of WAL errors the agent reports to the operator."""
-
-
-class WalLockedError(WalError):
-    """Another process holds the WAL directory."""
-
-
-class WalWriteError(WalError):
-    """Buffered records from ``first_failed_seq`` on did not reach the file; they were rolled back."""
-
-    def __init__(self, first_failed_seq: int, err: OSError) -> None:
-        super().__init__(f"WAL write failed from seq {first_failed_seq}: {err.strerror}")
-        self.first_failed_seq = first_failed_seq
-        self.errno = err.errno
-        self.disk_full = err.errno in DISK_FULL_ERRNOS
-
-
-@dataclass
-class WalOptions:
-    segment_bytes: int = 64 * 1024 * 1024
-    max_bytes: int = 4 * 1024 * 1024 * 1024  # total size cap of all segments; 0 = no cap
-    min_free_bytes: int = 256 * 1024 * 1024  # free-disk watermark; 0 = none
-    disk_policy: DiskPolicy = DiskPolicy.DROP_OLDEST
-    write_buffer_bytes: int = 256 * 1024
-
-    def validate(self) -> None:
-        if self.segment_bytes < 64 * 1024:
-            raise ValueError("segment size must be at least 64 KiB")
-        if self.max_bytes and self.max_bytes < 2 * self.segment_bytes:
-            raise ValueError("the WAL size cap must be at least twice the segment size")
-        try:
-            self.disk_policy = DiskPolicy(self.disk_policy)
-        except ValueError:
-            raise ValueError("disk policy must be drop_oldest or reject_new") from None
+#: Bytes of segments found at start whose record kinds one maintain() may scan (at least one segment).
+KINDS_SCAN_BUDGET = 64 * 1024 * 1024
 
 
 class WalWriter:
@@ -98,11 +64,11 @@ class WalWriter:
         self._chunks: list[bytes | memoryview] = []  # appended, not yet handed to the OS
         self._chunk_bytes = 0
         self._buf_first_seq = 0
+        self._buf_kinds: dict[int, list[int]] = {}  # kind -> [first, last] seq of the buffered records
         self._next_seq = 1
         self._written_seq = 0  # highest seq handed to the OS
         self.durable_seq = 0  # highest seq on stable storage
-        self._cursor_seq = 0
-        self._cursor_mtime = -1.0
+        self._consumers = Consumers(self.dir)  # every signal's cursor, and the retention floors
         self.accepting = True  # False while the disk policy refuses new records
         self._rotate_pending = False
         # The unshipped backlog, as of the last maintain() (wal/backlog.py says how exact it is).
@@ -115,10 +81,11 @@ class WalWriter:
         os.makedirs(self.dir, mode=0o750, exist_ok=True)
         self._lock_dir()
         self.agent_id = self._load_agent_id()
-        self._refresh_cursor(force=True)
+        self._consumers.open()
         recovered = recover_segments(self.dir, self.stats, self._marks)
         self._sealed, last_seq = recovered.segments, recovered.last_seq
-        self._next_seq = max(last_seq, self._cursor_seq) + 1
+        # Never a number at or below any signal's cursor or floor (docs/wal.md, "Sequence numbers").
+        self._next_seq = max(last_seq, self._consumers.highest()) + 1
         self._written_seq = self.durable_seq = self._next_seq - 1
         try:
             self._start_segment()
@@ -176,7 +143,7 @@ class WalWriter:
         self._fd = fd
         self._salt = salt
         self._offset = len(header)
-        self._active = SegmentFile(first, path, self._offset)
+        self._active = SegmentFile(first, path, self._offset, kinds={})
         self.stats.segments_created += 1
         self._marks.mark(first, created_ns / 1e9, first, self._offset)
 
@@ -233,6 +200,11 @@ class WalWriter:
         seq = self._next_seq
         if not self._chunks:
             self._buf_first_seq = seq
+        span = self._buf_kinds.get(kind)
+        if span is None:
+            self._buf_kinds[kind] = [seq, seq]
+        else:
+            span[1] = seq
         self._chunks.append(encode_record_header(self._salt, seq, kind, count, payload))
         self._chunks.append(payload)
         self._chunk_bytes += RECORD_HEADER_SIZE + len(payload)
@@ -261,11 +233,19 @@ class WalWriter:
             self._rollback(exc)
         if self._active is not None:
             self._marks.wrote(self._buf_first_seq, self._active.first_seq, self._offset, total)
+            self._note_kinds(self._active.kinds)
+        self._buf_kinds.clear()
         self._offset += total
         self.stats.appended_bytes += total
         self._written_seq = self._next_seq - 1
         self._chunks.clear()
         self._chunk_bytes = 0
+
+    def _note_kinds(self, kinds: KindRanges | None) -> None:
+        """What the segment holds: the kinds of the records just written (before ``written_seq`` moves)."""
+        if kinds is not None:
+            for kind, (first, last) in self._buf_kinds.items():
+                add_kind(kinds, kind, first, last)
 
     def _rollback(self, exc: OSError) -> None:
         first_failed = self._buf_first_seq
@@ -274,6 +254,7 @@ class WalWriter:
             os.ftruncate(self._fd, self._offset)
         self._chunks.clear()
         self._chunk_bytes = 0
+        self._buf_kinds.clear()
         self._next_seq = first_failed
         if exc.errno in DISK_FULL_ERRNOS:
             self.accepting = False
@@ -303,20 +284,16 @@ class WalWriter:
     # ------------------------------------------------------------------ retention and disk policy
     @property
     def cursor_seq(self) -> int:
-        return self._cursor_seq
+        """Every record at or below it is consumed by its own signal (the oldest any signal still needs,
+        minus one; with nothing unconsumed, the highest cursor or the last written seq)."""
+        oldest = self.oldest_unconsumed_seq()
+        if oldest is not None:
+            return oldest - 1
+        return max(self._written_seq, *self._consumers.cursors.values())
 
-    def _refresh_cursor(self, force: bool = False) -> None:
-        path = cursor_path(self.dir)
-        try:
-            mtime = os.stat(path).st_mtime
-        except FileNotFoundError:
-            mtime = 0.0
-        if force or mtime != self._cursor_mtime:
-            self._cursor_mtime = mtime
-            state = read_cursor(self.dir)
-            if state.damaged:
-                log.error("WAL cursor in %s is damaged; consumers restart from the oldest record", self.dir)
-            self._cursor_seq = state.seq
+    def cursor_seqs(self) -> dict[Signal, int]:
+        """Each signal's durable cursor, as of the last maintain()."""
+        return dict(self._consumers.cursors)
 
     def total_bytes(self) -> int:
         return sum(s.size for s in self._sealed) + self._offset + self._chunk_bytes
@@ -325,26 +302,24 @@ class WalWriter:
         return len(self._sealed) + (1 if self._active else 0)
 
     def oldest_unconsumed_seq(self) -> int | None:
-        """The first seq above the cursor still in the WAL, or None if everything is consumed."""
-        if self._written_seq <= self._cursor_seq:
-            return None
-        for seg in self._sealed:
-            if seg.last_seq is not None and seg.last_seq > self._cursor_seq:
-                return max(seg.first_seq, self._cursor_seq + 1)
-        return max(self._active.first_seq if self._active else 1, self._cursor_seq + 1)
+        """The first seq some signal still needs (above its own cursor) in the WAL, or None if every signal
+        has consumed all of its records. Exact, except in segments found at start whose kinds retention has
+        not scanned: there, a lower bound."""
+        segments = [*self._sealed, self._active] if self._active is not None else self._sealed
+        return self._consumers.oldest_unconsumed(segments)
 
     def maintain(self) -> None:
-        """Delete consumed segments and apply the disk policy (:mod:`.retention`). Call about once a second."""
-        self._refresh_cursor()
-        while self._sealed and (self._sealed[0].last_seq or 0) <= self._cursor_seq:
-            if not self._delete_segment(self._sealed[0], reason=None):
-                break
+        """Delete segments no signal needs and apply the disk policy (:mod:`.retention`). Call about once a
+        second."""
+        self._consumers.refresh()
+        retain(self.dir, self._sealed, self._consumers, self.stats, KINDS_SCAN_BUDGET)
         over = self._over_limits()
         if over and self.options.disk_policy is DiskPolicy.DROP_OLDEST:
             for seg in list(self._sealed):
                 if not self._over_limits():
                     break
-                self._delete_segment(seg, reason=over)
+                if seg.size > SEGMENT_HEADER_SIZE:  # an emptied one frees nothing and holds a place
+                    self._delete_segment(seg, reason=over)
             over = self._over_limits()
         self.accepting = not over
         self.unshipped_bytes, self.oldest_unshipped_time = unshipped_backlog(
@@ -363,14 +338,10 @@ class WalWriter:
 
     def _delete_segment(self, seg: SegmentFile, reason: DropReason | None) -> bool:
         """Delete a sealed segment (with a reason: dropping and counting its unconsumed records)."""
-        deleted = delete_segment(self.dir, seg, reason, self._current_cursor, self.stats)
+        deleted = delete_segment(self.dir, seg, reason, self._consumers.current, self.stats)
         if deleted:
             self._sealed.remove(seg)
         return deleted
-
-    def _current_cursor(self) -> int:
-        self._refresh_cursor(force=True)
-        return self._cursor_seq
 
     # ------------------------------------------------------------------ close
     def close(self) -> None:
