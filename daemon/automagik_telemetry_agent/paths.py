@@ -20,10 +20,24 @@ from typing import Any
 
 #: In the WAL directory: held (flock) by the one ingest process appending to the WAL.
 WAL_LOCK_FILE = "LOCK"
-#: In the WAL directory: held (flock) by the one shipper reading the WAL (one cursor, one reader).
+#: In the WAL directory: held (flock) by the one shipper reading the WAL for spans (one cursor, one
+#: reader); the log and metric consumers hold ``consumer.logs.lock`` and ``consumer.metrics.lock``.
 CONSUMER_LOCK_FILE = "consumer.lock"
-#: In the shipper's state directory: the batch in flight (its WAL range and dedup token).
+#: In the shipper's state directory: the batch of spans in flight (its WAL range and dedup token); the
+#: other signals' are ``inflight.logs.json`` and ``inflight.metrics.json``.
 INFLIGHT_FILE = "inflight.json"
+
+
+def consumer_lock_file(signal: str) -> str:
+    """The consumer lock of one signal (``traces``, ``logs``, ``metrics``): traces keep the old name."""
+    return CONSUMER_LOCK_FILE if signal == "traces" else f"consumer.{signal}.lock"
+
+
+def inflight_file(signal: str) -> str:
+    """The in-flight record of one signal's shipper: traces keep the old name."""
+    return INFLIGHT_FILE if signal == "traces" else f"inflight.{signal}.json"
+
+
 #: In the dead-letter directory.
 DEAD_LETTER_FILE = "dead-letter.jsonl"
 CONTROL_SOCKET_NAME = "control.sock"

@@ -1,7 +1,8 @@
 """kill -9 of the agent while several client processes write: nothing acknowledged is lost or doubled.
 
-Each writer process sends RECORDS messages of uniquely named spans as fast as the agent takes them and
-logs every ACK it reads. The agent is SIGKILLed at a random moment, restarted (recovery runs), and
+Each writer process sends RECORDS messages of uniquely named records as fast as the agent takes them,
+the three signals mixed (spans, log records, metric data points: message seq modulo 3 picks the kind),
+and logs every ACK it reads. The agent is SIGKILLed at a random moment, restarted (recovery runs), and
 stopped. Then `wal verify` must be clean and every span of every acknowledged message must be in the
 WAL exactly once. The matrix repeats with random kill times: `crash_matrix_size` rounds (bounded in
 CI, 200 with AUTOMAGIK_TELEMETRY_FULL_MATRIX=1).
@@ -37,7 +38,7 @@ try:
     while True:
         seq += 1
         lines = [b'{"name":"%s-%d-%d"}\n' % (wid.encode(), seq, j) for j in range(%(spans)d)]
-        sock.send(p.encode_records(resource, lines, seq=seq))
+        sock.send(p.encode_records(resource, lines, seq=seq, kind=p.RecordKind(seq % 3 + 1)))
         time.sleep(0.001)  # keep the WAL small enough to dump quickly; thousands of messages still race the kill
         while True:
             try:
@@ -92,7 +93,10 @@ def _one_round(tmp_path: Path, fsync: str, kill_after: float) -> tuple[int, int]
 
     code, report = agent.verify()
     assert code == 0 and report["clean"], report
-    names = Counter(item["record"]["name"] for item in agent.dump())
+    dumped = agent.dump()
+    names = Counter(item["record"]["name"] for item in dumped)
+    wrong_kind = [i for i in dumped if i["kind"] != int(i["record"]["name"].split("-")[1]) % 3 + 1]
+    assert not wrong_kind, f"records stored under another signal: {wrong_kind[:3]}"
     doubled = [name for name, n in names.items() if n > 1]
     assert not doubled, f"records present twice after recovery: {doubled[:5]}"
     acked_spans = 0

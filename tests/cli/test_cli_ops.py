@@ -20,6 +20,8 @@ from agent_process import AgentProcess, run_cli
 from clickhouse_server import AGENT_PASSWORD, AGENT_USER, READONLY_PASSWORD, READONLY_USER, free_port
 from shipper.shipper_helpers import apply_schema
 
+from automagik_telemetry_agent.clickhouse.rows import Profile
+from automagik_telemetry_agent.clickhouse.schema import render_migrations
 from automagik_telemetry_agent.ops.status import render
 from automagik_telemetry_agent.shipper.dead_letter import DeadLetter, DeadLetterEntry
 
@@ -95,7 +97,8 @@ def test_doctor_healthy_setup_exits_0(clickhouse: Any, clickhouse_db: str, inges
         "dead letters",
     ):
         assert checks.get(name) == "ok", out
-    assert "legacy row profile" in out and "version 1" in out and out.rstrip().endswith(("passed", "warnings"))
+    latest = render_migrations(Profile.LEGACY, "telemetry", "traces", 0)[-1].version
+    assert "legacy row profile" in out and f"version {latest}" in out and out.rstrip().endswith(("passed", "warnings"))
 
 
 @pytest.mark.clickhouse

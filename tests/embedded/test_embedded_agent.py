@@ -226,3 +226,48 @@ def test_a_direct_query_by_another_user_than_the_owner_is_refused(store_dir: Pat
     assert result.stderr.startswith(f"automagik-telemetry: the embedded store {store_dir} belongs to user ")
     assert "run the query as that user" in result.stderr and result.stderr.count("\n") == 1
     assert sorted(os.listdir(store_dir)) == []  # nothing was opened or created
+
+
+def test_logs_and_metrics_of_the_real_client_land_in_the_embedded_store(
+    embedded_agent: Callable[..., AgentProcess], store_dir: Path
+) -> None:
+    from automagik_telemetry import AutomagikTelemetry, LogSeverity, TelemetryConfig
+
+    agent = embedded_agent(store_dir)
+    client = AutomagikTelemetry(
+        config=TelemetryConfig(project_name="shop", version="2.0", socket_path=agent.socket_path, flush_interval=0.05)
+    )
+    try:
+        with client.span("checkout") as checkout:
+            client.track_log("card declined", LogSeverity.WARN, {"order": 7})
+        client.counter("http.requests").add(40, {"route": "/pay"})
+        h = client.histogram("latency", boundaries=[10, 100])
+        for value in (5, 50, 500):
+            h.record(value)
+        assert client.flush(10)
+    finally:
+        client.shutdown(1.0)
+
+    def logs() -> str | None:
+        return ask(store_dir, "SELECT count() FROM telemetry.logs")
+
+    wait_until(lambda: logs() == "1\n", 30, message="the log row")
+
+    def series() -> str | None:  # cumulative points: one per series and export (flush, then shutdown)
+        return ask(store_dir, "SELECT uniqExact(metric_name) FROM telemetry.metrics")
+
+    wait_until(lambda: series() == "2\n", 30, message="both series")
+    row = ask(
+        store_dir,
+        "SELECT severity_number, severity_text, body, trace_id, span_id, attributes['order'], service_name "
+        "FROM telemetry.logs",
+    )
+    assert row == f"13\tWARN\tcard declined\t{checkout.trace_id}\t{checkout.span_id}\t7\tshop\n"
+    metrics = ask(
+        store_dir,
+        "SELECT metric_name, argMax(metric_type, timestamp_ns), argMax(value_int, timestamp_ns), "
+        "argMax(attributes['route'], timestamp_ns), argMax(histogram_count, timestamp_ns), "
+        "argMax(histogram_sum, timestamp_ns), argMax(histogram_bucket_counts, timestamp_ns) "
+        "FROM telemetry.metrics GROUP BY metric_name ORDER BY metric_name",
+    )
+    assert metrics == "http.requests\tSUM\t40\t/pay\t0\t0\t[]\nlatency\tHISTOGRAM\t0\t\t3\t555\t[1,1,1]\n"

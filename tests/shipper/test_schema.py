@@ -7,6 +7,7 @@ compare every column exactly: on chDB (modern profile, ClickHouse 26.x) and on t
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ import orjson
 import pytest
 
 from automagik_telemetry_agent.clickhouse import schema
+from automagik_telemetry_agent.clickhouse.log_rows import log_row_keys, transform_log
+from automagik_telemetry_agent.clickhouse.metric_rows import metric_row_keys, transform_metric
 from automagik_telemetry_agent.clickhouse.rows import Profile, encode_rows, parse_resource, transform_span
 from automagik_telemetry_agent.clickhouse.schema import (
     Migration,
@@ -31,6 +34,21 @@ from automagik_telemetry_agent.clickhouse.schema import (
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "clickhouse"
+#: Every profile's migrations, in version order.
+MIGRATIONS = ["0001_traces", "0002_logs", "0003_metrics"]
+VERSIONS = [1, 2, 3]
+
+
+def by_name(migrations: list[Migration]) -> dict[str, Migration]:
+    """The migrations keyed by name; each profile has the same ones (checked below)."""
+    assert [m.name for m in migrations] == MIGRATIONS
+    return {m.name: m for m in migrations}
+
+
+def statement(migrations: list[Migration], name: str) -> str:
+    """The one statement of migration ``name``."""
+    (sql,) = by_name(migrations)[name].statements
+    return sql
 
 
 # ------------------------------------------------------------------------------------------ profiles
@@ -99,9 +117,13 @@ def test_split_statements_unterminated(sql: str) -> None:
 
 
 def test_render_modern() -> None:
-    (m,) = render_migrations(Profile.MODERN, "telemetry", "traces", 30)
-    assert (m.version, m.name, m.profile) == (1, "0001_traces", Profile.MODERN)
-    (sql,) = m.statements
+    ms = render_migrations(Profile.MODERN, "telemetry", "traces", 30)
+    assert [(m.version, m.name, m.profile) for m in ms] == [
+        (1, "0001_traces", Profile.MODERN),
+        (2, "0002_logs", Profile.MODERN),
+        (3, "0003_metrics", Profile.MODERN),
+    ]
+    sql = statement(ms, "0001_traces")
     assert sql.startswith("CREATE TABLE IF NOT EXISTS telemetry.traces")
     assert "TTL toDateTime(timestamp) + INTERVAL 30 DAY" in sql
     for needed in (
@@ -116,19 +138,79 @@ def test_render_modern() -> None:
     assert "{" not in sql and "--" not in sql
 
 
+def test_render_modern_logs() -> None:
+    sql = statement(render_migrations(Profile.MODERN, "telemetry", "traces", 30), "0002_logs")
+    assert sql.startswith("CREATE TABLE IF NOT EXISTS telemetry.logs\n")
+    assert "TTL toDateTime(timestamp) + INTERVAL 30 DAY" in sql
+    for needed in (
+        "timestamp            DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1))",
+        "observed_timestamp   DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1))",
+        "severity_number      UInt8 CODEC(ZSTD(1))",
+        "body                 String CODEC(ZSTD(1))",
+        "attributes           Map(LowCardinality(String), String) CODEC(ZSTD(1))",
+        "source_line          UInt32 CODEC(ZSTD(1))",
+        "INDEX idx_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1",
+        "INDEX idx_body body TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1",
+        "PARTITION BY toDate(timestamp)",
+        "ORDER BY (service_name, severity_number, toDateTime(timestamp))",
+        "SETTINGS non_replicated_deduplication_window = 1000, index_granularity = 8192",
+    ):
+        assert needed in sql
+    assert "{" not in sql and "--" not in sql
+
+
+def test_render_modern_metrics() -> None:
+    sql = statement(render_migrations(Profile.MODERN, "telemetry", "traces", 30), "0003_metrics")
+    assert sql.startswith("CREATE TABLE IF NOT EXISTS telemetry.metrics\n")
+    assert "TTL toDateTime(timestamp) + INTERVAL 30 DAY" in sql
+    for needed in (
+        "timestamp                 DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1))",
+        "value_int                 Int64 CODEC(ZSTD(1))",
+        "value_double              Float64 CODEC(ZSTD(1))",
+        "histogram_bucket_counts   Array(UInt64) CODEC(ZSTD(1))",
+        "histogram_explicit_bounds Array(Float64) CODEC(ZSTD(1))",
+        "attributes                Map(LowCardinality(String), String) CODEC(ZSTD(1))",
+        "PARTITION BY toDate(timestamp)",
+        "ORDER BY (service_name, metric_name, toDateTime(timestamp))",
+        "SETTINGS non_replicated_deduplication_window = 1000, index_granularity = 8192",
+    ):
+        assert needed in sql
+    assert "{" not in sql and "--" not in sql
+
+
+def test_render_substitutes_the_logs_and_metrics_table_names() -> None:
+    for profile in Profile:
+        ms = render_migrations(profile, "obs", "spans", 7, logs_table="app_logs", metrics_table="app_points")
+        assert statement(ms, "0001_traces").startswith("CREATE TABLE IF NOT EXISTS obs.spans\n")
+        assert statement(ms, "0002_logs").startswith("CREATE TABLE IF NOT EXISTS obs.app_logs\n")
+        assert statement(ms, "0003_metrics").startswith("CREATE TABLE IF NOT EXISTS obs.app_points\n")
+        for m in ms:
+            for sql in m.statements:
+                assert "{" not in sql and "}" not in sql, (profile, m.name)
+                assert "telemetry" not in sql and "traces" not in sql, (profile, m.name)
+        # The defaults are "logs" and "metrics".
+        defaults = render_migrations(profile, "obs", "spans", 7)
+        assert statement(defaults, "0002_logs").startswith("CREATE TABLE IF NOT EXISTS obs.logs\n")
+        assert statement(defaults, "0003_metrics").startswith("CREATE TABLE IF NOT EXISTS obs.metrics\n")
+
+
 def test_render_ttl_zero_drops_the_ttl_clause() -> None:
-    (with_ttl,) = render_migrations(Profile.MODERN, "telemetry", "traces", 30)
-    (without,) = render_migrations(Profile.MODERN, "telemetry", "traces", 0)
-    assert "TTL" not in without.statements[0]
-    assert "SETTINGS non_replicated_deduplication_window" in without.statements[0]
+    with_ttl = by_name(render_migrations(Profile.MODERN, "telemetry", "traces", 30))
+    without = by_name(render_migrations(Profile.MODERN, "telemetry", "traces", 0))
     # Config (ttl, names) is not part of the checksum: changing it is not a changed migration.
-    (other,) = render_migrations(Profile.MODERN, "db2", "t2", 7)
-    assert with_ttl.checksum == without.checksum == other.checksum
+    other = by_name(render_migrations(Profile.MODERN, "db2", "t2", 7, logs_table="l2", metrics_table="m2"))
+    for name in MIGRATIONS:
+        assert "TTL toDateTime(timestamp) + INTERVAL 30 DAY" in with_ttl[name].statements[0], name
+        assert "TTL" not in without[name].statements[0], name
+        assert "SETTINGS non_replicated_deduplication_window" in without[name].statements[0], name
+        assert with_ttl[name].checksum == without[name].checksum == other[name].checksum, name
+    assert len({m.checksum for m in with_ttl.values()}) == len(MIGRATIONS)
 
 
 def test_render_legacy() -> None:
-    (m,) = render_migrations(Profile.LEGACY, "telemetry", "traces", 30)
-    (sql,) = m.statements
+    ms = render_migrations(Profile.LEGACY, "telemetry", "traces", 30)
+    m = by_name(ms)["0001_traces"]
+    sql = statement(ms, "0001_traces")
     assert sql.startswith("CREATE TABLE IF NOT EXISTS telemetry.traces")
     for absent in ("Map(", "DateTime64", "LowCardinality", "CODEC", "TTL", "INDEX", "{"):
         assert absent not in sql
@@ -144,10 +226,50 @@ def test_render_legacy() -> None:
     assert m.checksum != render_migrations(Profile.MODERN, "telemetry", "traces", 30)[0].checksum
 
 
+@pytest.mark.parametrize(
+    ("name", "table", "order_by", "needed"),
+    [
+        (
+            "0002_logs",
+            "logs",
+            "ORDER BY (service_name, severity_number, timestamp)",
+            ("observed_timestamp_ns UInt64", "attribute_keys       Array(String)", "source_line          UInt32"),
+        ),
+        (
+            "0003_metrics",
+            "metrics",
+            "ORDER BY (service_name, metric_name, timestamp)",
+            ("histogram_bucket_counts   Array(UInt64)", "attribute_values          Array(String)"),
+        ),
+    ],
+)
+def test_render_legacy_logs_and_metrics(name: str, table: str, order_by: str, needed: tuple[str, ...]) -> None:
+    for ttl in (30, 0):  # legacy has no TTL line to drop: the same SQL
+        sql = statement(render_migrations(Profile.LEGACY, "telemetry", "traces", ttl), name)
+        assert sql.startswith(f"CREATE TABLE IF NOT EXISTS telemetry.{table}\n")
+        for absent in ("Map(", "DateTime64", "LowCardinality", "CODEC", "TTL", "INDEX", "{", "--"):
+            assert absent not in sql, absent
+        for clause in (
+            "ENGINE = MergeTree()",
+            "PARTITION BY toDate(timestamp)",
+            order_by,
+            "SETTINGS index_granularity = 8192",
+            "timestamp                 DateTime('UTC')"
+            if table == "metrics"
+            else "timestamp            DateTime('UTC')",
+            *needed,
+        ):
+            assert clause in sql, clause
+    legacy = by_name(render_migrations(Profile.LEGACY, "telemetry", "traces", 30))[name]
+    assert legacy.checksum == by_name(render_migrations(Profile.LEGACY, "d", "t", 0, logs_table="x"))[name].checksum
+    assert legacy.checksum != by_name(render_migrations(Profile.MODERN, "telemetry", "traces", 30))[name].checksum
+
+
 def test_both_profiles_have_the_same_versions() -> None:
     modern = [(m.version, m.name) for m in render_migrations(Profile.MODERN, "d", "t", 1)]
     legacy = [(m.version, m.name) for m in render_migrations(Profile.LEGACY, "d", "t", 1)]
     assert modern == legacy
+    assert modern == list(zip(VERSIONS, MIGRATIONS, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -157,6 +279,16 @@ def test_both_profiles_have_the_same_versions() -> None:
 def test_render_rejects_bad_arguments(database: str, table: str, ttl: int) -> None:
     with pytest.raises(ValueError):
         render_migrations(Profile.MODERN, database, table, ttl)
+
+
+@pytest.mark.parametrize("name", ["x; DROP", "l`", "", "1l", "logs.x", "{table}"])
+@pytest.mark.parametrize("member", ["logs_table", "metrics_table"])
+def test_render_rejects_bad_logs_and_metrics_table_names(member: str, name: str) -> None:
+    names: dict[str, Any] = {member: name}
+    with pytest.raises(ValueError, match="not a plain identifier"):
+        render_migrations(Profile.LEGACY, "d", "t", 0, **names)
+    with pytest.raises(ValueError, match="not a plain identifier"):
+        apply(FakeEngine(), Profile.MODERN, "d", "t", 0, **names)
 
 
 def _write(root: Path, profile: str, name: str, text: str) -> None:
@@ -202,11 +334,13 @@ def test_migrations_root_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 class FakeEngine:
-    """Just enough of a server for apply's bookkeeping: records statements, answers the SELECT."""
+    """Just enough of a server for apply's bookkeeping: records statements, answers the SELECTs (of
+    schema_migrations, and of system.columns for the tables its CREATE TABLE statements made)."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
         self.recorded: list[tuple[int, str, str, str]] = []
+        self.tables: set[str] = set()  # "d.t" of every table created
 
     def __call__(self, sql: str) -> str:
         self.statements.append(sql)
@@ -215,21 +349,79 @@ class FakeEngine:
         if sql.startswith("INSERT INTO d.schema_migrations"):
             values = sql.split("VALUES (", 1)[1].rstrip(")").split(", ")
             self.recorded.append((int(values[0]), values[1].strip("'"), values[2].strip("'"), values[4].strip("'")))
+        columns = re.fullmatch(
+            r"SELECT name, type FROM system\.columns WHERE database = '(\w+)' AND table = '(\w+)' .*", sql
+        )
+        if columns:
+            return "timestamp\tDateTime\n" if f"{columns[1]}.{columns[2]}" in self.tables else ""
+        created = re.match(r"CREATE TABLE IF NOT EXISTS (\w+\.\w+)\n", sql)
+        if created:
+            self.tables.add(created[1])
         return ""
+
+    def created(self) -> list[str]:
+        """The tables the statements since the last ``statements.clear()`` created, in order."""
+        return [m[1] for s in self.statements if (m := re.match(r"CREATE TABLE IF NOT EXISTS d\.(\w+)\n", s))]
 
 
 def test_apply_order_and_idempotence_with_fake_engine() -> None:
     engine = FakeEngine()
-    assert apply(engine, Profile.MODERN, "d", "t", 30) == [1]
+    assert apply(engine, Profile.MODERN, "d", "t", 30, logs_table="l", metrics_table="m") == VERSIONS
     assert engine.statements[0] == "CREATE DATABASE IF NOT EXISTS d"
     assert engine.statements[1].startswith("CREATE TABLE IF NOT EXISTS d.schema_migrations")
-    assert engine.statements[3].startswith("CREATE TABLE IF NOT EXISTS d.t")
+    # Each migration's statement, then its record, in version order.
+    assert engine.statements[3].startswith("CREATE TABLE IF NOT EXISTS d.t\n")
+    assert (
+        engine.statements[4].startswith("INSERT INTO d.schema_migrations")
+        and "VALUES (1, '0001_traces'" in (engine.statements[4])
+    )
+    assert engine.statements[5].startswith("CREATE TABLE IF NOT EXISTS d.l\n")
+    assert "VALUES (2, '0002_logs'" in engine.statements[6]
+    assert engine.statements[7].startswith("CREATE TABLE IF NOT EXISTS d.m\n")
+    assert "VALUES (3, '0003_metrics'" in engine.statements[8]
+    assert len(engine.statements) == 9
     assert engine.recorded == [
-        (1, "0001_traces", "modern", render_migrations(Profile.MODERN, "d", "t", 30)[0].checksum)
+        (m.version, m.name, "modern", m.checksum) for m in render_migrations(Profile.MODERN, "d", "t", 30)
     ]
     engine.statements.clear()
-    assert apply(engine, Profile.MODERN, "d", "t", 30) == []
-    assert not any(s.startswith("CREATE TABLE IF NOT EXISTS d.t") for s in engine.statements)
+    assert apply(engine, Profile.MODERN, "d", "t", 30, logs_table="l", metrics_table="m") == []
+    assert engine.created() == ["schema_migrations"]  # the bookkeeping table's IF NOT EXISTS only
+    assert not any(s.startswith("INSERT") for s in engine.statements)
+
+
+def test_apply_creates_a_dropped_logs_or_metrics_table_again_with_fake_engine() -> None:
+    for dropped in ("logs", "metrics", "t"):
+        engine = FakeEngine()
+        assert apply(engine, Profile.LEGACY, "d", "t", 0) == VERSIONS
+        engine.tables.discard(f"d.{dropped}")
+        engine.statements.clear()
+        assert apply(engine, Profile.LEGACY, "d", "t", 0) == []  # nothing applied: recorded as done
+        assert engine.created() == ["schema_migrations", dropped]  # only the dropped table is made again
+        assert not any(s.startswith("INSERT") for s in engine.statements)
+        assert len(engine.recorded) == len(VERSIONS)
+
+
+def test_apply_runs_only_the_migrations_not_yet_recorded_with_fake_engine() -> None:
+    """A database that has only the traces migration (an agent from before logs and metrics) gets 2 and 3."""
+    engine = FakeEngine()
+    (traces, _, _) = render_migrations(Profile.LEGACY, "d", "t", 0)
+    engine.recorded = [(1, "0001_traces", "legacy", traces.checksum)]
+    engine.tables = {"d.t"}
+    assert apply(engine, Profile.LEGACY, "d", "t", 0) == [2, 3]
+    assert engine.created() == ["schema_migrations", "logs", "metrics"]
+    assert [r[:3] for r in engine.recorded] == [(v, n, "legacy") for v, n in zip(VERSIONS, MIGRATIONS, strict=True)]
+
+
+def test_apply_refuses_a_changed_logs_or_metrics_migration_with_fake_engine() -> None:
+    for version, name in ((2, "0002_logs"), (3, "0003_metrics")):
+        engine = FakeEngine()
+        assert apply(engine, Profile.MODERN, "d", "t", 0) == VERSIONS
+        engine.recorded[version - 1] = (version, name, "modern", "0" * 64)
+        engine.statements.clear()
+        with pytest.raises(SchemaError, match=rf"migration {version} \({name}, modern\) was applied with checksum"):
+            apply(engine, Profile.MODERN, "d", "t", 0)
+        assert engine.created() == ["schema_migrations"]
+        assert not any(s.startswith("INSERT") for s in engine.statements)
 
 
 def test_apply_rejects_mixed_profiles() -> None:
@@ -240,10 +432,10 @@ def test_apply_rejects_mixed_profiles() -> None:
 
 
 def test_migration_is_a_frozen_record() -> None:
-    m = render_migrations(Profile.LEGACY, "d", "t", 0)[0]
-    assert isinstance(m, Migration)
-    with pytest.raises(AttributeError):
-        m.version = 2  # type: ignore[misc]
+    for m in render_migrations(Profile.LEGACY, "d", "t", 0):
+        assert isinstance(m, Migration)
+        with pytest.raises(AttributeError):
+            m.version = 2  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------------- sample records
@@ -385,6 +577,142 @@ def _assert_rows_equal(got: dict[str, dict[str, Any]], rows: list[dict[str, Any]
         assert type(back["duration_ms"]) in (int, float)
 
 
+def sample_log_lines(now_ns: int | None = None) -> list[bytes]:
+    """A few log records (each at its own instant): every lifted column, both time members, an id pair."""
+    base = 1729627200000000000 if now_ns is None else now_ns
+    return [
+        _line(
+            {
+                "timeUnixNano": base + 1,
+                "observedTimeUnixNano": base + 2,
+                "severityNumber": 17,
+                "severityText": "ERROR",
+                "body": {"stringValue": WEIRD},
+                "attributes": [
+                    _kv("logger.name", {"stringValue": "app"}),
+                    _kv("code.lineno", {"intValue": 7}),
+                    _kv("exception.type", {"stringValue": "ValueError"}),
+                    _kv("s", {"stringValue": WEIRD}),
+                ],
+                "traceId": TRACE,
+                "spanId": "0000000000000001",
+                "scope": {"name": "app", "version": "1"},
+            }
+        ),
+        _line(
+            {"observedTimeUnixNano": str(base + 3), "body": {"kvlistValue": {"values": [_kv("k", {"intValue": 1})]}}}
+        ),
+        _line({"timeUnixNano": str(LAST_NS if now_ns is None else base + 4), "severityNumber": "SEVERITY_NUMBER_INFO"}),
+    ]
+
+
+def sample_metric_lines(now_ns: int | None = None) -> list[bytes]:
+    """A gauge, a monotonic sum and a histogram (each data point at its own instant)."""
+    base = 1729627200000000000 if now_ns is None else now_ns
+    return [
+        _line({"name": "g", "gauge": {"dataPoints": [{"timeUnixNano": base + 1, "asInt": "-9223372036854775808"}]}}),
+        _line(
+            {
+                "name": "c",
+                "unit": "{request}",
+                "sum": {
+                    "aggregationTemporality": 2,
+                    "isMonotonic": True,
+                    "dataPoints": [
+                        {"timeUnixNano": base + 2, "startTimeUnixNano": base, "asDouble": 0.1},
+                        {"timeUnixNano": base + 3, "startTimeUnixNano": base, "asInt": 5},
+                    ],
+                },
+            }
+        ),
+        _line(
+            {
+                "name": "h",
+                "histogram": {
+                    "aggregationTemporality": "DELTA",
+                    "dataPoints": [
+                        {
+                            "timeUnixNano": str(LAST_NS if now_ns is None else base + 4),
+                            "count": "18446744073709551615",
+                            "sum": 2.5,
+                            "bucketCounts": [1, "18446744073709551614", 0],
+                            "explicitBounds": [0.005, 0.25],
+                            "attributes": [_kv(WEIRD, {"stringValue": WEIRD})],
+                        }
+                    ],
+                },
+            }
+        ),
+    ]
+
+
+def sample_log_rows(profile: Profile, now_ns: int | None = None) -> list[dict[str, Any]]:
+    resource = parse_resource(RESOURCES[0])
+    return [transform_log(line, resource, profile) for line in sample_log_lines(now_ns)]
+
+
+def sample_metric_rows(profile: Profile, now_ns: int | None = None) -> list[dict[str, Any]]:
+    resource = parse_resource(RESOURCES[0])
+    return [row for line in sample_metric_lines(now_ns) for row in transform_metric(line, resource, profile)]
+
+
+#: Log and metric columns that 18.16 writes as JSON strings (64-bit integers) or a whole double as an integer.
+SIGNAL_INT_COLUMNS = ("timestamp_ns", "observed_timestamp_ns", "start_timestamp_ns", "value_int", "histogram_count")
+SIGNAL_FLOAT_COLUMNS = ("value_double", "histogram_sum", "histogram_min", "histogram_max")
+
+
+def _read_back_signal(text: str) -> dict[int, dict[str, Any]]:
+    """Log or metric rows read back, by ``timestamp_ns`` (unique in the samples), typed as the transform types them."""
+    out = {}
+    for line in text.splitlines():
+        row = orjson.loads(line)
+        for column in SIGNAL_INT_COLUMNS:
+            if column in row:
+                row[column] = int(row[column])
+        for column in SIGNAL_FLOAT_COLUMNS:
+            if column in row:
+                row[column] = float(row[column])
+        if "histogram_bucket_counts" in row:
+            row["histogram_bucket_counts"] = [int(x) for x in row["histogram_bucket_counts"]]
+            row["histogram_explicit_bounds"] = [float(x) for x in row["histogram_explicit_bounds"]]
+        out[row["timestamp_ns"]] = row
+    return out
+
+
+def _assert_signal_rows_equal(got: dict[int, dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    assert sorted(got) == sorted(r["timestamp_ns"] for r in rows)
+    for row in rows:
+        assert got[row["timestamp_ns"]] == row, row["timestamp_ns"]
+
+
+def _round_trip_logs_and_metrics(
+    execute: Callable[[str], str], database: str, profile: Profile, *, logs: str = "logs", metrics: str = "metrics"
+) -> None:
+    """Insert the sample log and metric rows of ``profile`` into the two tables; each reads back exactly."""
+    for table, rows in ((logs, sample_log_rows(profile)), (metrics, sample_metric_rows(profile))):
+        execute(f"INSERT INTO {database}.{table} FORMAT JSONEachRow\n" + encode_rows(rows).decode())
+        out = execute(
+            f"SELECT * FROM {database}.{table} SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow"
+        )
+        _assert_signal_rows_equal(_read_back_signal(out), rows)
+
+
+def _check_signal_tables(
+    execute: Callable[[str], str], database: str, profile: Profile, logs: str = "logs", metrics: str = "metrics"
+) -> None:
+    """The logs and metrics tables exist with the row shape of ``profile`` and every column its rows fill."""
+    for table, row_keys in ((logs, log_row_keys), (metrics, metric_row_keys)):
+        columns = table_columns(execute, database, table)
+        assert detect_table_profile(columns) is profile, table
+        assert row_keys(profile) <= set(columns), table
+        if profile is Profile.MODERN:
+            assert columns["timestamp"] == "DateTime64(9, 'UTC')", table
+            assert columns["attributes"] == "Map(LowCardinality(String), String)", table
+        else:
+            assert columns["timestamp"] == "DateTime('UTC')", table
+            assert columns["attribute_keys"] == "Array(String)", table
+
+
 # ------------------------------------------------------------------------------------------ chDB
 
 
@@ -401,15 +729,20 @@ def test_chdb_modern_migrations_and_exact_round_trip(chdb_session_factory: ChdbF
     execute = _chdb_executor(session)
     assert pick_profile(execute("SELECT version()").strip().strip('"')) is Profile.MODERN
 
-    assert apply(execute, Profile.MODERN, "telemetry", "traces", 0) == [1]
+    assert apply(execute, Profile.MODERN, "telemetry", "traces", 0) == VERSIONS
     assert apply(execute, Profile.MODERN, "telemetry", "traces", 0) == []  # idempotent
-    recorded = execute("SELECT version, name, profile FROM telemetry.schema_migrations FORMAT TabSeparated")
-    assert recorded == "1\t0001_traces\tmodern\n"
+    recorded = execute(
+        "SELECT version, name, profile FROM telemetry.schema_migrations ORDER BY version FORMAT TabSeparated"
+    )
+    assert recorded == "1\t0001_traces\tmodern\n2\t0002_logs\tmodern\n3\t0003_metrics\tmodern\n"
     columns = table_columns(execute, "telemetry", "traces")
     assert detect_table_profile(columns) is Profile.MODERN
     assert columns["timestamp"] == "DateTime64(9, 'UTC')"
     assert columns["attributes"] == "Map(LowCardinality(String), String)"
     assert table_columns(execute, "telemetry", "nope") == {}
+    _check_signal_tables(execute, "telemetry", Profile.MODERN)
+    for table in ("traces", "logs", "metrics"):  # ttl_days 0: no TTL clause
+        assert "TTL" not in execute(f"SHOW CREATE TABLE telemetry.{table} FORMAT TabSeparatedRaw"), table
 
     rows = sample_rows(Profile.MODERN)
     body = encode_rows(rows)
@@ -430,15 +763,29 @@ def test_chdb_modern_migrations_and_exact_round_trip(chdb_session_factory: ChdbF
     )
     assert last == "2105-12-31 23:59:59.999999999\t2105-12-31\t2105-12-31 23:59:59\n"
 
+    _round_trip_logs_and_metrics(execute, "telemetry", Profile.MODERN)
+    for table in ("logs", "metrics"):
+        mismatches = execute(
+            f"SELECT count() FROM telemetry.{table} WHERE toUnixTimestamp64Nano(timestamp) != timestamp_ns "
+            "SETTINGS session_timezone = 'Asia/Kolkata' FORMAT TabSeparated"
+        )
+        assert mismatches == "0\n", table
+        last = execute(f"SELECT toString(timestamp) FROM telemetry.{table} WHERE timestamp_ns = {LAST_NS} FORMAT TSV")
+        assert last == "2105-12-31 23:59:59.999999999\n", table
+
 
 @pytest.mark.chdb
 def test_chdb_ttl_and_dedup_settings(chdb_session_factory: ChdbFactory) -> None:
     session = chdb_session_factory("ttl")
     execute = _chdb_executor(session)
-    assert apply(execute, Profile.MODERN, "tel", "spans", 30) == [1]
-    create = execute("SHOW CREATE TABLE tel.spans FORMAT TabSeparatedRaw")
-    assert "TTL toDateTime(timestamp) + toIntervalDay(30)" in create
-    assert "non_replicated_deduplication_window = 1000" in create
+    assert apply(execute, Profile.MODERN, "tel", "spans", 30, logs_table="log_records", metrics_table="points") == (
+        VERSIONS
+    )
+    for table in ("spans", "log_records", "points"):
+        create = execute(f"SHOW CREATE TABLE tel.{table} FORMAT TabSeparatedRaw")
+        assert "TTL toDateTime(timestamp) + toIntervalDay(30)" in create, table
+        assert "non_replicated_deduplication_window = 1000" in create, table
+    assert not table_columns(execute, "tel", "logs") and not table_columns(execute, "tel", "metrics")
     # A batch re-sent with the same insert_deduplication_token is dropped (the shipper relies on it).
     now_ns = time.time_ns()
     resource = parse_resource(RESOURCES[0])
@@ -454,6 +801,17 @@ def test_chdb_ttl_and_dedup_settings(chdb_session_factory: ChdbFactory) -> None:
     for _ in range(2):
         execute("INSERT INTO tel.spans SETTINGS insert_deduplication_token = 'wal-7-0' FORMAT JSONEachRow\n" + body)
     assert execute("SELECT count() FROM tel.spans FORMAT TabSeparated") == f"{len(rows)}\n"
+    # The same for log and metric batches (recent rows: the 30-day TTL would drop old ones).
+    for table, signal_rows in (
+        ("log_records", sample_log_rows(Profile.MODERN, now_ns)),
+        ("points", sample_metric_rows(Profile.MODERN, now_ns)),
+    ):
+        body = encode_rows(signal_rows).decode()
+        for _ in range(2):
+            execute(
+                f"INSERT INTO tel.{table} SETTINGS insert_deduplication_token = 'a:x:1-2:0' FORMAT JSONEachRow\n" + body
+            )
+        assert execute(f"SELECT count() FROM tel.{table} FORMAT TabSeparated") == f"{len(signal_rows)}\n", table
 
 
 @pytest.mark.chdb
@@ -461,7 +819,7 @@ def test_chdb_legacy_profile_is_sticky(chdb_session_factory: ChdbFactory) -> Non
     """A legacy table kept through a server upgrade: apply(MODERN) keeps it, rows keep its shape."""
     session = chdb_session_factory("sticky")
     execute = _chdb_executor(session)
-    assert apply(execute, Profile.LEGACY, "tel", "traces", 30) == [1]
+    assert apply(execute, Profile.LEGACY, "tel", "traces", 30) == VERSIONS
     assert apply(execute, Profile.MODERN, "tel", "traces", 30) == []
     profile = detect_table_profile(table_columns(execute, "tel", "traces"))
     assert profile is Profile.LEGACY
@@ -469,6 +827,9 @@ def test_chdb_legacy_profile_is_sticky(chdb_session_factory: ChdbFactory) -> Non
     execute("INSERT INTO tel.traces FORMAT JSONEachRow\n" + encode_rows(rows).decode())
     out = execute("SELECT * FROM tel.traces SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow")
     _assert_rows_equal(_read_back(out), rows)
+    # The logs and metrics tables are legacy too, and take legacy rows exactly.
+    _check_signal_tables(execute, "tel", Profile.LEGACY)
+    _round_trip_logs_and_metrics(execute, "tel", Profile.LEGACY)
 
 
 @pytest.mark.chdb
@@ -477,27 +838,61 @@ def test_chdb_new_version_and_changed_checksum(chdb_session_factory: ChdbFactory
     shutil.copytree(DEPLOY, root)
     session = chdb_session_factory("versions")
     execute = _chdb_executor(session)
-    assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == [1]
+    assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == VERSIONS
 
     # A new version is applied once.
     _write(
         root,
         "modern",
-        "0002_extra.sql",
+        "0004_extra.sql",
         "ALTER TABLE {database}.{table} ADD COLUMN IF NOT EXISTS extra String;",
     )
-    assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == [2]
+    assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == [4]
     assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == []
     assert "extra" in table_columns(execute, "tel", "traces")
 
     # Comments are not part of the checksum...
     path = root / "modern" / "0001_traces.sql"
-    path.write_text("-- an edited comment\n" + path.read_text())
+    original = path.read_text()
+    path.write_text("-- an edited comment\n" + original)
     assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == []
     # ...but SQL is.
     path.write_text(path.read_text().replace("events              String", "events              String,\n x UInt8"))
     with pytest.raises(SchemaError, match=r"migration 1 \(0001_traces, modern\) was applied with checksum"):
         apply(execute, Profile.MODERN, "tel", "traces", 0, root=root)
+    path.write_text(original)
+
+    # The same for the logs and metrics migrations.
+    for version, name, column in ((2, "0002_logs", "source_function"), (3, "0003_metrics", "resource_attributes")):
+        path = root / "modern" / f"{name}.sql"
+        original = path.read_text()
+        path.write_text(original.replace("-- ", "-- edited: ", 1))
+        assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == []
+        path.write_text(original.replace(f"    {column} ", f"    extra_{column} UInt8,\n    {column} ", 1))
+        with pytest.raises(SchemaError, match=rf"migration {version} \({name}, modern\) was applied with checksum"):
+            apply(execute, Profile.MODERN, "tel", "traces", 0, root=root)
+        path.write_text(original)
+        assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == []
+
+
+@pytest.mark.chdb
+def test_chdb_a_dropped_logs_or_metrics_table_is_created_again_by_apply(chdb_session_factory: ChdbFactory) -> None:
+    session = chdb_session_factory("dropped")
+    execute = _chdb_executor(session)
+    assert apply(execute, Profile.MODERN, "tel", "traces", 0) == VERSIONS
+    for dropped, kept in (("logs", "metrics"), ("metrics", "logs")):
+        for table in ("logs", "metrics"):
+            execute(f"TRUNCATE TABLE tel.{table}")
+        _round_trip_logs_and_metrics(execute, "tel", Profile.MODERN)
+        kept_rows = execute(f"SELECT count() FROM tel.{kept} FORMAT TabSeparated")
+        assert kept_rows != "0\n"
+        execute(f"DROP TABLE tel.{dropped}")
+        assert apply(execute, Profile.MODERN, "tel", "traces", 0) == []  # nothing to record ...
+        _check_signal_tables(execute, "tel", Profile.MODERN)  # ... but the table is back, empty
+        assert execute(f"SELECT count() FROM tel.{dropped} FORMAT TabSeparated") == "0\n"
+        assert execute(f"SELECT count() FROM tel.{kept} FORMAT TabSeparated") == kept_rows  # the other one untouched
+    recorded = execute("SELECT count() FROM tel.schema_migrations FORMAT TabSeparated")
+    assert recorded == f"{len(VERSIONS)}\n"
 
 
 # --------------------------------------------------------------------------- ClickHouse 18.16 server
@@ -509,15 +904,17 @@ def test_server_legacy_migrations_and_exact_round_trip(clickhouse: Any, clickhou
     if version.startswith("18."):
         assert pick_profile(version) is Profile.LEGACY
 
-    assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 30) == [1]
+    assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 30) == VERSIONS
     assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 30) == []  # idempotent
     recorded = clickhouse.query(
-        f"SELECT version, name, profile, length(checksum) FROM {clickhouse_db}.schema_migrations FORMAT TabSeparated"
+        f"SELECT version, name, profile, length(checksum) FROM {clickhouse_db}.schema_migrations "
+        "ORDER BY version FORMAT TabSeparated"
     )
-    assert recorded == "1\t0001_traces\tlegacy\t64\n"
+    assert recorded == "1\t0001_traces\tlegacy\t64\n2\t0002_logs\tlegacy\t64\n3\t0003_metrics\tlegacy\t64\n"
     columns = table_columns(clickhouse.query, clickhouse_db, "traces")
     assert detect_table_profile(columns) is Profile.LEGACY
     assert columns["timestamp"] == "DateTime('UTC')"
+    _check_signal_tables(clickhouse.query, clickhouse_db, Profile.LEGACY)
 
     rows = sample_rows(Profile.LEGACY)
     clickhouse.query(f"INSERT INTO {clickhouse_db}.traces FORMAT JSONEachRow", data=encode_rows(rows))
@@ -544,8 +941,36 @@ def test_server_legacy_migrations_and_exact_round_trip(clickhouse: Any, clickhou
     )
     assert got == "-9223372036854775808\n"
 
+    def execute(sql: str) -> str:  # the SQL carries its SETTINGS and FORMAT; an INSERT its rows after a newline
+        head, _, rows = sql.partition("\n") if sql.startswith("INSERT") else (sql, "", "")
+        return str(clickhouse.query(head, data=rows) if rows else clickhouse.query(sql))
+
+    _round_trip_logs_and_metrics(execute, clickhouse_db, Profile.LEGACY)
+    for table in ("logs", "metrics"):
+        mismatches = clickhouse.query(
+            f"SELECT count() FROM {clickhouse_db}.{table} "
+            "WHERE toUInt64(toUnixTimestamp(timestamp)) != intDiv(timestamp_ns, 1000000000) FORMAT TabSeparated"
+        )
+        assert mismatches == "0\n", table
+        last = clickhouse.query(
+            f"SELECT toString(timestamp) FROM {clickhouse_db}.{table} WHERE timestamp_ns = {LAST_NS} FORMAT TSV"
+        )
+        assert last == "2105-12-31 23:59:59\n", table
+
 
 @pytest.mark.clickhouse
 def test_server_modern_request_is_sticky_to_legacy(clickhouse: Any, clickhouse_db: str) -> None:
-    assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 0) == [1]
+    assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 0) == VERSIONS
     assert apply(clickhouse.query, Profile.MODERN, clickhouse_db, "traces", 0) == []
+    assert detect_table_profile(table_columns(clickhouse.query, clickhouse_db, "traces")) is Profile.LEGACY
+    _check_signal_tables(clickhouse.query, clickhouse_db, Profile.LEGACY)
+
+
+@pytest.mark.clickhouse
+def test_server_a_dropped_logs_table_is_created_again_by_apply(clickhouse: Any, clickhouse_db: str) -> None:
+    names: dict[str, Any] = {"logs_table": "app_logs", "metrics_table": "app_points"}
+    assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 0, **names) == VERSIONS
+    clickhouse.query(f"DROP TABLE {clickhouse_db}.app_logs")
+    assert apply(clickhouse.query, Profile.LEGACY, clickhouse_db, "traces", 0, **names) == []
+    _check_signal_tables(clickhouse.query, clickhouse_db, Profile.LEGACY, "app_logs", "app_points")
+    assert not table_columns(clickhouse.query, clickhouse_db, "logs")

@@ -10,7 +10,7 @@ import pytest
 
 from automagik_telemetry_agent.clickhouse.http import ClickHouseHttpSink, profile_row_keys
 from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
-from automagik_telemetry_agent.clickhouse.schema import apply, detect_table_profile, table_columns
+from automagik_telemetry_agent.clickhouse.schema import apply, detect_table_profile, render_migrations, table_columns
 from automagik_telemetry_agent.clickhouse.sink import Capabilities
 from automagik_telemetry_agent.shipper.batch import batch_token, freeze_batch
 from automagik_telemetry_agent.wal import WalReader
@@ -38,7 +38,8 @@ def test_chdb_batch_bytes_and_dedup_token(chdb_session_factory: Any, tmp_path: P
     def execute(sql: str) -> str:
         return str(session.query(sql))
 
-    assert apply(execute, Profile.MODERN, "telemetry", "traces", 0) == [1]
+    every = [m.version for m in render_migrations(Profile.MODERN, "telemetry", "traces", 0)]
+    assert apply(execute, Profile.MODERN, "telemetry", "traces", 0) == every  # traces, logs, metrics
     columns = table_columns(execute, "telemetry", "traces")
     assert detect_table_profile(columns) is Profile.MODERN
     assert profile_row_keys(Profile.MODERN) <= set(columns)

@@ -62,7 +62,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ..clickhouse.factory import sink_from_config
     from ..clickhouse.sink import SinkError
     from ..shipper.dead_letter import DeadLetter
-    from ..shipper.replay import insert_candidates, parse_entry, plan_replay, replay_lock
+    from ..shipper.replay import ReplayPlan, insert_candidates, parse_entry, plan_replay, replay_lock, signal_of
+    from ..shipper.signals import SHIPMENTS
+    from ..wal.signals import Signal
 
     config = load(args)
     if isinstance(config, int):
@@ -87,17 +89,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sink = sink_from_config(config)
         except ConfigError as exc:
             return _die(exitcodes.CONFIG, f"config error: {exc}")
+        plan, inserted, abort, explain, targets = ReplayPlan(), [], None, sink.explain, []
         try:
-            try:
-                detected = sink.detect()
-            except SinkError as exc:
-                code = exitcodes.CONFIG if exc.result.error_class is ErrorClass.CONFIG else exitcodes.FAILURE
-                return _die(code, f"nothing replayed: {exc}")
-            plan = plan_replay(entries, detected.profile, config["wal.dir"])
+            # One plan per signal, into its own table: spans (and unreadable lines) first.
+            present = sorted({signal_of(e) for e in entries}, key=lambda s: (s != "traces", s))
+            for name in present:
+                try:
+                    shipment = SHIPMENTS[Signal(name)]
+                except ValueError:
+                    for index, e in enumerate(entries):
+                        if signal_of(e) == name:
+                            plan.keep(index, f"unknown signal {name!r}")
+                    continue
+                table = (
+                    sink
+                    if shipment.signal is Signal.TRACES
+                    else sink.for_table(config[shipment.table_setting], shipment.row_keys)
+                )
+                try:
+                    try:
+                        detected = table.detect()
+                    except SinkError as exc:
+                        code = exitcodes.CONFIG if exc.result.error_class is ErrorClass.CONFIG else exitcodes.FAILURE
+                        return _die(code, f"nothing replayed: {exc}")
+                    sub = plan_replay(entries, detected.profile, config["wal.dir"], shipment)
+                    plan.merge(sub)
+                    targets.append(table.target)
+                    if not args.dry_run:
+                        done_here, abort = insert_candidates(table.insert, sub.candidates, plan)
+                        inserted += done_here
+                        explain = table.explain
+                finally:
+                    if table is not sink:
+                        table.close()
+                if abort is not None:
+                    break
             if args.dry_run:
-                _report_plan(plan, len(snapshot), sink.target, dl.path)
+                _report_plan(plan, len(snapshot), ", ".join(targets), dl.path)
                 return exitcodes.OK
-            inserted, abort = insert_candidates(sink.insert, plan.candidates, plan)
         finally:
             sink.close()
         done = set(inserted)
@@ -118,13 +147,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     added = len(current) - len(snapshot)
     meanwhile = f" (plus {added} added by the shipper meanwhile, not replayed)" if added > 0 else ""
     print(
-        f"replayed {len(done)} of {len(snapshot)} dead-lettered spans into {sink.target}; {left} left in "
+        f"replayed {len(done)} of {len(snapshot)} dead-lettered spans into {', '.join(targets)}; {left} left in "
         f"{dl.path}{meanwhile}"
     )
     if plan.kept:
         print("\n".join(plan.report()))
     if abort is not None:
-        return _die(exitcodes.FAILURE, f"stopped: {sink.explain(abort)}")
+        return _die(exitcodes.FAILURE, f"stopped: {explain(abort)}")
     return exitcodes.OK if left == 0 else exitcodes.FAILURE
 
 

@@ -30,7 +30,15 @@ def run_apply(args: argparse.Namespace) -> int:
     try:
         version = sink.query("SELECT version()").strip()
         profile = pick_profile(version)
-        applied = apply(sink.query, profile, sink.database, sink.table, args.ttl_days)
+        applied = apply(
+            sink.query,
+            profile,
+            sink.database,
+            sink.table,
+            args.ttl_days,
+            logs_table=config["clickhouse.logs_table"],
+            metrics_table=config["clickhouse.metrics_table"],
+        )
     except SinkError as exc:
         code = exitcodes.CONFIG if exc.result.error_class is ErrorClass.CONFIG else exitcodes.FAILURE
         return exitcodes.die(code, str(exc))
@@ -46,7 +54,9 @@ def run_apply(args: argparse.Namespace) -> int:
 def add_parser(sub: Subparsers) -> None:
     schema = sub.add_parser("schema", help="ClickHouse schema tools")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)
-    apply_cmd = schema_sub.add_parser("apply", help="create or migrate the traces table (needs CREATE rights)")
+    apply_cmd = schema_sub.add_parser(
+        "apply", help="create or migrate the traces, logs and metrics tables (needs CREATE rights)"
+    )
     add_setting_flags(apply_cmd, SINK)
     apply_cmd.add_argument(
         "--ttl-days", type=int, default=0, help="drop rows older than this (modern servers; 0 = keep forever)"

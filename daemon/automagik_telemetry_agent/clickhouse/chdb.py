@@ -191,18 +191,25 @@ class EmbeddedStore:
     def __init__(self, directory: str) -> None:
         self.directory = os.path.abspath(directory)
         self._lock_fd: int | None = None
+        self._ready = False
         self._writer: Any = None
         self._reader: Any = None
         self._writer_lock = threading.Lock()  # a chDB connection runs one statement (or insert stream) at a time
         self._reader_lock = threading.Lock()
+        self._open_lock = threading.Lock()  # the sinks of several tables share one store
 
     @property
     def is_open(self) -> bool:
-        return self._lock_fd is not None
+        """The directory is held and the sessions are open (not while :meth:`open` is still opening them)."""
+        return self._ready
 
     def open(self, reader: bool = True, writer: bool = True) -> EmbeddedStore:
-        """Take the directory and open the sessions asked for; idempotent."""
-        if self.is_open:
+        """Take the directory and open the sessions asked for; idempotent (and safe from several threads)."""
+        with self._open_lock:
+            return self._open(reader, writer)
+
+    def _open(self, reader: bool, writer: bool) -> EmbeddedStore:
+        if self._ready:
             return self
         try:
             os.makedirs(self.directory, mode=0o750, exist_ok=True)
@@ -231,6 +238,7 @@ class EmbeddedStore:
         except BaseException:
             self.close()
             raise
+        self._ready = True
         return self
 
     def _take_lock(self) -> None:
@@ -249,6 +257,7 @@ class EmbeddedStore:
         """Close the sessions and release the directory. A session still running a statement after
         ``wait_s`` (an abandoned insert, a long query) is left open rather than closed under it: the
         process is exiting, and chDB's own files are crash-safe."""
+        self._ready = False
         left_open = False
         for attr, lock in (("_reader", self._reader_lock), ("_writer", self._writer_lock)):
             session = getattr(self, attr)

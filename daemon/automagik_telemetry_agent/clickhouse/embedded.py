@@ -19,11 +19,11 @@ import threading
 from .chdb import ChdbUnavailable, EmbeddedStore, StoreBusy, StoreUnusable, classify_chdb_error
 from .errors import ErrorClass
 from .explain import SinkKind, Target, explain
-from .http import count_present_sql, require_row_shape
+from .http import count_present_sql, count_rows_sql, profile_row_keys, require_row_shape
 from .query_server import QueryServer
 from .rows import Profile
 from .schema import apply, identifier, render_migrations, table_columns
-from .sink import Capabilities, DetectResult, InsertResult, SinkError
+from .sink import Capabilities, DetectResult, InsertResult, RowKeys, SinkError, Tables
 
 __all__ = ["EmbeddedSink"]
 
@@ -39,11 +39,25 @@ class EmbeddedSink:
     """
 
     def __init__(
-        self, directory: str, database: str = "telemetry", table: str = "traces", serve_queries: bool = True
+        self,
+        directory: str,
+        database: str = "telemetry",
+        table: str = "traces",
+        serve_queries: bool = True,
+        *,
+        tables: Tables | None = None,
+        row_keys: RowKeys = profile_row_keys,
+        store: EmbeddedStore | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
+        """``tables``: the three tables the store gets (``table`` is the one this sink writes); ``store``: the
+        store of another sink of this process (:meth:`for_table`), which then keeps owning it."""
         if not directory.strip():
             raise ValueError("embedded.dir must not be empty")
-        self.store = EmbeddedStore(directory)
+        self.owns_store = store is None
+        self.store = EmbeddedStore(directory) if store is None else store
+        self.tables = tables or Tables(traces=table)
+        self.row_keys = row_keys
         self.directory = self.store.directory
         self.endpoint = f"chdb:{self.directory}"
         self.database = identifier(database)
@@ -53,13 +67,31 @@ class EmbeddedSink:
         self.columns: dict[str, str] = {}
         self.profile: Profile | None = None
         self.query_server: QueryServer | None = None  # while the store is open
-        self._lock = threading.RLock()  # detect() may run in the sender thread while the main thread stops
+        # detect() may run in a sender thread while the main thread stops; the sinks of one store share it,
+        # so that two tables' first detections do not both apply the migrations.
+        self._lock = lock or threading.RLock()
 
     @property
     def target(self) -> str:
         return f"{self.database}.{self.table}"
 
+    def for_table(self, table: str, row_keys: RowKeys) -> EmbeddedSink:
+        """Another table of the same store (chDB allows one store per process: it is shared, and closed by
+        this sink, not by the new one)."""
+        return EmbeddedSink(
+            self.directory,
+            self.database,
+            table,
+            False,
+            tables=self.tables,
+            row_keys=row_keys,
+            store=self.store,
+            lock=self._lock,
+        )
+
     def close(self) -> None:
+        if not self.owns_store:
+            return
         with self._lock:
             if self.query_server is not None:
                 self.query_server.close()
@@ -71,6 +103,7 @@ class EmbeddedSink:
         """Open the store (idempotent); raises :class:`SinkError` with one line when that fails."""
         with self._lock:
             if self.store.is_open:
+                self._serve_queries()
                 return
             try:
                 self.store.open()
@@ -90,14 +123,18 @@ class EmbeddedSink:
                 result = classify_chdb_error(exc)
                 result = InsertResult(False, ErrorClass.CONFIG, result.code, result.message)
                 raise SinkError(result, self.explain(result)) from None
-            if self.serve_queries:
-                try:
-                    self.query_server = QueryServer(self.directory, self.store.read).start()
-                except OSError as exc:  # queries fall back to "stopped agent" errors; shipping goes on
-                    log.warning(
-                        "cannot serve queries on the embedded store %s: %s", self.directory, exc.strerror or exc
-                    )
             log.info("embedded ClickHouse store %s open (chDB)", self.directory)
+            self._serve_queries()
+
+    def _serve_queries(self) -> None:
+        """Start the query socket once the store is open (whichever table's sink opened it); call locked."""
+        if not self.serve_queries or self.query_server is not None:
+            return
+        try:
+            self.query_server = QueryServer(self.directory, self.store.read).start()
+        except OSError as exc:  # queries fall back to "stopped agent" errors; shipping goes on
+            log.warning("cannot serve queries on the embedded store %s: %s", self.directory, exc.strerror or exc)
+            self.serve_queries = False  # one warning, not one per detection
 
     # ------------------------------------------------------------------ the Sink interface
     def query(self, sql: str) -> str:
@@ -117,7 +154,16 @@ class EmbeddedSink:
             columns = table_columns(self.query, self.database, self.table)
             if not columns:
                 try:
-                    applied = apply(self.query, Profile.MODERN, self.database, self.table, 0)
+                    t = self.tables
+                    applied = apply(
+                        self.query,
+                        Profile.MODERN,
+                        self.database,
+                        t.traces,
+                        0,
+                        logs_table=t.logs,
+                        metrics_table=t.metrics,
+                    )
                     if not table_columns(self.query, self.database, self.table):
                         # Dropped after its migrations were recorded: run them again (each statement is
                         # IF NOT EXISTS-safe, see schema.apply).
@@ -126,7 +172,9 @@ class EmbeddedSink:
                             self.target,
                             self.directory,
                         )
-                        for migration in render_migrations(Profile.MODERN, self.database, self.table, 0):
+                        for migration in render_migrations(
+                            Profile.MODERN, self.database, t.traces, 0, logs_table=t.logs, metrics_table=t.metrics
+                        ):
                             for statement in migration.statements:
                                 self.query(statement)
                 except SinkError:
@@ -141,7 +189,7 @@ class EmbeddedSink:
                     ", ".join(map(str, applied)) or "none",
                 )
                 columns = table_columns(self.query, self.database, self.table)
-            profile = require_row_shape(self.target, columns, self.explain)
+            profile = require_row_shape(self.target, columns, self.explain, self.row_keys)
             self.columns, self.profile = columns, profile
             return DetectResult(self.capabilities, columns, profile)
 
@@ -157,6 +205,9 @@ class EmbeddedSink:
             r = classify_chdb_error(exc)
             return InsertResult(False, r.error_class, r.code, r.message, None, len(body), len(body))
         return InsertResult(True, ErrorClass.OK, None, "", None, len(body), len(body), "none")
+
+    def count_rows(self, columns: tuple[str, ...], keys: list[tuple[object, ...]], min_ns: int, max_ns: int) -> int:
+        return int(self.query(count_rows_sql(self.target, columns, keys, min_ns, max_ns)).strip() or 0)
 
     def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:
         return int(self.query(count_present_sql(self.target, span_ids, min_ns, max_ns)).strip() or 0)

@@ -9,9 +9,9 @@ from ..config import ConfigError
 from .chdb import ChdbUnavailable, chdb_missing, load_chdb
 from .embedded import EmbeddedSink
 from .http import ClickHouseHttpSink
-from .sink import Sink
+from .sink import Sink, Tables
 
-__all__ = ["read_password", "sink_from_config"]
+__all__ = ["read_password", "sink_from_config", "tables_of"]
 
 
 def read_password(config: Mapping[str, Any]) -> str:
@@ -24,6 +24,11 @@ def read_password(config: Mapping[str, Any]) -> str:
             return f.readline().rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(f"--password-file {path}: {exc.strerror}") from None
+
+
+def tables_of(config: Mapping[str, Any]) -> Tables:
+    """The three table names a configuration sets."""
+    return Tables(config["clickhouse.table"], config["clickhouse.logs_table"], config["clickhouse.metrics_table"])
 
 
 def sink_from_config(config: Mapping[str, Any], serve_queries: bool = False) -> Sink:
@@ -44,6 +49,7 @@ def sink_from_config(config: Mapping[str, Any], serve_queries: bool = False) -> 
                 config["clickhouse.database"],
                 config["clickhouse.table"],
                 serve_queries=serve_queries,
+                tables=tables_of(config),
             )
             load_chdb(sink.directory)  # fail now, with one line, rather than retrying forever
         except ValueError as exc:

@@ -20,6 +20,7 @@ import gzip
 import logging
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 import requests
@@ -27,10 +28,10 @@ import requests
 from .errors import Classified, ErrorClass, Finding, classify_exception, classify_response
 from .explain import SinkKind, Target, explain
 from .rows import Profile, parse_resource, transform_span
-from .schema import detect_table_profile, identifier, pick_profile, table_columns
-from .sink import Capabilities, DetectResult, InsertResult, SinkError
+from .schema import detect_table_profile, identifier, pick_profile, quote, table_columns
+from .sink import Capabilities, DetectResult, InsertResult, RowKeys, SinkError
 
-__all__ = ["ClickHouseHttpSink", "count_present_sql", "profile_row_keys", "require_row_shape"]
+__all__ = ["ClickHouseHttpSink", "count_present_sql", "count_rows_sql", "profile_row_keys", "require_row_shape"]
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,25 @@ def profile_row_keys(profile: Profile) -> frozenset[str]:
     return frozenset(transform_span(span, resource, profile))
 
 
-def require_row_shape(target: str, columns: dict[str, str], explain: Callable[[InsertResult], str]) -> Profile:
+def require_row_shape(
+    target: str,
+    columns: dict[str, str],
+    explain: Callable[[InsertResult], str],
+    row_keys: RowKeys = profile_row_keys,
+) -> Profile:
     """The profile of an existing table from its ``{column: type}``; :class:`SinkError` (CONFIG) when rows
-    of neither shape fit it (both sinks check the table they find the same way)."""
+    of neither shape fit it (both sinks check the table they find the same way). ``row_keys``: the columns
+    the table's rows fill, by profile (spans' by default)."""
     profile = detect_table_profile(columns)
     if profile is None:
         result = InsertResult(
-            False, ErrorClass.CONFIG, None, f"table {target} has neither a Map `attributes` nor `attribute_keys`"
+            False,
+            ErrorClass.CONFIG,
+            message=f"table {target} has neither a Map `attributes` nor `attribute_keys`",
+            finding=Finding.TABLE_UNKNOWN_SHAPE,
         )
         raise SinkError(result, explain(result))
-    missing = sorted(profile_row_keys(profile) - set(columns))
+    missing = sorted(row_keys(profile) - set(columns))
     if missing:
         result = InsertResult(
             False,
@@ -80,14 +90,47 @@ def require_row_shape(target: str, columns: dict[str, str], explain: Callable[[I
 
 
 def count_present_sql(target: str, span_ids: list[str], min_ns: int, max_ns: int) -> str:
-    """The restart probe's query: how many of ``span_ids`` (hex, so nothing to escape; anything else is
-    left out), started within ``[min_ns, max_ns]``, ``target`` holds. The time range prunes partitions."""
-    ids = ", ".join("'" + s + "'" for s in span_ids if s.isalnum()) or "''"
+    """The restart probe's query for spans: how many of ``span_ids``, started within ``[min_ns, max_ns]``,
+    ``target`` holds (:func:`count_rows_sql` with the one column ``span_id``)."""
+    return count_rows_sql(target, ("span_id",), [(s,) for s in span_ids], min_ns, max_ns)
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"the restart probe compares strings and integers, not {type(value).__name__}")
+    return str(value) if isinstance(value, int) else quote(value)
+
+
+def count_rows_sql(
+    target: str, columns: tuple[str, ...], keys: list[tuple[object, ...]], min_ns: int, max_ns: int
+) -> str:
+    """The restart probe's query: how many rows of ``target`` within ``[min_ns, max_ns]`` (the time range
+    prunes partitions) have one of ``keys`` in ``columns`` (strings are quoted, so any value is safe)."""
+    for column in columns:
+        identifier(column)
+    tuples = ", ".join("(" + ", ".join(_literal(v) for v in key) + ")" for key in keys)
     lo, hi = min_ns // 1_000_000_000, max_ns // 1_000_000_000 + 1
     return (
         f"SELECT count() FROM {target} WHERE timestamp >= toDateTime({lo}) AND timestamp <= toDateTime({hi}) "
-        f"AND span_id IN ({ids}) FORMAT TabSeparated"
+        f"AND ({', '.join(columns)}) IN ({tuples or '(' + ', '.join(['NULL'] * len(columns)) + ')'}) "
+        "FORMAT TabSeparated"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """What the sink was made with (``for_table`` makes its siblings from it)."""
+
+    endpoint: str
+    database: str
+    username: str
+    password: str
+    ca_bundle: str | None
+    verify_tls: bool
+    connect_timeout: float
+    read_timeout: float
+    compression: str
+    compression_threshold: int
 
 
 class ClickHouseHttpSink:
@@ -104,7 +147,21 @@ class ClickHouseHttpSink:
         read_timeout: float = 60.0,
         compression: str = "auto",
         compression_threshold: int = 1024,
+        row_keys: RowKeys = profile_row_keys,
     ) -> None:
+        self._settings = _Settings(
+            endpoint,
+            database,
+            username,
+            password,
+            ca_bundle,
+            verify_tls,
+            connect_timeout,
+            read_timeout,
+            compression,
+            compression_threshold,
+        )
+        self.row_keys = row_keys
         parsed = urllib.parse.urlsplit(endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"ClickHouse endpoint {endpoint!r} is not an http(s)://host[:port] URL")
@@ -137,6 +194,24 @@ class ClickHouseHttpSink:
     def close(self) -> None:
         self.session.close()
 
+    def for_table(self, table: str, row_keys: RowKeys) -> ClickHouseHttpSink:
+        """The same server, database and credentials, another table (its own session and detection)."""
+        s = self._settings
+        return ClickHouseHttpSink(
+            endpoint=s.endpoint,
+            database=s.database,
+            table=table,
+            username=s.username,
+            password=s.password,
+            ca_bundle=s.ca_bundle,
+            verify_tls=s.verify_tls,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            compression=s.compression,
+            compression_threshold=s.compression_threshold,
+            row_keys=row_keys,
+        )
+
     # ------------------------------------------------------------------ plain queries
     def query(self, sql: str) -> str:
         """Run one statement (POSTed as the body); its output text, or :class:`SinkError`."""
@@ -168,7 +243,7 @@ class ClickHouseHttpSink:
                 False, ErrorClass.CONFIG, message=f"Table {self.target} doesn't exist", finding=Finding.TABLE_MISSING
             )
             raise SinkError(result, self.explain(result))
-        profile = require_row_shape(self.target, columns, self.explain)
+        profile = require_row_shape(self.target, columns, self.explain, self.row_keys)
         self.columns, self.profile = columns, profile
         with_server = pick_profile(version) if vt != (0, 0) else profile
         if with_server is not profile:
@@ -176,6 +251,10 @@ class ClickHouseHttpSink:
                 "ClickHouse %s: writing the %s row shape of the existing table %s", version, profile.value, self.target
             )
         return DetectResult(caps, columns, profile)
+
+    def count_rows(self, columns: tuple[str, ...], keys: list[tuple[object, ...]], min_ns: int, max_ns: int) -> int:
+        """How many rows within ``[min_ns, max_ns]`` have one of ``keys`` in ``columns`` (restart probe)."""
+        return int(self.query(count_rows_sql(self.target, columns, keys, min_ns, max_ns)).strip() or 0)
 
     def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:
         """How many of ``span_ids`` (started within ``[min_ns, max_ns]``) the table holds (restart probe)."""

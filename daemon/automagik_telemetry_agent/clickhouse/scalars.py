@@ -77,7 +77,7 @@ def int64(x: object) -> int | None:
     """A signed 64-bit integer given as a JSON number or a decimal string; ``None`` if it is not one."""
     if type(x) is int:
         return x if I64_MIN <= x <= I64_MAX else None
-    if type(x) is str and x and x.isascii():
+    if type(x) is str and x and x.isascii() and len(x) <= 20:  # longer: no int64 (and int() of 5000 digits raises)
         digits = x[1:] if x[0] == "-" else x
         if digits.isdigit():
             v = int(x)
@@ -89,7 +89,7 @@ def uint64(x: object) -> int | None:
     """An unsigned 64-bit integer given as a JSON number or a decimal string; ``None`` if it is not one."""
     if type(x) is int:
         return x if 0 <= x <= U64_MAX else None
-    if type(x) is str and x.isascii() and x.isdigit():
+    if type(x) is str and x.isascii() and x.isdigit() and len(x) <= 20:  # longer: no uint64
         v = int(x)
         return v if v <= U64_MAX else None
     return None

@@ -208,11 +208,19 @@ def migrations_root() -> Path:
 
 
 def render_migrations(
-    profile: Profile, database: str, table: str, ttl_days: int, root: Path | None = None
+    profile: Profile,
+    database: str,
+    table: str,
+    ttl_days: int,
+    root: Path | None = None,
+    *,
+    logs_table: str = "logs",
+    metrics_table: str = "metrics",
 ) -> list[Migration]:
-    """The profile's migrations in version order, substituted for ``database.table`` and ``ttl_days``."""
-    identifier(database)
-    identifier(table)
+    """The profile's migrations in version order, substituted for ``database``, the three tables (``table``
+    is the traces table) and ``ttl_days``."""
+    for name in (database, table, logs_table, metrics_table):
+        identifier(name)
     if type(ttl_days) is not int or ttl_days < 0:
         raise ValueError(f"ttl_days must be an integer >= 0, not {ttl_days!r}")
     directory = (root or migrations_root()) / profile.value
@@ -235,7 +243,11 @@ def render_migrations(
             if ttl_days == 0:
                 template = "\n".join(line for line in template.splitlines() if "{ttl_days}" not in line)
             statements.append(
-                template.replace("{database}", database).replace("{table}", table).replace("{ttl_days}", str(ttl_days))
+                template.replace("{database}", database)
+                .replace("{table}", table)
+                .replace("{logs_table}", logs_table)
+                .replace("{metrics_table}", metrics_table)
+                .replace("{ttl_days}", str(ttl_days))
             )
         migrations[version] = Migration(version, path.stem, profile, tuple(statements), checksum)
     if not migrations:
@@ -253,6 +265,9 @@ def apply(
     table: str,
     ttl_days: int,
     root: Path | None = None,
+    *,
+    logs_table: str = "logs",
+    metrics_table: str = "metrics",
 ) -> list[int]:
     """Bring ``database.table`` up to date; returns the versions applied now (empty if none were due).
 
@@ -263,6 +278,10 @@ def apply(
     records migrations of the other profile (say the server was upgraded past 22.2 under a legacy
     table), those are continued instead, and the shipper keeps writing the table's row shape
     (:func:`detect_table_profile`).
+
+    A table dropped after its migrations were recorded is created again: the recorded migrations'
+    statements that name it are run again, in order (the fix an operator expects from ``schema apply``
+    after a ``DROP TABLE``; the other tables are left as they are).
     """
     identifier(database)
     identifier(table)
@@ -287,7 +306,13 @@ def apply(
         profile = sticky
     done = {version: (name, checksum) for (version, name, _, checksum) in recorded}
     applied: list[int] = []
-    for migration in render_migrations(profile, database, table, ttl_days, root):
+    tables = {"logs_table": logs_table, "metrics_table": metrics_table}
+    dropped = (
+        {f"{database}.{t}" for t in (table, logs_table, metrics_table) if not table_columns(execute, database, t)}
+        if done
+        else set()
+    )
+    for migration in render_migrations(profile, database, table, ttl_days, root, **tables):
         if migration.version in done:
             name, checksum = done[migration.version]
             if checksum != migration.checksum:
@@ -296,6 +321,11 @@ def apply(
                     f"{checksum} but {migration.name}.sql now has {migration.checksum}: an applied "
                     "migration must never change; add a new one"
                 )
+            for statement in migration.statements:
+                names = {t for t in dropped if re.search(rf"\b{re.escape(t)}\b", statement)}
+                if names:
+                    log.warning("%s was dropped: creating it again (migration %s)", ", ".join(sorted(names)), name)
+                    execute(statement)
             continue
         for statement in migration.statements:
             execute(statement)

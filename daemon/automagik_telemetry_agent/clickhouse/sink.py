@@ -13,13 +13,26 @@ default and a production server take the same code path except for the carrier.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import Classified, ErrorClass, Finding
 from .rows import Profile
 
-__all__ = ["Capabilities", "DetectResult", "InsertResult", "Sink", "SinkError"]
+__all__ = ["Capabilities", "DetectResult", "InsertResult", "RowKeys", "Sink", "SinkError", "Tables"]
+
+#: The columns rows of a profile fill (what a table must have for them): one per kind of row.
+RowKeys = Callable[[Profile], frozenset[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """The names of the three tables of one database (``schema apply`` creates all three)."""
+
+    traces: str = "traces"
+    logs: str = "logs"
+    metrics: str = "metrics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +107,22 @@ class Sink(Protocol):
         """How many of ``span_ids`` the table holds (the restart probe for sinks without dedup tokens)."""
         ...
 
+    def count_rows(self, columns: tuple[str, ...], keys: list[tuple[object, ...]], min_ns: int, max_ns: int) -> int:
+        """How many rows within ``[min_ns, max_ns]`` have one of ``keys`` in ``columns`` (the restart probe
+        of any table)."""
+        ...
+
     def query(self, sql: str) -> str:
         """Run one statement; its output text, or :class:`SinkError`."""
         ...
 
     def read(self, sql: str, fmt: str) -> bytes:
         """The output of one read-only statement in format ``fmt`` (``automagik-telemetry query``)."""
+        ...
+
+    def for_table(self, table: str, row_keys: RowKeys) -> Sink:
+        """A sink of the same carrier and database for another table whose rows fill ``row_keys`` (one per
+        signal: spans, log records and data points each go to their own table)."""
         ...
 
     def close(self) -> None: ...

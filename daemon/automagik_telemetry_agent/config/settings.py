@@ -206,6 +206,20 @@ SETTINGS: tuple[Setting, ...] = (
         flag="--database",
     ),
     Setting("clickhouse.table", "traces", parse_identifier, "ClickHouse table the spans go to.", flag="--table"),
+    Setting(
+        "clickhouse.logs_table",
+        "logs",
+        parse_identifier,
+        "ClickHouse table the log records go to.",
+        flag="--logs-table",
+    ),
+    Setting(
+        "clickhouse.metrics_table",
+        "metrics",
+        parse_identifier,
+        "ClickHouse table the metric data points go to.",
+        flag="--metrics-table",
+    ),
     Setting("clickhouse.username", "default", parse_str, "ClickHouse user (HTTP basic auth).", flag="--username"),
     Setting(
         "clickhouse.password",

@@ -16,7 +16,7 @@ class Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.pending: deque[tuple[int, int, int]] = deque()  # (wal_seq, msg_seq, items), in order
+        self.pending: deque[tuple[int, int, int, int]] = deque()  # (wal_seq, msg_seq, items, kind), in order
         self.ack_owed = 0  # an ACK that could not be sent yet (client not reading)
         self.outbox: deque[bytes] = deque()  # REJECTs not sent yet: they must reach the client before any ACK
         self.acked = 0

@@ -35,6 +35,8 @@ def _collect_ingest(server: IngestServer) -> MetricsDict:
     c[P + "ingest_messages_received_total"] = snap["messages_received"]
     c[P + "ingest_records_received_total"] = snap["records_received"]
     c[P + "ingest_spans_received_total"] = snap["items_received"]
+    for signal, items in snap["items_by_signal"].items():
+        c[sample(P + "ingest_items_received_total", signal=signal)] = items
     c[P + "ingest_received_bytes_total"] = snap["bytes_received"]
     for name, by_reason in (
         ("ingest_rejected_messages_total", snap["rejected_messages"]),

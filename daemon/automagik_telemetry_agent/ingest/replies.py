@@ -40,9 +40,10 @@ class Replies:
         """The appended messages from WAL seq ``first_failed_seq`` on never reached the file: REJECT them."""
         for conn in list(self.awaiting):
             while conn.pending and conn.pending[-1][0] >= first_failed_seq:
-                _wal_seq, msg_seq, items = conn.pending.pop()
+                _wal_seq, msg_seq, items, kind = conn.pending.pop()
                 self.stats.records_received -= 1  # counted at append; it never reached the WAL
                 self.stats.items_received -= items
+                self.stats.items_by_kind[kind] -= items
                 self.reject(conn, msg_seq, reason, items)
 
     def flush_outbox(self, conn: Connection) -> bool:

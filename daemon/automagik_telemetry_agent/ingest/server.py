@@ -230,10 +230,12 @@ class IngestServer:
         except WalWriteError as exc:
             self._rollback_from(exc)
             raise ProtocolError(RejectReason.DISK_FULL if exc.disk_full else RejectReason.WAL_ERROR) from None
-        conn.pending.append((wal_seq, header.seq, header.count))
+        conn.pending.append((wal_seq, header.seq, header.count, header.kind))
         self._awaiting_ack.add(conn)
-        self.stats.records_received += 1
-        self.stats.items_received += header.count
+        stats = self.stats
+        stats.records_received += 1
+        stats.items_received += header.count
+        stats.items_by_kind[header.kind] += header.count
 
     def _rollback_from(self, exc: WalWriteError) -> None:
         """Records from exc.first_failed_seq on never reached the file: reject them.

@@ -15,7 +15,8 @@ from .client_counters import ClientCounters
 class IngestStats:
     messages_received: int = 0
     records_received: int = 0  # WAL records (one per RECORDS message)
-    items_received: int = 0  # spans
+    items_received: int = 0  # spans, log records and metric data points
+    items_by_kind: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by RecordKind (index 1..3)
     bytes_received: int = 0
     rejected_messages: Counter[str] = field(default_factory=Counter)  # by RejectReason value
     rejected_items: Counter[str] = field(default_factory=Counter)
@@ -35,6 +36,7 @@ def stats_snapshot(
         "messages_received": s.messages_received,
         "records_received": s.records_received,
         "items_received": s.items_received,
+        "items_by_signal": {"traces": s.items_by_kind[1], "logs": s.items_by_kind[2], "metrics": s.items_by_kind[3]},
         "bytes_received": s.bytes_received,
         "rejected_messages": dict(s.rejected_messages),
         "rejected_items": dict(s.rejected_items),

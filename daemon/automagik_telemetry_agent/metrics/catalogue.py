@@ -78,7 +78,12 @@ CATALOGUE: dict[str, MetricDef] = _defs(
         C,
         "RECORDS messages accepted and appended to the WAL (one WAL record each).",
     ),
-    MetricDef(P + "ingest_spans_received_total", C, "Spans in the accepted RECORDS messages."),
+    MetricDef(
+        P + "ingest_spans_received_total",
+        C,
+        "Items (spans, log records, metric data points) in the accepted RECORDS messages; by signal: "
+        "ingest_items_received_total.",
+    ),
     MetricDef(P + "ingest_received_bytes_total", C, "Bytes of all messages received from clients, headers included."),
     MetricDef(P + "ingest_rejected_messages_total", C, "Messages answered with REJECT, by reason.", ("reason",)),
     MetricDef(
@@ -205,4 +210,25 @@ CATALOGUE: dict[str, MetricDef] = _defs(
     ),
     MetricDef(P + "shipper_last_success_timestamp_seconds", G, "Unix time of the last INSERT ClickHouse accepted."),
     MetricDef(P + "shipper_consecutive_failures", G, "Failed attempts since the last success (0 when healthy)."),
+    # ---- per signal (spans, log records, metric data points: each has its own table and shipper)
+    MetricDef(P + "ingest_items_received_total", C, "Items in the accepted RECORDS messages, by signal.", ("signal",)),
+    MetricDef(P + "shipper_signal_rows_total", C, "Rows ClickHouse accepted, by signal.", ("signal",)),
+    MetricDef(
+        P + "shipper_signal_dead_lettered_rows_total",
+        C,
+        "Rows written to the dead-letter file instead of ClickHouse, by signal.",
+        ("signal",),
+    ),
+    MetricDef(
+        P + "shipper_signal_consecutive_failures",
+        G,
+        "Failed attempts since the last success of one signal's shipper (0 when healthy).",
+        ("signal",),
+    ),
+    MetricDef(
+        P + "shipper_signal_last_success_timestamp_seconds",
+        G,
+        "Unix time of the last INSERT ClickHouse accepted for one signal.",
+        ("signal",),
+    ),
 )

@@ -249,7 +249,7 @@ class AgentMetrics:
 
         last_ship = g.get(P + "shipper_last_success_timestamp_seconds")
         signals: dict[str, dict[str, float]] = {}
-        for source, field in (
+        for source, columns in (
             (
                 m["counters"],
                 {
@@ -269,7 +269,7 @@ class AgentMetrics:
             for key, value in source.items():
                 with contextlib.suppress(ValueError):
                     name, labels = parse_sample(key)
-                    column = field.get(name[len(P) :]) if name.startswith(P) else None
+                    column = columns.get(name[len(P) :]) if name.startswith(P) else None
                     if column is not None and "signal" in labels:
                         signals.setdefault(labels["signal"], {})[column] = value
         return {

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from automagik_telemetry.protocol import RecordKind
-
-from ..clickhouse.rows import Profile, TransformError, parse_resource, transform_span
+from ..clickhouse.rows import Profile, TransformError, parse_resource
 from ..wal import WalEntry
+from ..wal.signals import Signal
 from .dead_letter import DeadLetterEntry, DeadLetterReason
+from .signals import SHIPMENTS, Shipment
 
 _NEWLINE = orjson.OPT_APPEND_NEWLINE
 
@@ -47,19 +47,26 @@ class FrozenBatch:
         return self.row_bytes(i, i + 1)
 
 
-def batch_token(agent_id: str, first_seq: int, last_seq: int, salts: tuple[int, ...] | list[int]) -> str:
-    """The dedup token of the WAL range ``[first_seq, last_seq]`` read from segments with ``salts``."""
+def batch_token(
+    agent_id: str, first_seq: int, last_seq: int, salts: tuple[int, ...] | list[int], prefix: str = ""
+) -> str:
+    """The dedup token of the WAL range ``[first_seq, last_seq]`` read from segments with ``salts``
+    (``prefix`` names the signal for logs and metrics: their ranges overlap the spans')."""
     digest = zlib.crc32(",".join(f"{s:x}" for s in sorted(set(salts))).encode())
-    return f"{agent_id}:{first_seq}-{last_seq}:{digest:08x}"
+    return f"{agent_id}:{prefix}{first_seq}-{last_seq}:{digest:08x}"
 
 
-def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> FrozenBatch:
+def freeze_batch(
+    entries: list[WalEntry], profile: Profile, agent_id: str, shipment: Shipment = SHIPMENTS[Signal.TRACES]
+) -> FrozenBatch:
     """Transform and encode ``entries`` (in WAL order) into a batch with a stable identity."""
     body = bytearray()
     offsets = [0]
     seqs: list[int] = []
     dead: list[DeadLetterEntry] = []
     dumps = orjson.dumps
+    transform = shipment.transform
+    kind = shipment.kind
     for entry in entries:
         spans = entry.payload.split(b"\n")
         if spans and spans[-1] == b"":
@@ -67,10 +74,14 @@ def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> Fr
         if not spans:
             continue
         resource_line, spans = spans[0], spans[1:]
-        if entry.kind != RecordKind.SPAN:
+        if entry.kind != kind:
             dead += [
                 DeadLetterEntry(
-                    DeadLetterReason.UNSUPPORTED, f"record kind {entry.kind} is not shipped", entry.seq, raw=s
+                    DeadLetterReason.UNSUPPORTED,
+                    f"record kind {entry.kind} is not shipped",
+                    entry.seq,
+                    raw=s,
+                    signal=shipment.signal.value,
                 )
                 for s in spans
             ]
@@ -78,19 +89,31 @@ def freeze_batch(entries: list[WalEntry], profile: Profile, agent_id: str) -> Fr
         try:
             resource = parse_resource(resource_line)
         except TransformError as exc:
-            dead += [DeadLetterEntry(DeadLetterReason.TRANSFORM, exc.reason, entry.seq, raw=s) for s in spans]
+            dead += [
+                DeadLetterEntry(DeadLetterReason.TRANSFORM, exc.reason, entry.seq, raw=s, signal=shipment.signal.value)
+                for s in spans
+            ]
             continue
-        for line in spans:  # an empty line is a span too: it fails to parse and is dead-lettered
+        for line in spans:  # an empty line is a record too: it fails to parse and is dead-lettered
             try:
-                row = transform_span(line, resource, profile)
+                row = transform(line, resource, profile)
             except TransformError as exc:
-                dead.append(DeadLetterEntry(DeadLetterReason.TRANSFORM, exc.reason, entry.seq, raw=line))
+                dead.append(
+                    DeadLetterEntry(
+                        DeadLetterReason.TRANSFORM, exc.reason, entry.seq, raw=line, signal=shipment.signal.value
+                    )
+                )
                 continue
-            body += dumps(row, option=_NEWLINE)
-            offsets.append(len(body))
-            seqs.append(entry.seq)
+            if type(row) is dict:
+                body += dumps(row, option=_NEWLINE)
+                offsets.append(len(body))
+                seqs.append(entry.seq)
+            else:  # a metric line: one row per data point
+                for one in row:
+                    body += dumps(one, option=_NEWLINE)
+                    offsets.append(len(body))
+                    seqs.append(entry.seq)
     first, last = entries[0].seq, entries[-1].seq
     salts = tuple(sorted({e.salt for e in entries}))
-    return FrozenBatch(
-        first, last, salts, batch_token(agent_id, first, last, salts), profile, bytes(body), offsets, seqs, dead
-    )
+    token = batch_token(agent_id, first, last, salts, shipment.token_prefix)
+    return FrozenBatch(first, last, salts, token, profile, bytes(body), offsets, seqs, dead)

@@ -54,6 +54,8 @@ class DeadLetterEntry:
     raw: bytes | None = None  # the WAL line (transform failures)
     row: bytes | None = None  # the encoded JSON row as sent (server rejections)
     error_code: int | None = None
+    #: The signal the line or row belongs to (``traces``, ``logs``, ``metrics``): which table a replay uses.
+    signal: str = "traces"
 
     def to_json(self, now: float) -> bytes:
         obj: dict[str, Any] = {
@@ -62,6 +64,7 @@ class DeadLetterEntry:
             "error_code": self.error_code,
             "error": self.error,
             "wal_seq": self.wal_seq,
+            "signal": self.signal,
         }
         if self.row is not None:
             try:

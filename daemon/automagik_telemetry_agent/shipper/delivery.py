@@ -28,12 +28,14 @@ import orjson
 from ..clickhouse.errors import ErrorClass
 from ..clickhouse.rows import Profile
 from ..clickhouse.sink import InsertResult, Sink, SinkError
+from ..wal.signals import Signal
 from .batch import FrozenBatch
 from .bisect import bisect
 from .dead_letter import DeadLetterEntry, DeadLetterReason
 from .inflight import InflightRecord
 from .options import ShipperOptions, ShipperStats
 from .pacing import TokenBucket, backoff_delay
+from .signals import SHIPMENTS, Probe, Shipment
 from .stop import StopRequest
 
 __all__ = ["PROBE_ROWS", "Delivery", "ProfileChanged"]
@@ -61,8 +63,10 @@ class Delivery:
         stop: StopRequest,
         options: Callable[[], ShipperOptions],
         inflight: InflightRecord,
+        shipment: Shipment = SHIPMENTS[Signal.TRACES],
     ) -> None:
         self.sink = sink
+        self._shipment = shipment
         self.stats = stats
         self._stop = stop
         self._options = options
@@ -132,8 +136,10 @@ class Delivery:
         caps = self.sink.capabilities
         # A token only deduplicates on a table with a dedup window: our modern schema has one, a legacy
         # table kept on a server upgraded past 22.2 does not (the probe still guards it).
+        probe = self._shipment.probe
         if (
-            not batch.rows
+            probe is Probe.NONE
+            or not batch.rows
             or caps is None
             or batch.rows >= 1_000_000
             or (caps.dedup_token and batch.profile is Profile.MODERN)
@@ -143,7 +149,12 @@ class Delivery:
         sample = [orjson.loads(batch.row(i)) for i in range(0, batch.rows, step)[:PROBE_ROWS]]
         stamps = [r["timestamp_ns"] for r in sample]
         try:
-            found = self.sink.count_present([r["span_id"] for r in sample], min(stamps), max(stamps))
+            if probe is Probe.SPAN_IDS:
+                found = self.sink.count_present([r["span_id"] for r in sample], min(stamps), max(stamps))
+            else:
+                columns = self._shipment.probe_columns
+                keys = [tuple(r[c] for c in columns) for r in sample]
+                found = self.sink.count_rows(columns, keys, min(stamps), max(stamps))
         except SinkError as exc:
             log.warning(
                 "could not check whether batch %d-%d was stored (%s): resending it",
@@ -178,7 +189,12 @@ class Delivery:
             return None
         return [
             DeadLetterEntry(
-                DeadLetterReason.REJECTED, why.message, batch.line_seqs[i], row=batch.row(i), error_code=why.code
+                DeadLetterReason.REJECTED,
+                why.message,
+                batch.line_seqs[i],
+                row=batch.row(i),
+                error_code=why.code,
+                signal=self._shipment.signal.value,
             )
             for i, why in found.refused
         ]

@@ -31,9 +31,9 @@ class Resume:
 
 
 class InflightRecord:
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, file_name: str = INFLIGHT_FILE) -> None:
         self.state_dir = state_dir
-        self.path = os.path.join(state_dir, INFLIGHT_FILE)
+        self.path = os.path.join(state_dir, file_name)
 
     def write(self, batch: FrozenBatch, bisecting: bool = False) -> None:
         """Record ``batch`` as in flight; a failure is logged, not raised (only dedup across restarts

@@ -42,14 +42,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..clickhouse.errors import ErrorClass
 from ..clickhouse.sink import Sink
-from ..paths import CONSUMER_LOCK_FILE, default_dead_letter_dir, shipper_state_dir
+from ..paths import default_dead_letter_dir, shipper_state_dir
 from ..wal.reader import WalEntry, WalReader
+from ..wal.signals import Signal
 from .batch import FrozenBatch, freeze_batch
 from .dead_letter import DeadLetter, DeadLetterEntry
 from .delivery import PROBE_ROWS, Delivery, ProfileChanged
 from .inflight import InflightRecord
 from .options import ShipperOptions, ShipperStats
 from .sending import Sending
+from .signals import SHIPMENTS, Shipment
 from .stop import StopRequest
 
 if TYPE_CHECKING:
@@ -67,17 +69,27 @@ SendOutcome = tuple[FrozenBatch, "list[DeadLetterEntry] | None"]
 
 
 class Shipper:
-    def __init__(self, wal_dir: str, sink: Sink, options: ShipperOptions | None = None) -> None:
+    def __init__(
+        self,
+        wal_dir: str,
+        sink: Sink,
+        options: ShipperOptions | None = None,
+        shipment: Shipment = SHIPMENTS[Signal.TRACES],
+    ) -> None:
+        """Ship one signal's records (``shipment``: spans by default) from the WAL in ``wal_dir`` to ``sink``
+        (that signal's table)."""
         self.wal_dir = os.path.abspath(wal_dir)
         self.sink = sink
+        self.shipment = shipment
         self.options = options or ShipperOptions()
         self.state_dir = self.options.state_dir or shipper_state_dir(self.wal_dir)
-        self.inflight = InflightRecord(self.state_dir)
+        self.inflight = InflightRecord(self.state_dir, shipment.inflight_file)
         self.dead_letter = DeadLetter(self.options.dead_letter_dir or default_dead_letter_dir(self.wal_dir))
         self.stats = ShipperStats()
         self.reader: WalReader | None = None
         self._stop = StopRequest()  # the one stop event and deadline, shared with the delivery
-        self._delivery = Delivery(sink, self.stats, self._stop, lambda: self.options, self.inflight)
+        self._delivery = Delivery(sink, self.stats, self._stop, lambda: self.options, self.inflight, shipment)
+        self._last_idle_commit = 0.0
         self._agent_id: str | None = None
         self._last_stats_log = time.monotonic()
         self._sending: Sending[SendOutcome] | None = None  # the batch being sent by the sender thread
@@ -134,7 +146,8 @@ class Shipper:
         A previous shipper may still be finishing (e.g. its agent was killed and it got SIGTERM): wait
         for it instead of sharing the cursor. Returns the lock fd, or None if a stop came first.
         """
-        fd = os.open(os.path.join(self.wal_dir, CONSUMER_LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        path = os.path.join(self.wal_dir, self.shipment.consumer_lock)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         warned = False
         while True:
             try:
@@ -160,7 +173,7 @@ class Shipper:
             os.close(lock_fd)
 
     def _run_locked(self) -> ShipperStats:
-        self.reader = WalReader(self.wal_dir)
+        self.reader = WalReader(self.wal_dir, signal=self.shipment.signal)
         self.stats.committed_seq = self.reader.committed_seq
         self._sending, self._abandoned, self._stopping_at_commit = None, False, False
         try:
@@ -198,15 +211,16 @@ class Shipper:
         started: float | None = None
         while not self._stop.is_set():
             o = self.options  # re-read: apply_options (SIGHUP) may have replaced it meanwhile
-            max_records = 1_000_000 if resume_last is None else max(0, resume_last - self.reader.position)
+            done_resuming = resume_last is not None and self.reader.position >= resume_last
             got = (
-                self.reader.read(
-                    max_records=max_records,
+                []
+                if done_resuming
+                else self.reader.read(
+                    max_records=1_000_000,
                     max_bytes=max(1, o.batch_bytes - size),
                     max_items=max(1, o.batch_rows - items),
+                    up_to=resume_last,
                 )
-                if max_records
-                else []
             )
             if got:
                 entries += got
@@ -220,13 +234,26 @@ class Shipper:
                 break
             if started is not None and time.monotonic() - started >= o.batch_wait_s:
                 break
+            if not got and not self.reader.at_end and not done_resuming:
+                continue  # it stopped after passing many records of other signals: read on
             if not got and entries and resume_last is None and self._partial_batch_may_go(items):
                 break
             if not got:
+                if not entries:
+                    self._commit_idle()
                 self._stop.wait(o.poll_interval_s)
                 if self._sending is not None and self._sending.done.is_set():
                     self._finish()  # commit the batch sent meanwhile without waiting for this one
         return entries
+
+    def _commit_idle(self) -> None:
+        """Nothing of this signal to ship: move its cursor over the other signals' records (at most once a
+        second, and never while a batch of it is in flight), so that retention is not held up by it."""
+        now = time.monotonic()
+        if self.reader is None or self._sending is not None or now - self._last_idle_commit < 1.0:
+            return
+        self._last_idle_commit = now
+        self.stats.committed_seq = self.reader.commit_idle()
 
     def _partial_batch_may_go(self, items: int) -> bool:
         """The WAL ran dry with ``items`` spans collected: send them now instead of waiting out batch_wait?
@@ -243,7 +270,7 @@ class Shipper:
 
     def _freeze(self, entries: list[WalEntry]) -> FrozenBatch:
         assert self.sink.profile is not None
-        return freeze_batch(entries, self.sink.profile, self.agent_id())
+        return freeze_batch(entries, self.sink.profile, self.agent_id(), self.shipment)
 
     def _start(self, batch: FrozenBatch, entries: list[WalEntry], resumed: bool = False) -> None:
         """Record ``batch`` as in flight and start sending it in the sender thread (none may be in flight);
@@ -283,7 +310,7 @@ class Shipper:
                     batch.first_seq,
                     batch.last_seq,
                 )
-                batch = freeze_batch(entries, self.sink.profile, self.agent_id())
+                batch = freeze_batch(entries, self.sink.profile, self.agent_id(), self.shipment)
 
     def _finish(self) -> bool:
         """Wait for the batch in flight (if any) and commit it; False if it was abandoned for a stop."""

@@ -19,13 +19,16 @@ from typing import Any
 from .. import exitcodes
 from ..clickhouse.chdb import ChdbUnavailable
 from ..clickhouse.factory import sink_from_config
+from ..clickhouse.sink import Sink
 from ..config import AgentConfig, ConfigError, changed_settings
 from ..lifecycle.liveness import Liveness
 from ..lifecycle.run import ChildContext, run_child
 from ..logs import set_level
-from .loop import Shipper
+from ..wal.signals import Signal
+from .group import ShipperGroup
 from .metrics import collect_shipper
 from .options import ShipperOptions
+from .signals import SHIPMENTS
 
 __all__ = ["LIVE_OPTIONS", "run", "shipper_options"]
 
@@ -69,11 +72,16 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
         return context.fail(exitcodes.CONFIG, f"config error: {exc}")
     except ChdbUnavailable as exc:
         return context.fail(exitcodes.UNAVAILABLE, str(exc))
+    sinks: dict[Signal, Sink] = {Signal.TRACES: sink}
+    for other in (Signal.LOGS, Signal.METRICS):
+        shipment = SHIPMENTS[other]
+        sinks[other] = sink.for_table(config[shipment.table_setting], shipment.row_keys)
     # Heartbeat: an HTTP call may take up to connect + read timeout (detect() makes up to three).
     liveness = Liveness()
     call = config["clickhouse.connect_timeout"] + config["clickhouse.read_timeout"]
-    watched = liveness.watch(sink, {"insert": call, "query": call, "count_present": call, "detect": 3 * call})
-    shipper = Shipper(config["wal.dir"], watched, shipper_options(config))
+    bounds = {"insert": call, "query": call, "count_present": call, "count_rows": call, "detect": 3 * call}
+    watched = {kind: liveness.watch(s, bounds) for kind, s in sinks.items()}
+    shipper = ShipperGroup(config["wal.dir"], watched, shipper_options(config))
     shipper.declare_waits(liveness)
     applied = dict(config.items())
 
@@ -129,7 +137,7 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
             loop_age=liveness.age,
             collect=lambda: collect_shipper(shipper),
             on_config=apply,
-            is_ready=lambda: shipper.reader is not None,
+            is_ready=lambda: shipper.ready,
         )
     else:
         threading.Thread(target=reload_from_file, name="reload", daemon=True).start()
@@ -142,5 +150,6 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
             link.fail(f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        sink.close()
+        for s in reversed(list(sinks.values())):  # the tables' sinks before the one that owns the carrier
+            s.close()
     return exitcodes.OK

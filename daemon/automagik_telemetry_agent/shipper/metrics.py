@@ -1,43 +1,69 @@
-"""The shipper child's metrics dict (:mod:`..metrics.samples`), read from the shipper's stats and its WAL reader."""
+"""The shipper child's metrics dict (:mod:`..metrics.samples`), read from its shippers' stats and WAL readers.
+
+The ``shipper_*`` metrics are totals over the three signals' shippers (their meaning from before there
+were signals: every row shipped, every failure); ``shipper_consecutive_failures`` is the worst shipper's
+and ``shipper_last_success_timestamp_seconds`` the latest. The ``shipper_signal_*`` metrics show each
+signal on its own, so a table that holds up one signal is visible while the others ship.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..metrics.catalogue import FAILURE_CLASSES, P
+from ..metrics.exposition import merge_histograms
 from ..metrics.samples import MetricsDict, empty, sample
+from .loop import Shipper
 
 if TYPE_CHECKING:
-    from .loop import Shipper
+    from .group import ShipperGroup
 
 
-def collect_shipper(shipper: Shipper) -> MetricsDict:
-    """Metrics dict of the shipper child (shipper.Shipper, its ShipperStats and its WAL reader)."""
+def _add(out: dict[str, float], key: str, value: float) -> None:
+    out[key] = out.get(key, 0) + value
+
+
+def collect_shipper(group: ShipperGroup | Shipper) -> MetricsDict:
+    """Metrics dict of the shipper child: one :class:`ShipperGroup` (or a lone spans :class:`Shipper`)."""
+    from .loop import Shipper  # the type only: a group is the usual argument
+
+    shippers = {"traces": group} if isinstance(group, Shipper) else {s.value: sh for s, sh in group.shippers.items()}
     out = empty()
     c, g = out["counters"], out["gauges"]
-    s = shipper.stats
-    c[P + "shipper_batches_total"] = s.batches
-    c[P + "shipper_rows_total"] = s.rows
-    c[P + "shipper_uncompressed_bytes_total"] = s.bytes_raw
-    c[P + "shipper_sent_bytes_total"] = s.bytes_compressed
-    c[P + "shipper_insert_requests_total"] = s.requests
-    failures = dict(s.insert_failures)
-    for cls in {*FAILURE_CLASSES, *failures}:
-        c[sample(P + "shipper_insert_failures_total", **{"class": cls})] = failures.get(cls, 0)
-    c[sample(P + "shipper_retries_total", **{"class": "transient"})] = s.retries_transient
-    c[sample(P + "shipper_retries_total", **{"class": "config"})] = s.retries_config
-    c[P + "shipper_bisect_requests_total"] = s.bisect_requests
-    c[sample(P + "shipper_dead_lettered_rows_total", reason="transform")] = s.dead_lettered_transform
-    c[sample(P + "shipper_dead_lettered_rows_total", reason="rejected")] = s.dead_lettered_rejected
-    c[sample(P + "shipper_batches_found_stored_total", when="resume")] = s.resumed_batches_skipped
-    c[sample(P + "shipper_batches_found_stored_total", when="retry")] = s.retries_found_stored
-    rs = shipper.reader.stats if shipper.reader is not None else None
-    c[P + "wal_corrupt_records_skipped_total"] = rs.corrupt_records_skipped if rs is not None else 0
-    c[P + "wal_missing_records_total"] = rs.gap_records if rs is not None else 0
-    if s.last_success_time is not None:
-        g[P + "shipper_last_success_timestamp_seconds"] = s.last_success_time
-    g[P + "shipper_consecutive_failures"] = shipper.consecutive_failures
-    out["histograms"][P + "shipper_insert_duration_seconds"] = s.insert_latency.to_dict()
-    if s.last_error:
-        out["info"]["last_error"] = s.last_error
+    histogram: dict[str, Any] | None = None
+    failures_worst = 0
+    for signal, shipper in shippers.items():
+        s = shipper.stats
+        _add(c, P + "shipper_batches_total", s.batches)
+        _add(c, P + "shipper_rows_total", s.rows)
+        _add(c, P + "shipper_uncompressed_bytes_total", s.bytes_raw)
+        _add(c, P + "shipper_sent_bytes_total", s.bytes_compressed)
+        _add(c, P + "shipper_insert_requests_total", s.requests)
+        failures = dict(s.insert_failures)
+        for cls in {*FAILURE_CLASSES, *failures}:
+            _add(c, sample(P + "shipper_insert_failures_total", **{"class": cls}), failures.get(cls, 0))
+        _add(c, sample(P + "shipper_retries_total", **{"class": "transient"}), s.retries_transient)
+        _add(c, sample(P + "shipper_retries_total", **{"class": "config"}), s.retries_config)
+        _add(c, P + "shipper_bisect_requests_total", s.bisect_requests)
+        _add(c, sample(P + "shipper_dead_lettered_rows_total", reason="transform"), s.dead_lettered_transform)
+        _add(c, sample(P + "shipper_dead_lettered_rows_total", reason="rejected"), s.dead_lettered_rejected)
+        _add(c, sample(P + "shipper_batches_found_stored_total", when="resume"), s.resumed_batches_skipped)
+        _add(c, sample(P + "shipper_batches_found_stored_total", when="retry"), s.retries_found_stored)
+        rs = shipper.reader.stats if shipper.reader is not None else None
+        _add(c, P + "wal_corrupt_records_skipped_total", rs.corrupt_records_skipped if rs is not None else 0)
+        _add(c, P + "wal_missing_records_total", rs.gap_records if rs is not None else 0)
+        c[sample(P + "shipper_signal_rows_total", signal=signal)] = s.rows
+        c[sample(P + "shipper_signal_dead_lettered_rows_total", signal=signal)] = s.dead_lettered
+        g[sample(P + "shipper_signal_consecutive_failures", signal=signal)] = shipper.consecutive_failures
+        failures_worst = max(failures_worst, shipper.consecutive_failures)
+        if s.last_success_time is not None:
+            g[sample(P + "shipper_signal_last_success_timestamp_seconds", signal=signal)] = s.last_success_time
+            latest = g.get(P + "shipper_last_success_timestamp_seconds", 0)
+            g[P + "shipper_last_success_timestamp_seconds"] = max(latest, s.last_success_time)
+        histogram = merge_histograms(histogram, s.insert_latency.to_dict())
+        if s.last_error and "last_error" not in out["info"]:
+            out["info"]["last_error"] = s.last_error if signal == "traces" else f"{signal}: {s.last_error}"
+    g[P + "shipper_consecutive_failures"] = failures_worst
+    if histogram is not None:
+        out["histograms"][P + "shipper_insert_duration_seconds"] = histogram
     return out

@@ -30,10 +30,12 @@ from typing import Any
 
 import orjson
 
-from ..clickhouse.rows import Profile, TransformError, parse_resource, transform_span
+from ..clickhouse.rows import Profile, TransformError, parse_resource
 from ..clickhouse.sink import InsertResult
 from ..wal.inspect import dump
+from ..wal.signals import Signal
 from .bisect import insert_or_bisect
+from .signals import SHIPMENTS, Shipment
 
 REPLAY_LOCK_FILE = ".replay.lock"
 ERROR_WIDTH = 80
@@ -59,6 +61,13 @@ class ReplayPlan:
     candidates: list[Candidate] = field(default_factory=list)
     kept: dict[int, str] = field(default_factory=dict)  # index -> why it stays (a short, groupable reason)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> one full message behind it
+
+    def merge(self, other: ReplayPlan) -> None:
+        """Add another signal's plan to this one."""
+        self.candidates += other.candidates
+        self.kept.update(other.kept)
+        for why, example in other.examples.items():
+            self.examples.setdefault(why, example)
 
     def keep(self, index: int, why: str, example: str = "") -> None:
         self.kept[index] = why
@@ -109,15 +118,32 @@ def _wal_resources(wal_dir: str, seqs: set[int]) -> dict[int, bytes]:
     return found
 
 
-def plan_replay(entries: list[dict[str, Any] | None], profile: Profile, wal_dir: str) -> ReplayPlan:
-    """Which entries to send again (and their row bytes), and why the others stay."""
+def signal_of(entry: dict[str, Any] | None) -> str:
+    """The signal an entry belongs to (entries written before there were signals are spans)."""
+    signal = entry.get("signal") if entry else None
+    return signal if isinstance(signal, str) else "traces"
+
+
+def plan_replay(
+    entries: list[dict[str, Any] | None],
+    profile: Profile,
+    wal_dir: str,
+    shipment: Shipment = SHIPMENTS[Signal.TRACES],
+) -> ReplayPlan:
+    """Which entries of ``shipment``'s signal to send again (and their row bytes), and why the others of
+    it stay; entries of other signals are left to their own plan (unreadable lines go to the spans')."""
     plan = ReplayPlan()
+    mine = shipment.signal.value
     transform_seqs = {
-        e["wal_seq"] for e in entries if e and e.get("reason") == "transform" and isinstance(e.get("wal_seq"), int)
+        e["wal_seq"]
+        for e in entries
+        if e and signal_of(e) == mine and e.get("reason") == "transform" and isinstance(e.get("wal_seq"), int)
     }
     resources = _wal_resources(wal_dir, transform_seqs)
     for index, e in enumerate(entries):
         reason = e.get("reason") if e else None
+        if (e is None and shipment.signal is not Signal.TRACES) or (e is not None and signal_of(e) != mine):
+            continue
         if e is None:
             plan.keep(index, "unreadable line")
         elif reason == "rejected" and isinstance(e.get("row"), dict):
@@ -126,19 +152,22 @@ def plan_replay(entries: list[dict[str, Any] | None], profile: Profile, wal_dir:
             plan.candidates.append(Candidate(index, e["row_raw"].encode().rstrip(b"\n") + b"\n"))
         elif reason == "transform" and isinstance(e.get("raw"), str):
             if "raw_length" in e:
-                plan.keep(index, "span line was truncated when dead-lettered")
+                plan.keep(index, "line was truncated when dead-lettered")
                 continue
             resource_line = resources.get(e.get("wal_seq", -1))
             try:
                 resource = parse_resource(resource_line or b'{"attributes":[]}')
-                row = transform_span(e["raw"].encode(), resource, profile)
+                rows = shipment.transform(e["raw"].encode(), resource, profile)
             except TransformError as exc:
                 plan.keep(index, f"transform still fails: {exc.reason}")
                 continue
             if resource_line is None:
                 plan.keep(index, "transforms now, but its resource line is no longer in the WAL")
                 continue
-            plan.candidates.append(Candidate(index, orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)))
+            body = b"".join(
+                orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in (rows if type(rows) is list else [rows])
+            )
+            plan.candidates.append(Candidate(index, body))
         elif reason == "unsupported":
             plan.keep(index, "record kind not shipped")
         else:
