@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from .logs import LogSeverity
+from .logs import LogRecord, LogSeverity
 from .span import exception_attributes
 
 if TYPE_CHECKING:
@@ -42,6 +42,26 @@ def severity_of_level(levelno: int) -> LogSeverity:
     return LogSeverity.TRACE
 
 
+_SEVERITY_BY_LEVEL: dict[int, LogSeverity] = {}
+
+
+class _HandledRecord(LogRecord):
+    """A log record from ``logging``: the message and the span are taken at once (in the app's thread), the
+    attributes (source, ``extra=``, the exception's text) only when the sender thread writes the line."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: logging.LogRecord, message: str, severity: LogSeverity) -> None:
+        super().__init__(message, severity.value, source.levelname, None, int(source.created * 1_000_000_000))
+        self.source: logging.LogRecord | None = source
+
+    def to_line(self, max_length: int) -> bytes:
+        if self.source is not None:
+            self.attributes = _attributes(self.source, max_length)
+            self.source = None  # let the logging record (and its traceback) go
+        return super().to_line(max_length)
+
+
 class LoggingHandler(logging.Handler):
     """Sends ``logging`` records to an ``AutomagikTelemetry`` client as log records."""
 
@@ -51,21 +71,21 @@ class LoggingHandler(logging.Handler):
         self._busy = threading.local()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(_OWN_LOGGERS) or getattr(self._busy, "active", False):
+        busy = self._busy
+        if record.name.startswith(_OWN_LOGGERS) or getattr(busy, "active", False):
             return
-        self._busy.active = True
+        busy.active = True
         try:
-            self.client._record_log(
-                _message(record),
-                severity_of_level(record.levelno),
-                record.levelname,
-                _attributes(record, self.client._max_attribute_length),
-                int(record.created * 1_000_000_000),
-            )
+            client = self.client
+            if client._enabled:
+                severity = _SEVERITY_BY_LEVEL.get(record.levelno)
+                if severity is None:
+                    severity = _SEVERITY_BY_LEVEL[record.levelno] = severity_of_level(record.levelno)
+                client._enqueue(_HandledRecord(record, _message(record), severity))
         except Exception:
             self.client._internal_error()
         finally:
-            self._busy.active = False
+            busy.active = False
 
     def handleError(self, record: logging.LogRecord) -> None:  # never print tracebacks to stderr
         self.client._internal_error()
