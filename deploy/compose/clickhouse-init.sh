@@ -4,7 +4,7 @@
 # which compose.yaml gives access management. The templates and render.sh are
 # deploy/clickhouse/users/, mounted at /automagik-users.
 create_user() {  # TEMPLATE USER PASSWORD
-    sql=$(printf '%s\n' "$3" | sh /automagik-users/render.sh "/automagik-users/$1" "$2" telemetry traces) || exit 1
+    sql=$(printf '%s\n' "$3" | sh /automagik-users/render.sh "/automagik-users/$1" "$2" telemetry traces logs metrics) || exit 1
     printf '%s\n' "$sql" \
         | clickhouse-client --host 127.0.0.1 --user "$CLICKHOUSE_USER" --password "$CLICKHOUSE_PASSWORD" \
             --multiquery || exit 1

@@ -33,7 +33,8 @@ from shipper.shipper_helpers import (
     write_wal,
 )
 
-from automagik_telemetry_agent.clickhouse.schema import split_statements
+from automagik_telemetry_agent.clickhouse.rows import Profile
+from automagik_telemetry_agent.clickhouse.schema import render_migrations, split_statements
 from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import read_cursor
 
@@ -121,7 +122,8 @@ def test_legacy_agent_user_ships_through_the_real_sink(legacy_server: ClickHouse
     assert shipper.stats.rows == 75 and shipper.stats.retries_config == 0
     # The restart probe and doctor's schema check run as this user too.
     assert sink.count_present([f"{i + 1:016x}" for i in range(75)], BASE_NS, BASE_NS + 10**9) == 75
-    assert as_agent(legacy_server, "SELECT max(version) FROM telemetry.schema_migrations").strip() == "1"
+    latest = render_migrations(Profile.LEGACY, "telemetry", "traces", 0)[-1].version
+    assert as_agent(legacy_server, "SELECT max(version) FROM telemetry.schema_migrations").strip() == str(latest)
     sink.close()
 
 
@@ -179,11 +181,13 @@ def test_modern_agent_grants_are_exactly_insert_and_select_on_its_tables() -> No
     statements = split_statements(rendered("modern-agent.sql"))
     grants = sorted(s for s in statements if s.startswith("GRANT"))
     assert grants == [
+        f"GRANT INSERT, SELECT ON telemetry.logs TO {USER}",
+        f"GRANT INSERT, SELECT ON telemetry.metrics TO {USER}",
         f"GRANT INSERT, SELECT ON telemetry.traces TO {USER}",
         f"GRANT SELECT ON telemetry.schema_migrations TO {USER}",
     ]
-    grafana = [s for s in split_statements(rendered("modern-grafana.sql")) if s.startswith("GRANT")]
-    assert grafana == [f"GRANT SELECT ON telemetry.traces TO {USER}"]
+    grafana = sorted(s for s in split_statements(rendered("modern-grafana.sql")) if s.startswith("GRANT"))
+    assert grafana == [f"GRANT SELECT ON telemetry.{t} TO {USER}" for t in ("logs", "metrics", "traces")]
 
 
 @pytest.mark.chdb

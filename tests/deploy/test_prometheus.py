@@ -17,6 +17,8 @@ from doc_links import anchors
 from .deploy_helpers import (
     AGENT_DASHBOARD,
     COMPOSE,
+    LOGS_DASHBOARD,
+    METRICS_DASHBOARD,
     PROMETHEUS,
     REPO,
     TRACES_DASHBOARD,
@@ -104,6 +106,8 @@ def test_every_alert_says_how_bad_what_happened_and_what_to_do() -> None:
         "WalDroppedSpans",
         "ClientsDroppingSpans",
         "DeadLetters",
+        "SignalShippingFailing",
+        "SignalNotShipped",
     ):
         assert "AutomagikTelemetry" + required in names
 
@@ -183,13 +187,18 @@ def test_agent_dashboard_reads_prometheus_through_the_datasource_variable_and_co
         "client_dropped_spans_total",
         "shipper_dead_lettered_rows_total",
         "child_up",
+        "ingest_items_received_total",
+        "shipper_signal_rows_total",
+        "shipper_signal_consecutive_failures",
+        "shipper_signal_last_success_timestamp_seconds",
+        "shipper_signal_dead_lettered_rows_total",
     }
     assert {"automagik_telemetry_" + e for e in essentials} <= used
 
 
 def test_dashboards_have_unique_uids_and_panel_ids() -> None:
     uids = []
-    for path in (AGENT_DASHBOARD, TRACES_DASHBOARD):
+    for path in (AGENT_DASHBOARD, TRACES_DASHBOARD, LOGS_DASHBOARD, METRICS_DASHBOARD):
         dashboard = load_json(path)
         uids.append(dashboard["uid"])
         ids = [p["id"] for p in iter_panels(dashboard)]
