@@ -11,6 +11,7 @@ segment is never dropped under a batch in flight.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import fcntl
@@ -18,7 +19,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .backlog import BacklogMarks
@@ -68,6 +69,30 @@ class Unconsumed:
     items_by_signal: Counter[Signal] = field(default_factory=Counter)
 
 
+class _Held(enum.Enum):
+    MISSING = "missing"  # the file is gone
+    BUSY = "busy"  # a consumer holds it (its shared lock on a segment it reads)
+
+
+@contextlib.contextmanager
+def _exclusive(path: str, flags: int) -> Iterator[int | _Held]:
+    """``path`` opened and locked exclusively without waiting: its fd, or why not (closed at the end)."""
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield _Held.MISSING
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield _Held.BUSY
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def delete_segment(
     wal_dir: str,
     seg: SegmentFile,
@@ -78,15 +103,11 @@ def delete_segment(
     """Delete a sealed segment; False if a consumer holds it. With a reason, its unconsumed records (each
     above its signal's cursor in ``cursors()``, read under the lock) are dropped, counted and written to
     the ledger."""
-    try:
-        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
     ledger_line = ""
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _exclusive(seg.path, os.O_RDONLY) as fd:
+        if fd is _Held.MISSING:
+            return True
+        if fd is _Held.BUSY:
             return False
         if reason is not None:
             lost = count_unconsumed(fd, cursors())
@@ -115,8 +136,7 @@ def delete_segment(
                     # The disk is full: the ledger line goes in once the unlink below made room.
         os.unlink(seg.path)
         fsync_dir(wal_dir)
-    finally:
-        os.close(fd)  # the space is freed once the last fd is closed
+    # The file's fd is closed now: its space is freed.
     stats.segments_deleted += 1
     if ledger_line:
         append_line_durably(os.path.join(wal_dir, DROPS_FILE), ledger_line)
@@ -151,19 +171,11 @@ def empty_segment(seg: SegmentFile, stats: WalStats) -> bool:
     is stuck): its space is freed now, and the file keeps its place, so that a reader passing it knows
     its sequence numbers were consumed rather than lost (a sealed segment holding nothing but its header
     is emptied by retention: the writer never seals an empty one)."""
-    try:
-        fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _exclusive(seg.path, os.O_RDWR) as fd:
+        if fd is _Held.MISSING or fd is _Held.BUSY:
             return False
         os.ftruncate(fd, SEGMENT_HEADER_SIZE)
         os.fsync(fd)
-    finally:
-        os.close(fd)
     stats.segments_emptied += 1
     return True
 
@@ -173,18 +185,10 @@ def merge_into_emptied(wal_dir: str, emptied: SegmentFile, seg: SegmentFile, sta
     on over ``seg``'s (a segment's numbers run up to the next segment's first), so a run of them stays one
     file. It holds ``emptied``'s lock meanwhile: a reader passing it (holding it until it opened the next
     segment) never sees the segment after it vanish. False if a consumer holds either."""
-    try:
-        fd = os.open(emptied.path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _exclusive(emptied.path, os.O_RDONLY) as fd:
+        if fd is _Held.MISSING or fd is _Held.BUSY:
             return False
         return delete_segment(wal_dir, seg, None, dict, stats)
-    finally:
-        os.close(fd)
 
 
 def ledger_entry(seg: SegmentFile, lost: Unconsumed, reason: DropReason) -> str:
