@@ -162,3 +162,31 @@ def test_client_is_garbage_collected_and_its_sender_thread_stops(sock_path: str)
         thread.join(2.0)
         assert not thread.is_alive()
         assert all(t is not thread for t in threading.enumerate())
+
+
+def test_a_forked_child_counts_its_metrics_from_zero_and_the_parent_keeps_its_own(
+    sock_path: str, make_client: MakeClient
+) -> None:
+    with FakeAgent(sock_path) as agent:
+        client = make_client()
+        jobs = client.counter("jobs")
+        jobs.add(5)
+        assert client.flush(5.0)
+        pid = os.fork()
+        if pid == 0:  # child: the instrument is the same object, its series start again at zero
+            code = 1
+            try:
+                jobs.add(1)
+                code = 0 if client.flush(5.0) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        jobs.add(1)
+        assert client.flush(5.0)
+        by_pid: dict[int, list[int]] = {}
+        for message in agent.messages:
+            if message.kind == 3:
+                for metric in message.records:
+                    by_pid.setdefault(resource_pid(message), []).append(metric["sum"]["dataPoints"][0]["asInt"])
+        assert by_pid == {os.getpid(): [5, 6], pid: [1]}

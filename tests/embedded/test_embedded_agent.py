@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from agent_process import AgentProcess, RawClient, agent_env, run_cli, wait_until
 
@@ -23,6 +24,7 @@ from .conftest import ask, shipper_pid, span_id, span_line, wait_count, wait_gon
 
 pytestmark = pytest.mark.chdb
 
+BASE_NS = 1_700_000_000_000_000_000
 RESOURCE = b'{"attributes":[{"key":"service.name","value":{"stringValue":"embedded-test"}}]}'
 
 
@@ -271,3 +273,62 @@ def test_logs_and_metrics_of_the_real_client_land_in_the_embedded_store(
         "FROM telemetry.metrics GROUP BY metric_name ORDER BY metric_name",
     )
     assert metrics == "http.requests\tSUM\t40\t/pay\t0\t0\t[]\nlatency\tHISTOGRAM\t0\t\t3\t555\t[1,1,1]\n"
+
+
+def test_kill9_of_the_shipper_with_the_three_signals_mixed_loses_and_duplicates_nothing(
+    embedded_agent: Callable[..., AgentProcess], store_dir: Path
+) -> None:
+    """Spans, log records and data points interleaved in the WAL, the shipper SIGKILLed at three random
+    moments while its three consumers ship: every acknowledged item is in its table exactly once (the
+    store deduplicates a re-sent batch by its token, per table)."""
+    per_signal, per_message = 1500, 30
+    agent = embedded_agent(store_dir, batch_size=per_message * 2, max_rows_per_second=3000, retry_base="50ms")
+    with RawClient(agent.socket_path) as client:
+        seq = 0
+        for start in range(0, per_signal, per_message):
+            numbers = range(start, start + per_message)
+            for kind, lines in (
+                (1, [span_line(i) for i in numbers]),
+                (
+                    2,
+                    [orjson.dumps({"timeUnixNano": BASE_NS + i, "body": {"stringValue": f"log {i}"}}) for i in numbers],
+                ),
+                (
+                    3,
+                    [
+                        orjson.dumps(
+                            {"name": "n", "gauge": {"dataPoints": [{"timeUnixNano": BASE_NS + i, "asInt": i}]}}
+                        )
+                        for i in numbers
+                    ],
+                ),
+            ):
+                seq += 1
+                client.send_records(lines, seq, resource=RESOURCE, kind=kind)
+        assert client.wait_ack(seq, timeout=30)
+
+    def counts() -> tuple[int, ...]:
+        out = ask(
+            store_dir,
+            "SELECT (SELECT count() FROM telemetry.traces), (SELECT count() FROM telemetry.logs), "
+            "(SELECT count() FROM telemetry.metrics)",
+        )
+        return tuple(int(x) for x in out.split()) if out else (0, 0, 0)
+
+    rng = random.Random(11)
+    for round_ in range(3):
+        target = 3 * per_signal * (round_ + 1) / 5
+        wait_until(lambda: sum(counts()) >= target, 60, interval=0.01, message="shipping")  # noqa: B023
+        time.sleep(rng.uniform(0, 0.3))
+        pid = shipper_pid(agent.pid)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: shipper_pid(agent.pid) not in (None, pid), 30, message="a new shipper")  # noqa: B023
+    wait_until(lambda: counts() == (per_signal,) * 3, 90, message="every item of every signal, once")
+    unique = ask(
+        store_dir,
+        "SELECT (SELECT uniqExact(span_id) FROM telemetry.traces), (SELECT uniqExact(body) FROM telemetry.logs), "
+        "(SELECT uniqExact(value_int) FROM telemetry.metrics)",
+    )
+    assert unique == f"{per_signal}\t{per_signal}\t{per_signal}\n"
+    assert agent.terminate() == 0
