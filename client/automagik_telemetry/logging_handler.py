@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from .logs import LogRecord, LogSeverity
-from .span import exception_attributes
+from .span import current_span, exception_attributes
 
 if TYPE_CHECKING:
     from .client import AutomagikTelemetry
@@ -52,12 +52,23 @@ class _HandledRecord(LogRecord):
     __slots__ = ("source",)
 
     def __init__(self, source: logging.LogRecord, message: str, severity: LogSeverity) -> None:
-        super().__init__(message, severity.value, source.levelname, None, int(source.created * 1_000_000_000))
+        # LogRecord's fields set here, cheaply: the times come from the logging record (its creation is
+        # when it was observed too), the rest is read from it in the sender thread (to_line).
         self.source: logging.LogRecord | None = source
+        self.body = message
+        self.severity_number = severity.value
+        span = current_span()
+        if span is not None:
+            self.trace_id, self.span_id = span._trace_id, span._span_id
+        else:
+            self.trace_id = self.span_id = 0
 
     def to_line(self, max_length: int) -> bytes:
-        if self.source is not None:
-            self.attributes = _attributes(self.source, max_length)
+        source = self.source
+        if source is not None:
+            self.time_ns = self.observed_ns = int(source.created * 1_000_000_000)
+            self.severity_text = source.levelname
+            self.attributes = _attributes(source, max_length)
             self.source = None  # let the logging record (and its traceback) go
         return super().to_line(max_length)
 
