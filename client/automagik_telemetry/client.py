@@ -13,18 +13,20 @@ clients can be garbage collected.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import functools
 import inspect
 import os
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast, overload
 
 from .attributes import safe_str
-from .config import TelemetryConfig
 from .logs import LogRecord, LogSeverity, severity_of
 from .metrics import (
     Counter,
@@ -38,6 +40,7 @@ from .metrics import (
     single_point,
 )
 from .resource import SDK_VERSION, build_resource_line
+from .settings import ENV_ENABLED, TelemetryConfig, opt_out_file
 from .span import NOOP_SPAN, NoOpSpan, Span, SpanKind, StatusCode, exception_attributes
 from .transport import Record, Transport
 
@@ -49,13 +52,48 @@ _JOIN_TIMEOUT = 0.5
 
 _CLIENTS: weakref.WeakSet[AutomagikTelemetry] = weakref.WeakSet()
 
+#: 0.1.4's truncation of ``error_message`` in ``track_error``.
+_ERROR_MESSAGE_LENGTH = 500
+
+
+def _user_id_file() -> Path:
+    """Where 0.1.4 kept the anonymous user id: ``~/.automagik/user_id``."""
+    return Path.home() / ".automagik" / "user_id"
+
+
+def _get_or_create_user_id() -> str:
+    """0.1.4's anonymous user id: read from ``~/.automagik/user_id``, else a new UUID4 stored there
+    (kept in memory only if the file cannot be written)."""
+    try:
+        stored = _user_id_file().read_text().strip()
+        if stored:
+            return stored
+    except Exception:
+        pass
+    user_id = str(uuid.uuid4())
+    with contextlib.suppress(Exception):
+        path = _user_id_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(user_id)
+    return user_id
+
 
 class AutomagikTelemetry:
     """Records spans and ships them to the local agent from one background thread."""
 
     def __init__(
-        self, project_name: str | None = None, version: str | None = None, *, config: TelemetryConfig | None = None
+        self,
+        project_name: str | TelemetryConfig | None = None,
+        version: str | None = None,
+        *,
+        config: TelemetryConfig | None = None,
     ) -> None:
+        """``AutomagikTelemetry(config)`` (0.1.4's form, positional or ``config=``), or
+        ``AutomagikTelemetry(project_name, version)`` for the defaults."""
+        if isinstance(project_name, TelemetryConfig):
+            if config is not None or version is not None:
+                raise ValueError("AutomagikTelemetry takes one config, positional or config=, not both")
+            config, project_name = project_name, None
         if config is None:
             if project_name is None or version is None:
                 raise ValueError("AutomagikTelemetry needs config=TelemetryConfig(...), or project_name and version")
@@ -66,16 +104,33 @@ class AutomagikTelemetry:
         self._enabled = bool(config.enabled)
         self._max_attribute_length = config.max_attribute_length
         self._shut_down = False
+        #: 0.1.4's ids: a session per client; the persisted anonymous user id only with opt_in_required.
+        self.session_id = str(uuid.uuid4())
+        self.user_id: str | None = _get_or_create_user_id() if config.opt_in_required else None
+        self._resource_extra: dict[str, object] = {}
+        if config.opt_in_required:
+            self._resource_extra = {
+                "service.version": config.version,
+                "service.organization": config.organization,
+                "user.id": self.user_id,
+                "session.id": self.session_id,
+            }
         self._metrics = MetricsRegistry(config.max_metric_series)
         self._transport = self._new_transport()
+        self._holder: list[Transport[Record]] = [self._transport]
+        self._finalizer: weakref.finalize[..., AutomagikTelemetry] | None = None
         #: The hot path's hand-off (spans, log records, data points); swapped for a counting no-op at shutdown.
         self._enqueue: Callable[[Record], None] = self._transport.queue.put if self._enabled else _discard
         if self._enabled:
-            _CLIENTS.add(self)
-            # On garbage collection stop the sender thread (which holds only the transport).
-            self._holder: list[Transport[Record]] = [self._transport]
-            finalizer = weakref.finalize(self, _stop_transport, self._holder)
-            finalizer.atexit = False  # exit is handled by the flushing atexit hook below
+            self._register()
+
+    def _register(self) -> None:
+        """Join the exit and fork hooks; on garbage collection stop the sender thread (which holds
+        only the transport)."""
+        _CLIENTS.add(self)
+        if self._finalizer is None:
+            self._finalizer = weakref.finalize(self, _stop_transport, self._holder)
+            self._finalizer.atexit = False  # exit is handled by the flushing atexit hook below
 
     @property
     def enabled(self) -> bool:
@@ -105,11 +160,20 @@ class AutomagikTelemetry:
         except Exception:
             self._internal_error()
 
-    def track_error(self, error: BaseException, attributes: Mapping[str, object] | None = None) -> None:
-        """Record a zero-duration span called ``error`` with status ERROR and an exception event."""
+    def track_error(self, error: BaseException, context: Mapping[str, object] | None = None) -> None:
+        """Record a zero-duration span called ``error`` with status ERROR and an exception event.
+
+        Its attributes are 0.1.4's ``error_type`` (the class name) and ``error_message`` (``str(error)``,
+        first 500 characters), then ``context`` (which wins on a clash)."""
         if not self._enabled:
             return
         try:
+            attributes: dict[str, object] = {
+                "error_type": type(error).__name__,
+                "error_message": safe_str(error)[:_ERROR_MESSAGE_LENGTH],
+            }
+            if context:
+                attributes.update(context)
             span = Span(self, "error", attributes)
             span.add_event(
                 "exception", exception_attributes(error, self._max_attribute_length), timestamp_ns=span._start
@@ -296,12 +360,127 @@ class AutomagikTelemetry:
             self._internal_error()
             return {"enabled": self._enabled, "internal_errors": 1}
 
+    # -- 0.1.4's control API ---------------------------------------------------------------------
+
+    def enable(self) -> None:
+        """Start recording (0.1.4): also removes ``~/.automagik-no-telemetry`` if it exists."""
+        with contextlib.suppress(Exception):
+            opt_out_file().unlink(missing_ok=True)
+        if self._enabled:
+            return
+        try:
+            if self._shut_down:  # the old sender is stopped: start afresh
+                self._transport = self._new_transport()
+                self._holder[0] = self._transport
+                self._shut_down = False
+            self._enqueue = self._transport.queue.put
+            self._enabled = True
+            self._register()
+        except Exception:
+            self._internal_error()
+
+    async def disable(self) -> None:
+        """Flush what was recorded (bounded by ``exit_flush_timeout``), then stop recording and create
+        ``~/.automagik-no-telemetry`` (0.1.4), so later clients of every Automagik tool stay disabled.
+
+        The flush and the sender's stop run in a worker thread (``asyncio.to_thread``)."""
+        try:
+            await asyncio.to_thread(self._flush_then_disable)
+        except Exception:
+            self._internal_error()
+        with contextlib.suppress(Exception):
+            opt_out_file().touch()
+
+    def _flush_then_disable(self) -> None:
+        if self._enabled:
+            self.shutdown()  # flush first, then stop the sender
+        self._enabled = False
+        self._enqueue = _discard
+
+    def is_enabled(self) -> bool:
+        """Whether this client records (0.1.4)."""
+        return self._enabled
+
+    def get_status(self) -> dict[str, Any]:
+        """0.1.4's status keys (``endpoint`` & co. now name the agent's socket; ``queue_sizes`` counts
+        all records under ``traces``, the queue being shared), plus this client's settings and ``stats``."""
+        try:
+            config = self.config
+            stats = self.stats()
+            agent = "unix://" + config.socket_path
+            return {
+                "enabled": self._enabled,
+                "user_id": self.user_id,
+                "session_id": self.session_id,
+                "project_name": config.project_name,
+                "project_version": config.version,
+                "endpoint": agent,
+                "metrics_endpoint": agent,
+                "logs_endpoint": agent,
+                "opt_out_file_exists": _exists(opt_out_file),
+                "env_var": os.getenv(ENV_ENABLED),
+                "verbose": os.getenv("AUTOMAGIK_TELEMETRY_VERBOSE", "false").lower() == "true",
+                "batch_size": config.batch_size,
+                "compression_enabled": config.compression_enabled,
+                "queue_sizes": {"traces": len(self._transport.queue), "metrics": 0, "logs": 0},
+                "service_name": config.service_name,
+                "environment": config.environment,
+                "socket_path": config.socket_path,
+                "opt_in_required": config.opt_in_required,
+                "privacy_enabled": config.privacy is not None,
+                "sdk_version": SDK_VERSION,
+                "stats": stats,
+            }
+        except Exception:
+            self._internal_error()
+            return {"enabled": self._enabled}
+
+    # -- 0.1.4's async API (recording never blocks, so only flush needs a worker thread) ----------
+
+    async def track_event_async(self, event_name: str, attributes: Mapping[str, object] | None = None) -> None:
+        """``track_event`` from a coroutine (it never blocks, so it runs inline)."""
+        self.track_event(event_name, attributes)
+
+    async def track_error_async(self, error: BaseException, context: Mapping[str, object] | None = None) -> None:
+        """``track_error`` from a coroutine (inline)."""
+        self.track_error(error, context)
+
+    async def track_metric_async(
+        self,
+        metric_name: str,
+        value: float,
+        metric_type: MetricType | str = MetricType.GAUGE,
+        attributes: Mapping[str, object] | None = None,
+    ) -> None:
+        """``track_metric`` from a coroutine (inline)."""
+        self.track_metric(metric_name, value, metric_type, attributes)
+
+    async def track_log_async(
+        self,
+        message: object,
+        severity: LogSeverity | str = LogSeverity.INFO,
+        attributes: Mapping[str, object] | None = None,
+    ) -> None:
+        """``track_log`` from a coroutine (inline)."""
+        self.track_log(message, severity, attributes)
+
+    async def flush_async(self, timeout: float = 2.0) -> bool:
+        """``flush`` in a worker thread (``asyncio.to_thread``): it may wait up to ``timeout``."""
+        try:
+            return await asyncio.to_thread(self.flush, timeout)
+        except Exception:
+            self._internal_error()
+            return False
+
     # -- internals ------------------------------------------------------------------------------
 
     def _new_transport(self) -> Transport[Record]:
-        config = self.config
+        config, extra = self.config, self._resource_extra
         return Transport(
-            config, lambda: build_resource_line(config, SDK_VERSION), self._on_fork_detected, self._metrics.collect
+            config,
+            lambda: build_resource_line(config, SDK_VERSION, extra),
+            self._on_fork_detected,
+            self._metrics.collect,
         )
 
     def _export_metrics(self) -> None:
@@ -328,9 +507,10 @@ class AutomagikTelemetry:
         old.abandon_in_child()
         self._metrics.reset_after_fork()
         self._transport = self._new_transport()
-        if self._enabled:
-            self._holder[0] = self._transport
-        if not self._shut_down:
+        self._holder[0] = self._transport
+        if not self._enabled:
+            self._enqueue = _discard
+        elif not self._shut_down:
             self._enqueue = self._transport.queue.put
         else:
             self._enqueue = self._transport.queue.drop_after_shutdown
@@ -341,6 +521,13 @@ class AutomagikTelemetry:
 
 def _discard(record: Record) -> None:
     pass
+
+
+def _exists(path: Callable[[], Path]) -> bool:
+    try:
+        return path().exists()
+    except Exception:
+        return False
 
 
 def _stop_transport(holder: list[Transport[Record]]) -> None:

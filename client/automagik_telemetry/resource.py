@@ -10,17 +10,21 @@ import os
 import platform
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from .attributes import key_values
-from .config import TelemetryConfig
+from .settings import TelemetryConfig
 
 SDK_NAME = "automagik-telemetry"
-SDK_VERSION = "0.1.0"
+SDK_VERSION = "0.2.0"
 
 
-def resource_attributes(config: TelemetryConfig, sdk_version: str = SDK_VERSION) -> dict[str, Any]:
-    """The resource attributes of this process; ``config.resource_attributes`` override the defaults."""
+def resource_attributes(
+    config: TelemetryConfig, sdk_version: str = SDK_VERSION, extra: Mapping[str, object] | None = None
+) -> dict[str, Any]:
+    """The resource attributes of this process, then ``extra`` (the client's, e.g. 0.1.4's ``user.id``);
+    ``config.resource_attributes`` override them all."""
     attributes: dict[str, Any] = {
         "service.name": config.service_name,
         "project.name": config.project_name,
@@ -35,11 +39,15 @@ def resource_attributes(config: TelemetryConfig, sdk_version: str = SDK_VERSION)
         "telemetry.sdk.name": SDK_NAME,
         "telemetry.sdk.version": sdk_version,
     }
+    if extra:
+        attributes.update(extra)
     attributes.update(config.resource_attributes)
     return attributes
 
 
-def build_resource_line(config: TelemetryConfig, sdk_version: str = SDK_VERSION) -> bytes:
+def build_resource_line(
+    config: TelemetryConfig, sdk_version: str = SDK_VERSION, extra: Mapping[str, object] | None = None
+) -> bytes:
     """The resource as one newline-terminated compact JSON line."""
-    attributes = key_values(resource_attributes(config, sdk_version), config.max_attribute_length)
+    attributes = key_values(resource_attributes(config, sdk_version, extra), config.max_attribute_length)
     return ('{"attributes":' + attributes + "}\n").encode("utf-8", "replace")

@@ -58,12 +58,13 @@ class SpanQueue(Generic[R]):
         *,
         on_fork: Callable[[R], None],
         start_consumer: Callable[[], bool],
+        wake_threshold: int = WAKE_THRESHOLD,
     ) -> None:
         """``on_fork(record)`` gets a record put in another process than this queue's;
         ``start_consumer()`` is called (under the queue's lock) by ``put`` until it returns True."""
         self._items: collections.deque[R] = collections.deque()
         self._max_size = max_size
-        self._wake_threshold = min(WAKE_THRESHOLD, max(1, max_size // 2))
+        self._wake_threshold = min(max(1, wake_threshold), max(1, max_size // 2))
         self._on_fork = on_fork
         self._start_consumer = start_consumer
         self._consumer_running = False

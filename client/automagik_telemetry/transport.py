@@ -20,7 +20,6 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeAlias, TypeVar
 
-from .config import TelemetryConfig
 from .connection import AgentConnection
 from .ledger import DeliveryLedger
 from .protocol import (
@@ -33,10 +32,14 @@ from .protocol import (
     encode,
     encode_records,
 )
-from .span_queue import SpanQueue
+from .scrub import scrub_record
+from .settings import TelemetryConfig
+from .span_queue import WAKE_THRESHOLD, SpanQueue
 
 #: Records taken from the queue per serialization round.
 BATCH_SPANS = 1024
+#: 0.1.4's default ``batch_size``: left at it, the queue keeps its own wake-up threshold.
+_V014_BATCH_SIZE = 100
 STATS_INTERVAL = 10.0
 #: How long the sender blocks in poll() while waiting for writability or for ACKs a flush awaits.
 BLOCKED_POLL = 0.05
@@ -101,7 +104,13 @@ class Transport(Generic[R]):
         self._thread: threading.Thread | None = None
         self._stopping = False
 
-        self.queue: SpanQueue[R] = SpanQueue(config.max_queue_size, on_fork=self._forked, start_consumer=self._start)
+        # 0.1.4's batch_size, when given, is how many queued records wake the sender (default: ours).
+        wake = WAKE_THRESHOLD if config.batch_size == _V014_BATCH_SIZE else max(1, config.batch_size)
+        self.queue: SpanQueue[R] = SpanQueue(
+            config.max_queue_size, on_fork=self._forked, start_consumer=self._start, wake_threshold=wake
+        )
+        #: Applied to span and log records in the sender thread, just before serialization.
+        self._privacy = config.privacy
         self.connection = AgentConnection(config.socket_path)
         self.ledger = DeliveryLedger()
         self._next_stats = 0.0
@@ -287,6 +296,8 @@ class Transport(Generic[R]):
         kind = records[0].record_kind if records else RecordKind.SPAN
         for index, record in enumerate(records, start):
             try:
+                if self._privacy is not None:
+                    scrub_record(record, self._privacy)
                 line = record.to_line(self._max_length)
             except Exception:
                 self.internal_errors += 1

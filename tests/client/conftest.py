@@ -19,13 +19,23 @@ for directory in (CLIENT_DIR, TESTS_DIR):
 
 from automagik_telemetry import AutomagikTelemetry, TelemetryConfig  # noqa: E402
 
-ENV_VARS = ("AUTOMAGIK_TELEMETRY_ENABLED", "AUTOMAGIK_TELEMETRY_SOCKET", "AUTOMAGIK_TELEMETRY_ENVIRONMENT")
+ENV_VARS = (
+    "AUTOMAGIK_TELEMETRY_ENABLED",
+    "AUTOMAGIK_TELEMETRY_SOCKET",
+    "AUTOMAGIK_TELEMETRY_ENVIRONMENT",
+    "AUTOMAGIK_TELEMETRY_OPT_IN_REQUIRED",
+    "AUTOMAGIK_TELEMETRY_PRIVACY",
+    "AUTOMAGIK_TELEMETRY_VERBOSE",
+    "DO_NOT_TRACK",
+)
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No telemetry variable set, and a fresh home directory (no opt-out file, no stored user id)."""
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
 
 
 @pytest.fixture

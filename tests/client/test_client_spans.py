@@ -75,7 +75,7 @@ def test_span_arrives_with_otlp_shape(sock_path: str, make_client: MakeClient) -
         assert resource["deployment.environment"] == "development"
         assert resource["process.pid"] == os.getpid()
         assert resource["telemetry.sdk.name"] == "automagik-telemetry"
-        assert resource["telemetry.sdk.version"] == "0.1.0"
+        assert resource["telemetry.sdk.version"] == "0.2.0"
         assert resource["team"] == "core"
         for key in ("host.name", "os.type", "os.version", "process.runtime.name", "process.runtime.version"):
             assert resource[key]
@@ -197,7 +197,11 @@ def test_track_error_is_an_error_span_with_an_exception_event(sock_path: str, ma
         (record,) = deliver(client, agent, 1)
         assert record["name"] == "error"
         assert record["status"] == {"code": 2, "message": "card declined"}
-        assert attrs(record["attributes"]) == {"where": "checkout"}
+        assert attrs(record["attributes"]) == {
+            "where": "checkout",
+            "error_type": "CheckoutError",  # 0.1.4's attributes
+            "error_message": "card declined",
+        }
         (event,) = record["events"]
         details = attrs(event["attributes"])
         assert details["exception.type"] == f"{__name__}.CheckoutError"

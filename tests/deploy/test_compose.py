@@ -29,7 +29,7 @@ AGENT_IMAGE_SERVICES = ("schema", "agent", "example")
 SETTING_ENV = {s.env_name: s for s in SETTINGS}
 OTHER_AGENT_ENV = {MIGRATIONS_ENV, ENV_PREFIX + "CONFIG"}
 CLIENT_ENV = set(
-    re.findall(r'"(AUTOMAGIK_TELEMETRY_[A-Z_]+)"', (REPO / "client/automagik_telemetry/config.py").read_text())
+    re.findall(r'"(AUTOMAGIK_TELEMETRY_[A-Z_]+)"', (REPO / "client/automagik_telemetry/settings.py").read_text())
 )
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[?-][^}]*)?\}")
 
