@@ -190,19 +190,27 @@ def detect_pii(value: str) -> bool:
     return any(pattern.search(value) is not None for pattern in _DETECTORS)
 
 
+def _sanitize_matches(
+    pattern: re.Pattern[str], mask: Callable[[re.Match[str]], str], value: str, config: PrivacyConfig | None
+) -> str:
+    """``value`` with every match of ``pattern`` hashed, redacted or (strategy ``truncate``) ``mask``-ed;
+    unchanged under an unknown strategy."""
+    strategy = _resolve(config)
+    if strategy.strategy == "hash":
+        return pattern.sub(_hash_match, value)
+    if strategy.strategy == "redact":
+        return pattern.sub(_literal(strategy.redaction_text), value)
+    if strategy.strategy == "truncate":
+        return pattern.sub(mask, value)
+    return value
+
+
 def sanitize_phone(value: str, config: PrivacyConfig | None = None) -> str:
     """``value`` with every phone number hashed, redacted or masked as ``XXX-XXX-XXXX``.
 
     An unknown strategy leaves ``value`` unchanged.
     """
-    strategy = _resolve(config)
-    if strategy.strategy == "hash":
-        return Patterns.PHONE.sub(_hash_match, value)
-    if strategy.strategy == "redact":
-        return Patterns.PHONE.sub(_literal(strategy.redaction_text), value)
-    if strategy.strategy == "truncate":
-        return Patterns.PHONE.sub(_MASKED_PHONE, value)
-    return value
+    return _sanitize_matches(Patterns.PHONE, _literal(_MASKED_PHONE), value, config)
 
 
 def sanitize_email(value: str, config: PrivacyConfig | None = None) -> str:
@@ -210,14 +218,7 @@ def sanitize_email(value: str, config: PrivacyConfig | None = None) -> str:
 
     An unknown strategy leaves ``value`` unchanged.
     """
-    strategy = _resolve(config)
-    if strategy.strategy == "hash":
-        return Patterns.EMAIL.sub(_hash_match, value)
-    if strategy.strategy == "redact":
-        return Patterns.EMAIL.sub(_literal(strategy.redaction_text), value)
-    if strategy.strategy == "truncate":
-        return Patterns.EMAIL.sub(_mask_email, value)
-    return value
+    return _sanitize_matches(Patterns.EMAIL, _mask_email, value, config)
 
 
 def truncate_string(value: str, max_length: int) -> str:
