@@ -29,8 +29,8 @@ The agent is a supervisor with child processes (``ingest``, and ``shipper`` unle
 The agent's stderr is drained continuously by a thread (it logs one line per disk-full error, and a
 full pipe would block it); read it with :attr:`AgentProcess.stderr_text`.
 
-Only stdlib + the project's own ``automagik_telemetry.protocol``: the module sets up ``sys.path`` so it
-imports without the package being installed.
+Only stdlib, tests/managed_process.py (``wait_until``) and the project's own ``automagik_telemetry.protocol``:
+the module sets up ``sys.path`` so it imports without the package being installed.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ for _p in reversed(SOURCE_PATHS):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from managed_process import wait_until as wait_until  # noqa: E402  (re-exported: tests import it from here)
+
 from automagik_telemetry import protocol  # noqa: E402
 from automagik_telemetry.protocol import MessageType, RecordKind  # noqa: E402
 
@@ -74,18 +76,6 @@ class AgentStartError(RuntimeError):
 
 class AgentClosedConnection(EOFError):
     """The agent closed the connection (recv returned end-of-file)."""
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns a truthy value (returned); AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:

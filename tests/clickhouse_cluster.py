@@ -80,7 +80,7 @@ from clickhouse_server import (
     ClickHouseStartError,
     find_binary,
 )
-from managed_process import ManagedProcess, StartCloseContext, distinct_free_ports
+from managed_process import ManagedProcess, StartCloseContext, distinct_free_ports, wait_until
 
 CLUSTER_NAME = "telemetry_cluster"
 RETRIED_DDL_ERRORS = frozenset({242, 999})  # TABLE_IS_READ_ONLY, KEEPER_EXCEPTION (see ClickHouseCluster.ddl)
@@ -134,21 +134,8 @@ T = TypeVar("T")
 
 
 def wait_for(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
-    """Call ``fn`` until it returns a truthy value (exceptions count as falsy) and return it; AssertionError
-    after ``timeout`` seconds, with the last value or exception."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-            last = value
-        except Exception as e:  # the condition is not met yet (server down, table missing, ...)
-            last = e
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true after {timeout}s: {what or fn!r}; last: {last!r}")
-        time.sleep(interval)
+    """``wait_until`` where an exception from ``fn`` counts as "not yet"."""
+    return wait_until(fn, timeout, interval, what or repr(fn), retry_on=(Exception,))
 
 
 def find_java() -> str:

@@ -25,12 +25,40 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 STOP_TIMEOUT = 30.0
 FREEZE_TIMEOUT = 5.0
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    interval: float = 0.02,
+    message: str = "condition",
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value (returned); AssertionError after ``timeout``
+    seconds naming ``message`` and the last value. An exception of a ``retry_on`` type counts as "not yet"
+    (server down, table missing, ...); any other propagates."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except retry_on as e:
+            last = e
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+        time.sleep(interval)
 
 
 def free_port() -> int:
