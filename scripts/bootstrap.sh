@@ -2,7 +2,10 @@
 # Idempotent set-up for a fresh Debian 12 machine (run as root), used by `make test`/`make venv`.
 #   1. Debian packages (ClickHouse 18.16 server for the test fixture, systemd tools, build deps).
 #   2. .venv with Python >= 3.11 and the project installed editable with all extras.
-# Fast when everything is already in place: dpkg -s check, and a pip stamp keyed on pyproject.toml.
+#   3. (full mode; step 4 below) tests/otlp/js/node_modules: the OpenTelemetry JS SDK client of the
+#      OTLP end-to-end test (npm ci from its package-lock.json).
+# Fast when everything is already in place: dpkg -s check, a pip stamp keyed on pyproject.toml and
+# an npm stamp keyed on tests/otlp/js/package-lock.json.
 #
 # `bootstrap.sh --demo` (used by `make demo`) sets up only what the demo needs: python3-venv and a .venv
 # with the agent and embedded extras (no ClickHouse server, no build tools); a full set-up counts too.
@@ -32,6 +35,12 @@ APT_PACKAGES=(
     make
 )
 EXTRAS=agent,systemd,embedded,test
+# Node.js + npm for tests/otlp/js, only where no `node`/`npm` is on PATH: a machine may carry a
+# NodeSource `nodejs` package (it bundles npm and Conflicts with Debian's `npm`), so listing `npm`
+# unconditionally would make apt replace that Node.js with Debian 12's (18.x, still enough there).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    APT_PACKAGES+=(nodejs npm)
+fi
 if [[ $MODE == demo ]]; then
     APT_PACKAGES=(python3-venv)
     EXTRAS=agent,embedded
@@ -107,4 +116,18 @@ else
     "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e ".[$EXTRAS]"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
+fi
+
+# ---- 4. Node.js packages of the OTLP e2e client (full mode only) -------------------------------
+if [[ $MODE == full ]]; then
+    js=tests/otlp/js
+    npm_stamp="$js/node_modules/.installed-$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)"
+    if [[ -e $npm_stamp ]]; then
+        log "npm: up to date (stamp ${npm_stamp##*/})"
+    else
+        log "npm: ci in $js"
+        # npm ci removes node_modules first, so older stamps go with it.
+        npm ci --prefix "$js" --no-audit --no-fund --loglevel=error
+        touch "$npm_stamp"
+    fi
 fi

@@ -266,6 +266,8 @@ def main() -> int:
                 "0",
                 "--metrics-listen",
                 "",
+                "--otlp-listen",
+                "",
                 "--batch-wait",
                 "200ms",
                 *sink_argv,

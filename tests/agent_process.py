@@ -65,7 +65,13 @@ from automagik_telemetry.protocol import MessageType, RecordKind  # noqa: E402
 #: Resource line RawClient.send_records uses unless told otherwise.
 DEFAULT_RESOURCE = b'{"attributes":[{"key":"service.name","value":{"stringValue":"agent-test"}}]}'
 #: Settings applied unless the caller overrides them (None removes one).
-DEFAULT_SETTINGS: dict[str, Any] = {"wal_min_free": 0, "log_level": "info", "sink": "none", "metrics_listen": ""}
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "wal_min_free": 0,
+    "log_level": "info",
+    "sink": "none",
+    "metrics_listen": "",
+    "otlp_listen": "",  # tests that receive OTLP pass a free port (tests/otlp)
+}
 READY_TIMEOUT_S = 15.0
 _SUN_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin
 

@@ -10,11 +10,11 @@ from ..config import ConfigError
 from ..ingest.main import run as ingest_main
 from ..logs import setup_logging
 from ..paths import control_socket_path
-from ..supervisor.listener import create, from_systemd
+from ..supervisor.listener import ListenSocket, create, create_otlp, from_systemd
 from ..supervisor.sdnotify import Notifier, listen_fds
 from ..supervisor.supervisor import Supervisor
 from .options import AGENT, ALL, Subparsers, add_setting_flags, loader
-from .packages import missing_agent_extras
+from .packages import OTLP_NEEDS, missing_agent_extras
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -45,12 +45,37 @@ def run_agent(args: argparse.Namespace) -> int:
         )
     except ConfigError as exc:
         return exitcodes.die(exitcodes.CONFIG, f"config error: {exc}")
-    supervisor = Supervisor(config, load, listener, Notifier(), control_path=control_socket_path(config))
+    try:
+        otlp = create_otlp(config) if config["otlp.listen"] or config["otlp.unix_path"] else []
+    except ConfigError as exc:
+        listener.close()
+        return exitcodes.die(exitcodes.CONFIG, f"config error: {exc}")
+    if otlp:
+        missing = missing_agent_extras(OTLP_NEEDS)
+        if missing:
+            _close(listener, *otlp)
+            return exitcodes.die(
+                exitcodes.UNAVAILABLE,
+                f"the OTLP receiver needs {', '.join(missing)}: install 'automagik-telemetry[agent]', or turn it "
+                'off with --otlp-listen ""',
+            )
+    supervisor = Supervisor(config, load, listener, Notifier(), control_path=control_socket_path(config), otlp=otlp)
     return supervisor.run()
+
+
+def _close(*sockets: ListenSocket) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 def run_ingest(args: argparse.Namespace) -> int:
     return ingest_main(loader(args), args.listen_fd)
+
+
+def run_otlp(args: argparse.Namespace) -> int:
+    from ..ingest.otlp.main import run  # needs the agent extra (h11, opentelemetry-proto)
+
+    return run(loader(args), args.listen_fd)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -62,3 +87,7 @@ def add_parser(sub: Subparsers) -> None:
     add_setting_flags(internal, AGENT)
     internal.add_argument("--listen-fd", type=int, default=None, help="the listening socket, inherited")
     internal.set_defaults(func=run_ingest)
+    otlp = sub.add_parser("otlp", description="Internal: the OTLP/HTTP receiver process `agent` starts.")
+    add_setting_flags(otlp, AGENT)
+    otlp.add_argument("--listen-fd", type=int, action="append", default=[], help="a listening socket, inherited")
+    otlp.set_defaults(func=run_otlp)

@@ -204,6 +204,21 @@ def _check_relations(values: dict[str, Any], sources: dict[str, str]) -> None:
             "socket.control_path",
             f"{values['socket.control_path']!r} is longer than {SUN_PATH_MAX} bytes: choose a shorter path",
         )
+    for key in ("otlp.idle_timeout", "otlp.header_timeout", "otlp.body_timeout", "otlp.ack_timeout"):
+        if values[key] <= 0:
+            fail(key, "must be more than 0 (examples: 500ms, 10s)")
+    if values["otlp.max_body"] < 1024:
+        fail("otlp.max_body", "must be at least 1KiB")
+    if values["otlp.max_buffered"] < values["otlp.max_body"]:
+        fail("otlp.max_buffered", f"must be at least otlp.max_body ({values['otlp.max_body']} bytes)")
+    if bool(values["otlp.tls_cert"]) != bool(values["otlp.tls_key"]):
+        fail(
+            "otlp.tls_cert" if values["otlp.tls_cert"] else "otlp.tls_key", "otlp.tls_cert and otlp.tls_key go together"
+        )
+    if len(os.fsencode(values["otlp.unix_path"])) > SUN_PATH_MAX:
+        fail(
+            "otlp.unix_path", f"{values['otlp.unix_path']!r} is longer than {SUN_PATH_MAX} bytes: choose a shorter path"
+        )
     if values["shipper.retry_base"] > values["shipper.retry_max"]:
         fail(
             "shipper.retry_base",

@@ -144,6 +144,84 @@ SETTINGS: tuple[Setting, ...] = (
         env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN",
         flag="--metrics-listen",
     ),
+    # ---- the OTLP/HTTP receiver (the `otlp` child; docs/otlp.md)
+    Setting(
+        "otlp.listen",
+        "127.0.0.1:4318",
+        parse_listen,
+        "host:port of the OTLP/HTTP receiver (POST /v1/traces, /v1/logs, /v1/metrics): loopback and the "
+        'standard port by default, IPv6 as [::1]:4318, "" = off.',
+        env="AUTOMAGIK_TELEMETRY_OTLP_LISTEN",
+        flag="--otlp-listen",
+    ),
+    Setting(
+        "otlp.unix_path",
+        "",
+        parse_str,
+        'Also receive OTLP/HTTP on this Unix stream socket path (for containers sharing a volume); "" = no.',
+        flag="--otlp-unix-socket",
+    ),
+    Setting(
+        "otlp.max_body",
+        16 * 1024 * 1024,
+        parse_size,
+        "Largest request body after decompression; beyond it 413 (a gzip bomb is cut off there).",
+        flag="--otlp-max-body",
+    ),
+    Setting(
+        "otlp.max_buffered",
+        256 * 1024 * 1024,
+        parse_size,
+        "Request bodies held by all connections at once; beyond it 503 with Retry-After.",
+        flag="--otlp-max-buffered",
+    ),
+    Setting(
+        "otlp.max_connections",
+        512,
+        parse_int(1),
+        "Concurrent OTLP/HTTP connections; one more is answered 503 and closed.",
+        flag="--otlp-max-connections",
+    ),
+    Setting(
+        "otlp.idle_timeout",
+        120.0,
+        parse_duration,
+        "Close a keep-alive connection idle this long.",
+        flag="--otlp-idle-timeout",
+    ),
+    Setting(
+        "otlp.header_timeout",
+        10.0,
+        parse_duration,
+        "A request's headers must arrive within this time of its first byte (else 408).",
+        flag="--otlp-header-timeout",
+    ),
+    Setting(
+        "otlp.body_timeout",
+        30.0,
+        parse_duration,
+        "A request's body must arrive within this time of its headers (else 408).",
+        flag="--otlp-body-timeout",
+    ),
+    Setting(
+        "otlp.ack_timeout",
+        30.0,
+        parse_duration,
+        "Longest wait for a request's records to be durable before answering 503 (a retry writes only "
+        "what did not become durable).",
+        flag="--otlp-ack-timeout",
+    ),
+    Setting(
+        "otlp.token_file",
+        "",
+        parse_str,
+        'File holding a bearer token every request must carry (Authorization: Bearer ...); "" = none.',
+        flag="--otlp-token-file",
+    ),
+    Setting(
+        "otlp.tls_cert", "", parse_str, 'PEM certificate chain: serve HTTPS; "" = plain HTTP.', flag="--otlp-tls-cert"
+    ),
+    Setting("otlp.tls_key", "", parse_str, "PEM private key of otlp.tls_cert.", flag="--otlp-tls-key"),
     Setting(
         "log.level",
         "info",

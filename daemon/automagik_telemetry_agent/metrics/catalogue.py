@@ -33,6 +33,8 @@ REJECT_REASONS = (
     "wal_error",
 )
 WAL_DROP_REASONS = ("wal_size_cap", "disk_free_watermark")
+OTLP_SIGNALS = ("traces", "logs", "metrics")
+OTLP_REFUSALS = ("not_an_object", "unsupported_metric_type", "item_too_large")  # ingest.otlp.export.Refusal
 FAILURE_CLASSES = ("transient", "config", "bad_data")
 RETRY_CLASSES = ("transient", "config")
 CLIENT_DROP_COUNTERS = {
@@ -230,5 +232,55 @@ CATALOGUE: dict[str, MetricDef] = _defs(
         G,
         "Unix time of the last INSERT ClickHouse accepted for one signal.",
         ("signal",),
+    ),
+    # ---- the OTLP/HTTP receiver (the otlp child; docs/otlp.md)
+    MetricDef(
+        P + "otlp_requests_total",
+        C,
+        "OTLP/HTTP requests answered, by signal (traces, logs, metrics; other for any other path) and HTTP status.",
+        ("signal", "status"),
+    ),
+    MetricDef(P + "otlp_received_bytes_total", C, "Bytes received on OTLP/HTTP connections (as sent: compressed)."),
+    MetricDef(
+        P + "otlp_items_accepted_total",
+        C,
+        "Spans, log records and metric data points durable in the WAL (their request was answered 200), by signal.",
+        ("signal",),
+    ),
+    MetricDef(
+        P + "otlp_items_refused_total",
+        C,
+        "Items refused in a partial_success (never retried), by signal and reason.",
+        ("signal", "reason"),
+    ),
+    MetricDef(
+        P + "otlp_items_unavailable_total",
+        C,
+        "Items of requests answered 503 (the WAL refused them, ingest was away, fsync lagged): the exporter retries.",
+        ("signal",),
+    ),
+    MetricDef(
+        P + "otlp_decode_errors_total", C, "Request bodies that could not be decoded (answered 400).", ("encoding",)
+    ),
+    MetricDef(
+        P + "otlp_requests_deduplicated_total",
+        C,
+        "Retried requests whose every record was already durable: answered 200 without writing them again.",
+    ),
+    MetricDef(P + "otlp_connections_accepted_total", C, "OTLP/HTTP connections accepted."),
+    MetricDef(P + "otlp_connections_refused_total", C, "OTLP/HTTP connections beyond otlp.max_connections (503)."),
+    MetricDef(
+        P + "otlp_connections_timed_out_total",
+        C,
+        "OTLP/HTTP connections closed for a timeout, by phase (idle, headers, body).",
+        ("phase",),
+    ),
+    MetricDef(P + "otlp_connections_open", G, "Open OTLP/HTTP connections."),
+    MetricDef(P + "otlp_buffered_bytes", G, "Request body bytes held in memory (bounded by otlp.max_buffered)."),
+    MetricDef(P + "otlp_dedup_requests", G, "Recent requests whose durable parts the receiver remembers."),
+    MetricDef(
+        P + "otlp_request_duration_seconds",
+        H,
+        "From a request's last byte to its answer: decoding plus the wait for durability.",
     ),
 )

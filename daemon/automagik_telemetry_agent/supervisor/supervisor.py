@@ -2,11 +2,13 @@
 
 It owns what must outlive a child: the clients' listening socket (:mod:`.listener`), the
 validated configuration, the control socket (:mod:`.control`), the metrics endpoint
-(``metrics.exposition``) and the conversation with systemd (:mod:`.sdnotify`). It runs two children:
+(``metrics.exposition``) and the conversation with systemd (:mod:`.sdnotify`). It runs up to three children:
 
 * ``ingest`` (ingest + WAL writer), which gets the listening socket's fd, and
 * ``shipper`` (WAL -> ClickHouse or the embedded store), unless ``sink = "none"``; started once ingest
-  is ready.
+  is ready;
+* ``otlp`` (the OTLP/HTTP receiver, a client of ingest), which gets the OTLP listening sockets, unless
+  ``otlp.listen`` and ``otlp.unix_path`` are both off; started once ingest is ready.
 
 State: one dict of :class:`~.children.Child` records, each an explicit state machine (:mod:`.states`).
 One thread, one selector loop; every event is handled by one small ``handle_*`` method:
@@ -74,6 +76,7 @@ class Supervisor:
         notifier: Notifier | None = None,
         policy: RestartPolicy | None = None,
         control_path: str | None = None,
+        otlp: list[ListenSocket] | None = None,
     ) -> None:
         self.config = config  # the effective configuration (live changes applied, the rest as started)
         self.reload = reload
@@ -86,6 +89,10 @@ class Supervisor:
         }
         if config["sink"] != "none":
             self.children["shipper"] = Child("shipper", ["shipper"])
+        self.otlp = otlp or []
+        if self.otlp:
+            fds = tuple(s.fd for s in self.otlp)
+            self.children["otlp"] = Child("otlp", ["otlp", *(f"--listen-fd={fd}" for fd in fds)], fds)
         self.state = "starting"
         self.exit_code = exitcodes.OK
         self.started = time.monotonic()
@@ -142,6 +149,8 @@ class Supervisor:
             self.config["wal.dir"],
             self.config["sink"],
         )
+        for sock in self.otlp:
+            log.info("OTLP/HTTP receiver on %s%s", "http://" if sock.tcp else "unix:", sock.path)
 
     def _turn(self) -> None:
         for key, mask in self.selector.select(self._timeout()):
@@ -264,9 +273,10 @@ class Supervisor:
             self.state = "running"
             print("ready", file=sys.stderr, flush=True)
             self.notifier.ready(self.status_line())
-            shipper = self.children.get("shipper")
-            if shipper is not None and shipper.state is State.EXITED:
-                self.spawn(shipper)
+            for name in ("shipper", "otlp"):
+                later = self.children.get(name)
+                if later is not None and later.state is State.EXITED:
+                    self.spawn(later)
 
     def _reap(self) -> None:
         for child in self.children.values():
@@ -408,6 +418,8 @@ class Supervisor:
         for child in self.children.values():
             if child.process is not None:
                 child.process.close()
+        for sock in self.otlp:
+            sock.close()
         if self.control is not None:
             self.control.close()
         if self.metrics is not None:

@@ -181,9 +181,11 @@ def _account_gap(
     report.missing_records += unexplained
 
 
-def dump(wal_dir: str, *, start_after: int = 0) -> Iterator[tuple[int, int, bytes]]:
-    """Every readable record as (seq, kind, payload), oldest first, skipping damage."""
-    for _first, path in list_segment_files(wal_dir):
+def dump(wal_dir: str, *, start_after: int = 0, last_segments: int = 0) -> Iterator[tuple[int, int, bytes]]:
+    """Every readable record as (seq, kind, payload), oldest first, skipping damage; only those of the
+    newest ``last_segments`` segments when it is not 0."""
+    segments = list_segment_files(wal_dir)
+    for _first, path in segments[-last_segments:] if last_segments else segments:
         try:
             fd, header = open_segment(path)
         except (OSError, FormatError):
