@@ -108,6 +108,7 @@ UNIT_FILES = frozenset(
         "test_client_transport_parts.py",
         "test_logs.py",
         "test_metrics_unit.py",
+        "test_otlp_decode.py",
         "test_report_unit.py",
         "test_shipper_errors.py",
         "test_shipper_unit.py",

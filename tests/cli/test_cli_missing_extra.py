@@ -69,7 +69,12 @@ def test_the_agent_without_the_extra_names_what_is_missing(without_agent_extra: 
         f"automagik-telemetry: the shipper needs orjson, requests, zstandard: {INSTALL}, or run ingest only "
         "with --sink none\n",
     )
-    ingest_only = run_cli("agent", *common, "--sink", "none", env=without_agent_extra, timeout=30)
+    receiving = run_cli("agent", *common, "--sink", "none", env=without_agent_extra, timeout=30)
+    assert (receiving.returncode, receiving.stderr) == (
+        69,
+        f'automagik-telemetry: the OTLP receiver needs orjson: {INSTALL}, or turn it off with --otlp-listen ""\n',
+    )
+    ingest_only = run_cli("agent", *common, "--sink", "none", "--otlp-listen", "", env=without_agent_extra, timeout=30)
     assert (ingest_only.returncode, ingest_only.stderr) == (
         69,
         "automagik-telemetry: metrics.listen is '127.0.0.1:9479' but prometheus-client is not installed: "

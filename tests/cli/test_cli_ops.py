@@ -36,6 +36,8 @@ def flags(agent: AgentProcess, *extra: str) -> list[str]:
         agent.wal_dir,
         "--wal-min-free",
         "0",
+        "--otlp-listen",  # as the agent was started (tests/agent_process.py: off unless a test turns it on)
+        agent.settings.get("otlp_listen") or "",
         *extra,
     ]
 

@@ -59,6 +59,12 @@ def run_agent(args: argparse.Namespace) -> int:
                 f"the OTLP receiver needs {', '.join(missing)}: install 'automagik-telemetry[agent]', or turn it "
                 'off with --otlp-listen ""',
             )
+        from ..ingest.otlp.main import check_files  # needs the agent extra, checked just above
+
+        problem = check_files(config)
+        if problem:  # before any child starts: a bad token or certificate must not cost ingest its start
+            _close(listener, *otlp)
+            return exitcodes.die(exitcodes.CONFIG, f"config error: {problem}")
     supervisor = Supervisor(config, load, listener, Notifier(), control_path=control_socket_path(config), otlp=otlp)
     return supervisor.run()
 

@@ -21,5 +21,5 @@ def missing_agent_extras(names: Sequence[str] = SHIPPER_NEEDS) -> list[str]:
 def _importable(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+    except (ModuleNotFoundError, ValueError):  # a dotted name whose parent is missing; a module set to None
         return False

@@ -205,10 +205,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "otlp.ack_timeout",
-        30.0,
+        8.0,
         parse_duration,
         "Longest wait for a request's records to be durable before answering 503 (a retry writes only "
-        "what did not become durable).",
+        "what did not become durable); below the SDKs' 10 s export timeout.",
         flag="--otlp-ack-timeout",
     ),
     Setting(

@@ -351,4 +351,5 @@ class IngestServer:
     # ------------------------------------------------------------------ introspection
     def snapshot(self) -> dict[str, Any]:
         """Counters of ingest and the WAL, as the STATS message carries them."""
-        return stats_snapshot(self.stats, self.writer, self.clients, self.started_at, len(self._conns))
+        peers = [c.peer_pid for c in self._conns.values() if c.peer_pid]
+        return stats_snapshot(self.stats, self.writer, self.clients, self.started_at, len(self._conns), peers)

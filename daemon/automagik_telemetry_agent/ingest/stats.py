@@ -27,7 +27,12 @@ class IngestStats:
 
 
 def stats_snapshot(
-    s: IngestStats, w: WalWriter, clients: ClientCounters, started_at: float, connections_open: int
+    s: IngestStats,
+    w: WalWriter,
+    clients: ClientCounters,
+    started_at: float,
+    connections_open: int,
+    peer_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     """Counters of ingest and the WAL, as the STATS message carries them."""
     oldest = w.oldest_unconsumed_seq()
@@ -41,6 +46,9 @@ def stats_snapshot(
         "rejected_messages": dict(s.rejected_messages),
         "rejected_items": dict(s.rejected_items),
         "connections_open": connections_open,
+        # The processes on the other end (SO_PEERCRED): a restarted OTLP receiver waits until no connection
+        # of its dead predecessor is left, i.e. until ingest has read everything that one sent.
+        "peer_pids": sorted(peer_pids or []),
         "connections_accepted": s.connections_accepted,
         "connections_refused": s.connections_refused,
         "acks_sent": s.acks_sent,

@@ -281,6 +281,6 @@ CATALOGUE: dict[str, MetricDef] = _defs(
     MetricDef(
         P + "otlp_request_duration_seconds",
         H,
-        "From a request's last byte to its answer: decoding plus the wait for durability.",
+        "From a request's first byte to its answer: upload, decoding and the wait for durability.",
     ),
 )

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import http.client
 import os
 import pwd
+import ssl
 import stat
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from ..config.values import split_listen
 from ..paths import DEAD_LETTER_FILE, control_socket_path, dead_letter_dir
 from ..preflight import held_by_systemd, problems, socket_in_use
 from ..units import duration_text, size_text
@@ -54,6 +58,7 @@ class Doctor:
         self.check_agent()
         self.check_preflight()
         self.check_socket()
+        self.check_otlp()
         self.check_wal()
         sink = self.config["sink"]
         if sink == "clickhouse":
@@ -184,6 +189,54 @@ class Doctor:
             )
         else:
             self.add(OK, "socket", f"{detail}: applications in group {group} can connect")
+
+    def check_otlp(self) -> None:
+        """The OTLP/HTTP receiver answers an empty export (nothing is written) on ``otlp.listen``."""
+        listen = self.config["otlp.listen"]
+        if not listen:
+            self.add(OK, "OTLP", 'off (otlp.listen = "")')
+            return
+        host, port = split_listen(listen)
+        scheme = "https" if self.config["otlp.tls_cert"] else "http"
+        headers = {"Content-Type": "application/json"}
+        token_file = self.config["otlp.token_file"]
+        if token_file:
+            try:
+                headers["Authorization"] = "Bearer " + Path(token_file).read_text().strip()
+            except OSError as exc:
+                self.add(
+                    FAIL, "OTLP", f"cannot read otlp.token_file {token_file}: {exc.strerror}", "fix its permissions"
+                )
+                return
+        connection: http.client.HTTPConnection = (
+            http.client.HTTPSConnection(host, port, timeout=5, context=ssl._create_unverified_context())
+            if scheme == "https"
+            else http.client.HTTPConnection(host, port, timeout=5)
+        )
+        try:
+            connection.request("POST", "/v1/traces", body=b"{}", headers=headers)
+            status = connection.getresponse().status
+        except (OSError, http.client.HTTPException) as exc:
+            level = FAIL if self.agent_running else WARN
+            self.add(
+                level, "OTLP", f"{scheme}://{listen} does not answer: {exc}", "start the agent; check --otlp-listen"
+            )
+            return
+        finally:
+            connection.close()
+        if status != 200:
+            self.add(FAIL, "OTLP", f"{scheme}://{listen} answered {status} to an empty export", "see the agent's log")
+            return
+        secured = bool(token_file or self.config["otlp.tls_cert"])
+        if host not in ("127.0.0.1", "::1", "localhost") and not secured:
+            self.add(
+                WARN,
+                "OTLP",
+                f"{scheme}://{listen} answers, beyond loopback without a token or TLS",
+                "set otlp.token_file or otlp.tls_cert/otlp.tls_key",
+            )
+            return
+        self.add(OK, "OTLP", f"{scheme}://{listen} answers (POST /v1/traces: 200)")
 
     def check_wal(self) -> None:
         wal_dir = self.config["wal.dir"]

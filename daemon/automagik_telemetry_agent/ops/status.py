@@ -70,6 +70,8 @@ def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
                 f"WAL {config.get('wal.dir', '?')})",
             )
         )
+    if "otlp_listen" in status:
+        rows.append(("otlp", ", ".join(status["otlp_listen"]) or 'off (otlp.listen = "")'))
     if status.get("metrics_unavailable"):
         rows.append(("counters", f"unavailable: {status['metrics_unavailable']}"))
     if m:

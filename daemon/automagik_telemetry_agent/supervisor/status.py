@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,7 @@ def render_status(
     config: AgentConfig,
     listener: ListenSocket,
     notifier: Notifier,
+    otlp: Sequence[ListenSocket] = (),
 ) -> dict[str, Any]:
     """The answer to the control socket's ``status`` (``automagik-telemetry status``)."""
     now = time.monotonic()
@@ -101,6 +102,7 @@ def render_status(
             "wal.dir": config["wal.dir"],
             "sink": config["sink"],
         },
+        "otlp_listen": [("http://" if sock.tcp else "unix:") + sock.path for sock in otlp],
         "socket_activated": listener.activated,
         "systemd_notify": notifier.enabled,
     }

@@ -392,7 +392,7 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         return render_status(
-            self.state, self.started, self.children, self.metrics, self.config, self.listener, self.notifier
+            self.state, self.started, self.children, self.metrics, self.config, self.listener, self.notifier, self.otlp
         )
 
     def status_line(self) -> str:

@@ -90,13 +90,15 @@ for (let i = 0; i < LOGS; i++) {
 }
 spans[0]?.end();
 
-try {
-  await tracerProvider.forceFlush();
-  await loggerProvider.forceFlush();
-  await tracerProvider.shutdown();
-  await loggerProvider.shutdown();
-} catch (err) {
-  failures.push(`flush/shutdown: ${err?.stack ?? err}`);
+// Flush and shut down each provider on its own, so a failing trace export still lets logs be tried.
+for (const [name, provider] of [['tracer', tracerProvider], ['logger', loggerProvider]]) {
+  for (const step of ['forceFlush', 'shutdown']) {
+    try {
+      await provider[step]();
+    } catch (err) {
+      failures.push(`${name} ${step}: ${err?.message ?? err}`);
+    }
+  }
 }
 if (exported.spans !== SPANS || exported.logs !== LOGS) {
   failures.push(`exported ${exported.spans}/${SPANS} spans and ${exported.logs}/${LOGS} logs`);

@@ -9,7 +9,7 @@ survives kill -9 of the receiver and of ingest alike. A retry finds its parts an
 missing ones (usually none): exactly once into the WAL, hence into ClickHouse.
 
 Bounded: the newest :data:`MAX_REQUESTS` request ids, forgotten after :data:`MAX_AGE_S` (exporters give
-up long before: 30 s timeouts, a few retries).
+up long before: 10 s export timeouts, retries with backoff for a minute or so).
 """
 
 from __future__ import annotations

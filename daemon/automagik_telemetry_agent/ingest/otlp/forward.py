@@ -13,13 +13,29 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
 from collections.abc import Callable
+
+import orjson
 
 from automagik_telemetry import protocol
 from automagik_telemetry.protocol import MessageType, RecordKind, RejectReason
 
 log = logging.getLogger(__name__)
+
+
+SETTLE_TIMEOUT_S = 10.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class IngestUnavailable(Exception):
@@ -41,6 +57,7 @@ class IngestLink:
         self._sock: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
+        self._sending = asyncio.Lock()
         self._seq = 0
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self.connects = 0
@@ -48,6 +65,10 @@ class IngestLink:
     @property
     def connected(self) -> bool:
         return self._sock is not None
+
+    async def connect(self) -> None:
+        """Connect now if not connected (and run ``on_connect``): before looking at what is durable."""
+        await self._connect()
 
     async def _connect(self) -> socket.socket:
         async with self._connecting:
@@ -60,25 +81,65 @@ class IngestLink:
             except OSError as exc:
                 sock.close()
                 raise IngestUnavailable(f"cannot connect to ingest at {self.socket_path}: {exc.strerror}") from None
+            await self._settle(sock)
             self.on_connect()
             self._sock, self._seq = sock, 0
             self.connects += 1
             self._reader = asyncio.get_running_loop().create_task(self._read(sock))
             return sock
 
-    async def send(self, payload: bytes, count: int, kind: RecordKind) -> asyncio.Future[None]:
-        """Send one RECORDS message; the future is done when it is durable (or fails)."""
-        sock = await self._connect()
-        self._seq += 1
-        seq = self._seq
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[seq] = future
-        message = protocol.encode(MessageType.RECORDS, payload, seq=seq, count=count, kind=int(kind))
-        try:
-            await asyncio.get_running_loop().sock_sendall(sock, message)
-        except OSError as exc:
-            self._broken(sock, f"sending to ingest failed: {exc.strerror}")
-        return future
+    async def _settle(self, sock: socket.socket) -> None:
+        """Wait until ingest has read everything a dead process sent it (its connection is gone: ingest
+        reads a connection to its end before closing it), so that ``on_connect`` sees it in the WAL.
+
+        A receiver killed mid-request leaves messages in ingest's socket buffer; without this wait the
+        new receiver could look at the WAL before ingest appended them and write a retry's parts again.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_TIMEOUT_S
+        seq = 0
+        while True:
+            seq += 1
+            try:
+                await loop.sock_sendall(sock, protocol.encode(MessageType.STATS_REQUEST, seq=seq))
+                reply = await asyncio.wait_for(loop.sock_recv(sock, protocol.MAX_MESSAGE_SIZE), SETTLE_TIMEOUT_S)
+                header = protocol.decode_header(reply)
+            except (OSError, TimeoutError, protocol.ProtocolError) as exc:
+                sock.close()
+                raise IngestUnavailable(f"ingest did not answer STATS: {exc}") from None
+            if header.type != MessageType.STATS:
+                continue
+            peers = orjson.loads(reply[protocol.HEADER_SIZE :]).get("peer_pids", [])
+            dead = [pid for pid in peers if not _alive(pid)]
+            if not dead or loop.time() > deadline:
+                if dead:
+                    log.warning("ingest still holds connections of ended processes %s; going on", dead)
+                return
+            await asyncio.sleep(0.02)
+
+    async def send(self, parts: list[tuple[bytes, int]], kind: RecordKind) -> list[asyncio.Future[None]]:
+        """Send RECORDS messages (payload, count); each future is done when its message is durable (or fails).
+
+        One sender at a time: asyncio cannot wait for one socket's writability on behalf of two coroutines
+        (a second ``sock_sendall`` would take the first one's wake-up), and the sequence numbers must reach
+        ingest in order.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._sending:
+            sock = await self._connect()
+            futures: list[asyncio.Future[None]] = []
+            for payload, count in parts:
+                self._seq += 1
+                future: asyncio.Future[None] = loop.create_future()
+                self._waiting[self._seq] = future
+                futures.append(future)
+                message = protocol.encode(MessageType.RECORDS, payload, seq=self._seq, count=count, kind=int(kind))
+                try:
+                    await loop.sock_sendall(sock, message)
+                except OSError as exc:
+                    self._broken(sock, f"sending to ingest failed: {exc.strerror}")
+                    break
+            return futures
 
     async def _read(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

@@ -4,15 +4,21 @@ h11 parses and frames; this module owns the policy, which is what a receiver fac
 network needs (docs/otlp.md "Limits"):
 
 * **connections**: at most ``max_connections``; one more is answered 503 and closed;
-* **time**: an idle keep-alive connection is closed after ``idle_timeout``; a request's headers must
-  arrive within ``header_timeout`` of its first byte and its body within ``body_timeout`` of its
-  headers (else 408 and close): a byte-a-second client holds a slot for seconds, not forever;
+* **time**: an idle keep-alive connection is closed after ``idle_timeout``, a new one that sends
+  nothing after ``header_timeout`` (a silent connection must not hold a slot for ``idle_timeout``); a
+  request's headers must arrive within ``header_timeout`` of its first byte and its body within
+  ``body_timeout`` of its headers (else 408 and close): a byte-a-second client holds a slot for seconds,
+  not forever; a TLS handshake must end within ``header_timeout`` too;
 * **memory**: headers at most 16 KiB (431); a body at most ``max_body`` bytes *after* decompression
   (413), the decompressor told to stop there, so a gzip bomb is cut off at the limit instead of
   inflated; the bodies held at once at most ``max_buffered`` bytes in all (503 beyond);
-* **routing before the body**: method (405), path (404), ``Content-Type`` (415), ``Content-Encoding``
-  (415), a declared ``Content-Length`` beyond the limit (413), the bearer token (401) are checked on the
-  headers, and the connection is closed after such an answer instead of reading a body nobody wants.
+* **routing before the body**: header size (431), both ``Transfer-Encoding`` and ``Content-Length``
+  (400), path (404), method (405), the bearer token (401), ``Content-Type`` (415), ``Content-Encoding``
+  (415), a declared ``Content-Length`` beyond the limit (413) are checked on the headers, in that order,
+  and the connection is closed after such an answer instead of reading a body nobody wants; a client
+  that sent ``Expect: 100-continue`` gets its ``100 Continue`` only once the headers passed.
+* **bad input is the client's**: every malformed request is answered 4xx, never 5xx (h11's 501 for a
+  ``Transfer-Encoding`` other than chunked is answered 400); a 5xx means the receiver or ingest failed.
 
 A complete request goes to the ``handler`` (:class:`~.receiver.Receiver`); reading from that connection
 pauses until it is answered.
@@ -108,11 +114,15 @@ class _Body:
     """A request body arriving in pieces, decompressed as it comes, never beyond ``limit`` bytes."""
 
     def __init__(self, coding: str, limit: int) -> None:
+        self.coding = coding
         self.limit = limit
         self.raw = 0
         self.size = 0
         self.chunks: list[bytes] = []
-        self._inflate = zlib.decompressobj(wbits=31 if coding == "gzip" else 15) if coding else None
+        self._inflate = self._decompressor() if coding else None
+
+    def _decompressor(self) -> Any:
+        return zlib.decompressobj(wbits=31 if self.coding == "gzip" else 15)
 
     def feed(self, data: bytes) -> None:
         self.raw += len(data)
@@ -123,10 +133,15 @@ class _Body:
             return
         try:
             while data:
+                if self._inflate.eof:  # bytes after the end of the compressed stream
+                    if self.coding != "gzip":
+                        raise ValueError(f"the body has {len(data)} bytes after the end of its deflate data")
+                    self._inflate = self._decompressor()  # gzip: the next member (RFC 1952 2.2)
+                # max_length: never more than one byte beyond the limit out of any input (a bomb stops here)
                 self._keep(self._inflate.decompress(data, self.limit - self.size + 1))
-                data = self._inflate.unconsumed_tail
+                data = self._inflate.unconsumed_tail or (self._inflate.unused_data if self._inflate.eof else b"")
         except zlib.error as exc:
-            raise ValueError(f"the body is not valid {'gzip' if self._inflate else 'deflate'} data: {exc}") from None
+            raise ValueError(f"the body is not valid {self.coding} data: {exc}") from None
 
     def _keep(self, data: bytes) -> None:
         self.size += len(data)
@@ -135,14 +150,17 @@ class _Body:
         self.chunks.append(data)
 
     def finish(self) -> bytes:
+        """The whole (decompressed) body; the pieces are let go (not held twice while it is handled)."""
         if self._inflate is not None:
             try:
                 self._keep(self._inflate.flush())
             except zlib.error as exc:
-                raise ValueError(f"the body is not valid compressed data: {exc}") from None
+                raise ValueError(f"the body is not valid {self.coding} data: {exc}") from None
             if not self._inflate.eof:
-                raise ValueError("the compressed body is truncated")
-        return b"".join(self.chunks)
+                raise ValueError(f"the {self.coding} body is truncated")
+        body = b"".join(self.chunks)
+        self.chunks = []
+        return body
 
 
 _CODINGS = {"": "", "identity": "", "gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
@@ -160,7 +178,13 @@ class HttpServer:
     async def serve(self, sock: socket.socket, ssl: SSLContext | None = None) -> None:
         """Start serving on a listening socket (TCP or Unix stream)."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), sock=sock, ssl=ssl)
+        server = await loop.create_server(
+            lambda: _Connection(self),
+            sock=sock,
+            ssl=ssl,
+            # the handshake comes before connection_made, hence before max_connections counts it: bounded in time
+            ssl_handshake_timeout=self.options.header_timeout_s if ssl is not None else None,
+        )
         self._servers.append(server)
 
     async def close(self, grace_s: float = 5.0) -> None:
@@ -207,7 +231,8 @@ class _Connection(asyncio.Protocol):
             return
         server.connections.add(self)
         server.stats.connections_accepted += 1
-        self._deadline(self.options.idle_timeout_s)
+        # Not yet a keep-alive connection: one that never sends a byte holds its slot for header_timeout.
+        self._deadline(min(self.options.idle_timeout_s, self.options.header_timeout_s))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
@@ -238,7 +263,9 @@ class _Connection(asyncio.Protocol):
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                self._fail(exc.error_status_hint, f"malformed HTTP request: {exc}")
+                # h11 hints 501 for a Transfer-Encoding other than chunked: the client's error all the same
+                status = exc.error_status_hint if exc.error_status_hint < 500 else 400
+                self._fail(status, f"malformed HTTP request: {exc}")
                 return
             if event is h11.NEED_DATA:
                 return
@@ -267,9 +294,20 @@ class _Connection(asyncio.Protocol):
             return
         coding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
         self.body = _Body(_CODINGS[coding], self.options.max_body)
+        if self.h11.client_is_waiting_for_100_continue:  # the headers passed: now the body is wanted
+            assert self.transport is not None
+            self.transport.write(
+                self.h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")) or b""
+            )
 
     def _refusal(self, request: h11.Request, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
         """Why a request is answered before its body is read, or None."""
+        # h11 enforces MAX_HEADER_BYTES only on headers still incomplete; a whole block read at once is checked here
+        size = len(request.method) + len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        if size > MAX_HEADER_BYTES:
+            return 431, f"the request's headers take {size} bytes; the limit is {MAX_HEADER_BYTES}"
+        if b"transfer-encoding" in headers and b"content-length" in headers:  # RFC 9112 6.3: smuggling
+            return 400, "both Transfer-Encoding and Content-Length: send one of them"
         if self.signal is None:
             return 404, f"no such path: {request.target.decode('latin-1')!r} (POST /v1/traces, /v1/logs or /v1/metrics)"
         if request.method != b"POST":
@@ -308,8 +346,11 @@ class _Connection(asyncio.Protocol):
         assert self.body is not None and self.signal is not None and self.encoding is not None
         try:
             body = self.body.finish()
-        except (BodyTooLarge, ValueError) as exc:
-            self._fail(413 if isinstance(exc, BodyTooLarge) else 400, str(exc) or "the body is too large")
+        except BodyTooLarge:
+            self._fail(413, f"the body exceeds the limit of {self.options.max_body} bytes (after decompression)")
+            return
+        except ValueError as exc:
+            self._fail(400, str(exc))
             return
         self.phase = Phase.HANDLING
         self._cancel_deadline()
@@ -359,8 +400,10 @@ class _Connection(asyncio.Protocol):
                 self._write_raw(reply, headers)
                 self.close()
                 return
-            out = self.h11.send(h11.Response(status_code=reply.status, headers=headers))
-            out = (out or b"") + (self.h11.send(h11.Data(data=reply.body)) or b"")
+            response = h11.Response(status_code=reply.status, headers=headers, reason=_REASON.get(reply.status, ""))
+            out = self.h11.send(response) or b""
+            if self.request is None or self.request.method != b"HEAD":  # a HEAD response has no body
+                out += self.h11.send(h11.Data(data=reply.body)) or b""
             out += self.h11.send(h11.EndOfMessage()) or b""
             self.transport.write(out)
         except h11.LocalProtocolError:
@@ -371,9 +414,10 @@ class _Connection(asyncio.Protocol):
 
     def _write_raw(self, reply: Reply, headers: list[tuple[bytes, bytes]]) -> None:
         assert self.transport is not None
-        lines = [f"HTTP/1.1 {reply.status} {_REASON.get(reply.status, 'Error')}".encode()]
+        lines = [f"HTTP/1.1 {reply.status} {_REASON.get(reply.status, '')}".encode()]
         lines += [name + b": " + value for name, value in headers if name != b"connection"]
-        self.transport.write(b"\r\n".join([*lines, b"connection: close", b"", reply.body]))
+        head = self.request is not None and self.request.method == b"HEAD"
+        self.transport.write(b"\r\n".join([*lines, b"connection: close", b"", b"" if head else reply.body]))
 
     def _next_cycle(self, keep_alive: bool) -> None:
         assert self.transport is not None
@@ -429,6 +473,7 @@ def _authorized(header: bytes, token: str) -> bool:
 
 
 _REASON = {
+    200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",

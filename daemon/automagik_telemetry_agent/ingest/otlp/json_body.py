@@ -2,7 +2,8 @@
 
 Lenient the way real SDKs need: enums as names or numbers, 64-bit integers as strings or numbers, ids
 as hex in either case (written lower-case), unknown members kept (the shipper ignores them), the
-pre-1.0 names ``instrumentationLibrarySpans``/``instrumentationLibrary`` accepted. The values are
+pre-1.0 names ``instrumentationLibrarySpans``/``instrumentationLibrary`` accepted, and the 64-digit trace
+ids of automagik-telemetry 0.1.4 cut to their first 32 digits. The values are
 checked by the shipper with the same rules as the Python client's lines (docs/protocol.md); what is
 refused here is only what can never become a row (:class:`~.export.Refusal`).
 """
@@ -24,6 +25,11 @@ _OLD_SCOPE_KEY = {
     OtlpSignal.LOGS: "instrumentationLibraryLogs",
     OtlpSignal.METRICS: "instrumentationLibraryMetrics",
 }
+_REQUEST_NAME = {
+    OtlpSignal.TRACES: "ExportTraceServiceRequest",
+    OtlpSignal.LOGS: "ExportLogsServiceRequest",
+    OtlpSignal.METRICS: "ExportMetricsServiceRequest",
+}
 _METRIC_DATA = ("gauge", "sum", "histogram")
 _REFUSED_DATA = ("exponentialHistogram", "summary")
 
@@ -34,7 +40,7 @@ def decode_json(signal: OtlpSignal, body: bytes) -> Export:
     except orjson.JSONDecodeError as exc:
         raise BodyError(f"the body is not valid JSON: {exc}") from None
     if type(request) is not dict:
-        raise BodyError(f"the body is not a JSON object (an OTLP/JSON Export{signal.label.title()}ServiceRequest)")
+        raise BodyError(f"the body is not a JSON object (an OTLP/JSON {_REQUEST_NAME[signal]})")
     export = Export(signal)
     for rs in _list(request.get(signal.resource_key)):
         if type(rs) is not dict:
@@ -74,6 +80,14 @@ def _lower_ids(item: dict[str, Any], *names: str) -> None:
             item[name] = x.lower()
 
 
+def _legacy_trace_id(span: dict[str, Any]) -> None:
+    """automagik-telemetry 0.1.4 writes trace ids of 64 hex digits (two UUIDs); OTLP's are 32. The first
+    32 are one random UUID (122 random bits): kept, so its spans are stored instead of dead-lettered."""
+    x = span.get("traceId")
+    if type(x) is str and len(x) == 64:
+        span["traceId"] = x[:32]
+
+
 def _scope_items(export: Export, group: Group, signal: OtlpSignal, ss: dict[str, Any]) -> None:
     scope = _scope(ss)
     extra = scope_attributes(scope) if signal is OtlpSignal.TRACES else []
@@ -83,6 +97,7 @@ def _scope_items(export: Export, group: Group, signal: OtlpSignal, ss: dict[str,
             continue
         if signal is OtlpSignal.TRACES:
             _lower_ids(item, "traceId", "spanId", "parentSpanId")
+            _legacy_trace_id(item)
             for link in _list(item.get("links")):
                 if type(link) is dict:
                     _lower_ids(link, "traceId", "spanId")

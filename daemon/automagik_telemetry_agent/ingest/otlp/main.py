@@ -58,6 +58,16 @@ def read_token(config: AgentConfig) -> str:
     return token
 
 
+def check_files(config: AgentConfig) -> str:
+    """What is wrong with ``otlp.token_file`` or the TLS files, or "" (the agent checks before it starts)."""
+    try:
+        read_token(config)
+        tls_context(config)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        return f"OTLP receiver: {exc}"
+    return ""
+
+
 def http_options(config: AgentConfig, token: str) -> HttpOptions:
     return HttpOptions(
         max_connections=config["otlp.max_connections"],

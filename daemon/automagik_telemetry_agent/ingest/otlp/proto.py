@@ -79,7 +79,20 @@ def any_value(v: Any) -> dict[str, Any]:
 
 
 def attributes(kvs: Any) -> list[dict[str, Any]]:
-    return [{"key": kv.key, "value": any_value(kv.value)} for kv in kvs]
+    """KeyValues as OTLP/JSON. The hot path of the receiver (most attributes are strings or integers:
+    those are handled inline, without a call per value)."""
+    out: list[dict[str, Any]] = []
+    append = out.append
+    for kv in kvs:
+        value = kv.value
+        which = value.WhichOneof("value")
+        if which == "string_value":
+            append({"key": kv.key, "value": {"stringValue": value.string_value}})
+        elif which == "int_value":
+            append({"key": kv.key, "value": {"intValue": value.int_value}})
+        else:
+            append({"key": kv.key, "value": any_value(value)})
+    return out
 
 
 def _resource(r: Any) -> dict[str, Any]:
@@ -111,9 +124,13 @@ def scope_attributes(scope: dict[str, Any]) -> list[dict[str, Any]]:
 # ---- spans -------------------------------------------------------------------------------------
 def _spans(export: Export, rs: Any) -> None:
     group = export.group(_resource(rs))
+    add = export.add
     for ss in rs.scope_spans:
         extra = scope_attributes(_scope(ss))
         for s in ss.spans:
+            attrs = attributes(s.attributes)
+            if extra:
+                attrs += extra
             span: dict[str, Any] = {
                 "traceId": s.trace_id.hex(),
                 "spanId": s.span_id.hex(),
@@ -122,16 +139,16 @@ def _spans(export: Export, rs: Any) -> None:
                 "kind": s.kind,
                 "startTimeUnixNano": s.start_time_unix_nano,
                 "endTimeUnixNano": s.end_time_unix_nano,
-                "attributes": attributes(s.attributes) + extra if extra else attributes(s.attributes),
+                "attributes": attrs,
             }
             if s.HasField("status"):
                 span["status"] = {"code": s.status.code, "message": s.status.message}
-            if len(s.events):
+            if s.events:
                 span["events"] = [
                     {"timeUnixNano": e.time_unix_nano, "name": e.name, "attributes": attributes(e.attributes)}
                     for e in s.events
                 ]
-            if len(s.links):
+            if s.links:
                 span["links"] = [
                     {
                         "traceId": link.trace_id.hex(),
@@ -145,7 +162,7 @@ def _spans(export: Export, rs: Any) -> None:
                 span["traceState"] = s.trace_state
             if s.flags:
                 span["flags"] = s.flags
-            export.add(group, span)
+            add(group, span)
 
 
 # ---- logs --------------------------------------------------------------------------------------

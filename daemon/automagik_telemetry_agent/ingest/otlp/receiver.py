@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import orjson
+
 from .dedup import DurableParts, request_id
 from .export import Export, Refusal, messages
 from .forward import IngestLink, IngestRejected, IngestUnavailable
@@ -44,7 +46,7 @@ class ReceiverStats:
 
 
 class Receiver:
-    def __init__(self, link: IngestLink, durable: DurableParts, ack_timeout_s: float = 30.0) -> None:
+    def __init__(self, link: IngestLink, durable: DurableParts, ack_timeout_s: float = 8.0) -> None:
         self.link = link
         self.durable = durable
         self.ack_timeout_s = ack_timeout_s
@@ -83,14 +85,18 @@ class Receiver:
     async def _write(self, request: Request, export: Export, rid: str) -> Reply:
         signal = request.signal
         parts = messages(export, rid)
+        try:
+            await self.link.connect()  # first: a (re)connect reloads what is durable from the WAL
+        except IngestUnavailable as exc:
+            return self._unavailable(request, export, str(exc), INGEST_RETRY_AFTER_S)
         done = self.durable.get(rid)
         todo = [m for m in parts if m.part not in done]
         if parts and not todo:
             self.stats.requests_deduplicated += 1
         self.stats.parts_skipped += len(parts) - len(todo)
         try:
-            futures = [await self.link.send(m.payload, m.count, signal.kind) for m in todo]
-            for m, f in zip(todo, futures, strict=True):
+            futures = await self.link.send([(m.payload, m.count) for m in todo], signal.kind)
+            for m, f in zip(todo, futures, strict=False):  # fewer futures: sending broke off (they failed)
                 f.add_done_callback(functools.partial(self._durable, rid, m.part))
             self.stats.records_sent += len(todo)
             if futures:
@@ -109,7 +115,8 @@ class Receiver:
             return self._unavailable(
                 request, export, f"not durable within {self.ack_timeout_s:g} s (fsync is lagging)", DISK_RETRY_AFTER_S
             )
-        self.stats.items_accepted[signal.label] += export.accepted
+        if todo or not parts:  # a retry answered from the dedup index wrote nothing: counted there, not here
+            self.stats.items_accepted[signal.label] += export.accepted
         self.last_progress = time.monotonic()
         body = export_response(signal, request.encoding, export.refused_items, _refusal_message(export))
         return Reply(200, body, request.encoding.value)
@@ -125,9 +132,12 @@ class Receiver:
 
 
 def _decode(request: Request) -> Export:
-    if request.encoding is Encoding.PROTOBUF:
-        return decode_protobuf(request.signal, request.body)
-    return decode_json(request.signal, request.body)
+    try:
+        if request.encoding is Encoding.PROTOBUF:
+            return decode_protobuf(request.signal, request.body)
+        return decode_json(request.signal, request.body)
+    except orjson.JSONEncodeError as exc:  # values nested deeper than a line can be written (~250 levels)
+        raise BodyError(f"the body nests values too deeply: {exc}") from None
 
 
 def _refusal_message(export: Export) -> str:
