@@ -4,10 +4,11 @@ Workload: 2 sender processes, each exporting ``--requests`` requests of 512 span
 SDK's batch size) one after another on a keep-alive connection, as an SDK's batch span processor does:
 the next request is sent when the previous one is answered. Such an exporter waits for the group commit
 on every request (``wal.fsync_interval_ms``, 50 ms), so a second line lets each sender keep 4 requests
-in flight on 4 connections (as exporters with concurrent exports do): that one is bound by CPU.
-Spans look like HTTP server spans (name, kind, 1 event, 5 attributes); every request is different (a
-receiver that deduplicates retries must not be fed the same body twice). The time runs from the release of the senders to the last answer, and a
-200 means durable in the WAL (``--fsync interval``: 50 ms group commit), so it includes the wait for it.
+in flight on 4 connections (as exporters with concurrent exports do): that one is bound by CPU. Spans
+look like HTTP server spans (name, kind, 1 event, 5 attributes); every request is different (a receiver
+that deduplicates retries must not be fed the same body twice). The time runs from the release of the
+senders to the last answer, and a 200 means durable in the WAL (``--fsync interval``: 50 ms group
+commit), so it includes the wait for it.
 
 Reference, same run, same spans: the socket path. The same requests decoded beforehand into the RECORDS
 messages the receiver would write (one per ~64 KiB), sent by the same 2 processes over the agent's Unix
