@@ -131,3 +131,19 @@ if [[ $MODE == full ]]; then
         touch "$npm_stamp"
     fi
 fi
+
+# ---- 5. the original automagik-telemetry 0.1.4 wheel (full mode only) ---------------------------
+# tests/otlp/test_otlp_v014.py runs that SDK, unmodified, against the OTLP receiver. Downloaded from PyPI
+# into a git-ignored directory, never installed into the venv (it would shadow this package).
+if [[ $MODE == full ]]; then
+    v014=tests/otlp/.v014
+    if compgen -G "$v014/automagik_telemetry-0.1.4-*.whl" >/dev/null; then
+        log "0.1.4 wheel: present"
+    else
+        log "0.1.4 wheel: downloading into $v014"
+        # Its metadata says Requires-Python >=3.12; its code runs on 3.11 (the test proves it here).
+        "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps -d "$v014" \
+            --python-version 3.12 --only-binary :all: \
+            automagik-telemetry==0.1.4
+    fi
+fi
