@@ -32,6 +32,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from shipper.shipper_helpers import ShipperThread, apply_schema, fast_options, make_sink, span, write_wal
 
 from automagik_telemetry_agent.ingest.metrics import collect_ingest
+from automagik_telemetry_agent.ingest.otlp.dedup import DurableParts
+from automagik_telemetry_agent.ingest.otlp.forward import IngestLink
+from automagik_telemetry_agent.ingest.otlp.http import HttpOptions, HttpServer
+from automagik_telemetry_agent.ingest.otlp.metrics import collect_otlp
+from automagik_telemetry_agent.ingest.otlp.receiver import Receiver
 from automagik_telemetry_agent.ingest.server import IngestOptions, IngestServer
 from automagik_telemetry_agent.metrics.catalogue import CATALOGUE
 from automagik_telemetry_agent.metrics.exposition import AgentMetrics
@@ -142,6 +147,8 @@ def exposition(clickhouse: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
             wait_until(lambda: read_cursor(str(wal_dir)).seq == last, 30, message="the WAL shipped")
             t.stop()
         metrics.observe("shipper", 1002, collect_shipper(shipper))
+        http = HttpServer(HttpOptions(), Receiver(IngestLink(server.options.socket_path), DurableParts()))
+        metrics.observe("otlp", 1003, collect_otlp(http, http.handler, DurableParts()))  # type: ignore[arg-type]
         yield metrics.exposition()
     finally:
         metrics.close()

@@ -69,7 +69,8 @@ def test_the_unmodified_014_sdk_over_otlp_json_lands_in_all_three_tables(
     assert done.returncode == 0, done.stderr
 
     def counts() -> list[str]:
-        sql = "SELECT (SELECT count() FROM {db}.traces), (SELECT count() FROM {db}.logs), (SELECT count() FROM {db}.metrics)"
+        tables = ("traces", "logs", "metrics")
+        sql = "SELECT " + ", ".join(f"(SELECT count() FROM {{db}}.{t})" for t in tables)
         return clickhouse.query(sql.replace("{db}", clickhouse_db)).split()
 
     wait_until(lambda: counts() == ["5", "1", "1"], 30, message="0.1.4's 5 events, 1 log, 1 metric in ClickHouse")

@@ -34,6 +34,7 @@ REJECT_REASONS = (
 )
 WAL_DROP_REASONS = ("wal_size_cap", "disk_free_watermark")
 OTLP_SIGNALS = ("traces", "logs", "metrics")
+OTLP_STATUSES = (200, 400, 413, 503)  # otlp_requests_total series initialised per signal
 OTLP_REFUSALS = ("not_an_object", "unsupported_metric_type", "item_too_large")  # ingest.otlp.export.Refusal
 FAILURE_CLASSES = ("transient", "config", "bad_data")
 RETRY_CLASSES = ("transient", "config")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...metrics.catalogue import OTLP_REFUSALS, OTLP_SIGNALS, P
+from ...metrics.catalogue import OTLP_REFUSALS, OTLP_SIGNALS, OTLP_STATUSES, P
 from ...metrics.samples import MetricsDict, empty, sample
 
 if TYPE_CHECKING:
@@ -28,7 +28,11 @@ def _collect(server: HttpServer, receiver: Receiver, durable: DurableParts) -> M
     out = empty()
     c, g = out["counters"], out["gauges"]
     http, rs = server.stats, receiver.stats
-    for (path, status), n in dict(http.responses).items():
+    responses = dict(http.responses)
+    for signal in OTLP_SIGNALS:  # the series alerts and dashboards use exist from the start
+        for status in OTLP_STATUSES:
+            responses.setdefault((signal, status), 0)
+    for (path, status), n in responses.items():
         c[sample(P + "otlp_requests_total", signal=path, status=str(status))] = n
     c[P + "otlp_received_bytes_total"] = http.bytes_received
     for signal in OTLP_SIGNALS:
