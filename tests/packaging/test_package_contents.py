@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.parser
 import os
 import re
 import subprocess
@@ -93,7 +94,7 @@ def test_every_bundled_distribution_is_pinned_in_packaging_requirements_at_its_p
     site = deb_tree / SITE.relative_to("/")
     installed = {}
     for meta in site.glob("*.dist-info/METADATA"):
-        fields = dict(line.split(": ", 1) for line in meta.read_text().splitlines()[:3] if ": " in line)
+        fields = email.parser.Parser().parsestr(meta.read_text(), headersonly=True)  # any header order
         installed[fields["Name"].lower().replace("_", "-")] = fields["Version"]
     pins = dict(
         line.lower().split("==")

@@ -155,7 +155,7 @@ def test_service_reaches_ready_as_its_user_inside_the_sandbox(box: SystemdContai
         message="the supervisor's children",
     )
     cgroup = box.run(["cat", f"/proc/{state['MainPID']}/cgroup"]).stdout
-    assert len(children) == 2, "ingest and shipper"
+    assert len(children) == 3, "ingest, shipper and the OTLP receiver"
     for child in children:  # same cgroup: KillMode=mixed and MemoryMax= cover them
         assert box.run(["cat", f"/proc/{child}/cgroup"]).stdout == cgroup
         assert box.run(["stat", "-c", "%U", f"/proc/{child}"]).stdout.strip() == USER
