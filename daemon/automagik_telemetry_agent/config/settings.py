@@ -159,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         parse_str,
         'Also receive OTLP/HTTP on this Unix stream socket path (for containers sharing a volume); "" = no.',
-        flag="--otlp-unix-socket",
+        flag="--otlp-unix-path",
     ),
     Setting(
         "otlp.max_body",

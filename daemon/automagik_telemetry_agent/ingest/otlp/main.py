@@ -43,7 +43,13 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
     if not config["otlp.tls_cert"]:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config["otlp.tls_cert"], config["otlp.tls_key"])
+    try:
+        context.load_cert_chain(config["otlp.tls_cert"], config["otlp.tls_key"])
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(
+            f"cannot use otlp.tls_cert {config['otlp.tls_cert']} with otlp.tls_key {config['otlp.tls_key']}: {why}"
+        ) from None
     return context
 
 
@@ -52,7 +58,10 @@ def read_token(config: AgentConfig) -> str:
     path = config["otlp.token_file"]
     if not path:
         return ""
-    token = Path(path).read_text().strip()
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read otlp.token_file {path}: {exc.strerror}") from None
     if not token:
         raise ValueError(f"otlp.token_file {path} is empty")
     return token
