@@ -27,9 +27,9 @@ from automagik_telemetry import protocol
 from automagik_telemetry_agent.clickhouse.log_rows import transform_log
 from automagik_telemetry_agent.clickhouse.metric_rows import transform_metric
 from automagik_telemetry_agent.clickhouse.rows import Profile, parse_resource, transform_span
+from automagik_telemetry_agent.ingest.otlp.body import Body, BodyTooLarge
 from automagik_telemetry_agent.ingest.otlp.dedup import DurableParts, request_id
 from automagik_telemetry_agent.ingest.otlp.export import MAX_LINE_BYTES, Export, Refusal, messages
-from automagik_telemetry_agent.ingest.otlp.http import BodyTooLarge, _Body
 from automagik_telemetry_agent.ingest.otlp.json_body import decode_json
 from automagik_telemetry_agent.ingest.otlp.proto import BodyError, decode_protobuf
 from automagik_telemetry_agent.ingest.otlp.responses import Encoding, export_response, status_body
@@ -346,7 +346,7 @@ def test_error_bodies_are_google_rpc_status_in_either_encoding() -> None:
 def test_a_gzip_bomb_is_cut_off_at_the_limit_not_inflated() -> None:
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
     chunk = compressor.compress(b"\0" * (64 << 20)) + compressor.flush()  # 64 MiB of zeros, ~64 KiB gzipped
-    body = _Body("gzip", limit=1 << 20)
+    body = Body("gzip", limit=1 << 20)
     with pytest.raises(BodyTooLarge):
         body.feed(chunk)
     assert body.size <= (1 << 20) + 1  # never held more than the limit (and one byte)
@@ -355,14 +355,14 @@ def test_a_gzip_bomb_is_cut_off_at_the_limit_not_inflated() -> None:
 def test_bodies_decompress_across_pieces_and_truncated_gzip_is_an_error() -> None:
     data = orjson.dumps({"resourceSpans": []}) * 100
     packed = gzip.compress(data)
-    body = _Body("gzip", limit=1 << 20)
+    body = Body("gzip", limit=1 << 20)
     for i in range(0, len(packed), 7):
         body.feed(packed[i : i + 7])
     assert body.finish() == data
-    cut = _Body("gzip", limit=1 << 20)
+    cut = Body("gzip", limit=1 << 20)
     cut.feed(packed[: len(packed) // 2])
     with pytest.raises(ValueError, match="truncated"):
         cut.finish()
-    garbage = _Body("gzip", limit=1 << 20)
+    garbage = Body("gzip", limit=1 << 20)
     with pytest.raises(ValueError, match="not valid"):
         garbage.feed(b"not gzip at all")

@@ -32,7 +32,6 @@ import hmac
 import logging
 import socket
 import time
-import zlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from ssl import SSLContext
@@ -41,6 +40,7 @@ from typing import Any
 import h11
 
 from ...metrics.histogram import LatencyHistogram
+from .body import CODINGS, Body, BodyTooLarge
 from .responses import Encoding, status_body
 from .signals import OtlpSignal
 
@@ -106,66 +106,6 @@ class HttpStats:
         self.latency.observe(seconds)
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class _Body:
-    """A request body arriving in pieces, decompressed as it comes, never beyond ``limit`` bytes."""
-
-    def __init__(self, coding: str, limit: int) -> None:
-        self.coding = coding
-        self.limit = limit
-        self.raw = 0
-        self.size = 0
-        self.chunks: list[bytes] = []
-        self._inflate = self._decompressor() if coding else None
-
-    def _decompressor(self) -> Any:
-        return zlib.decompressobj(wbits=31 if self.coding == "gzip" else 15)
-
-    def feed(self, data: bytes) -> None:
-        self.raw += len(data)
-        if self.raw > self.limit:
-            raise BodyTooLarge
-        if self._inflate is None:
-            self._keep(data)
-            return
-        try:
-            while data:
-                if self._inflate.eof:  # bytes after the end of the compressed stream
-                    if self.coding != "gzip":
-                        raise ValueError(f"the body has {len(data)} bytes after the end of its deflate data")
-                    self._inflate = self._decompressor()  # gzip: the next member (RFC 1952 2.2)
-                # max_length: never more than one byte beyond the limit out of any input (a bomb stops here)
-                self._keep(self._inflate.decompress(data, self.limit - self.size + 1))
-                data = self._inflate.unconsumed_tail or (self._inflate.unused_data if self._inflate.eof else b"")
-        except zlib.error as exc:
-            raise ValueError(f"the body is not valid {self.coding} data: {exc}") from None
-
-    def _keep(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise BodyTooLarge
-        self.chunks.append(data)
-
-    def finish(self) -> bytes:
-        """The whole (decompressed) body; the pieces are let go (not held twice while it is handled)."""
-        if self._inflate is not None:
-            try:
-                self._keep(self._inflate.flush())
-            except zlib.error as exc:
-                raise ValueError(f"the body is not valid {self.coding} data: {exc}") from None
-            if not self._inflate.eof:
-                raise ValueError(f"the {self.coding} body is truncated")
-        body = b"".join(self.chunks)
-        self.chunks = []
-        return body
-
-
-_CODINGS = {"": "", "identity": "", "gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
-
-
 class HttpServer:
     def __init__(self, options: HttpOptions, handler: Handler) -> None:
         self.options = options
@@ -206,7 +146,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.phase = Phase.IDLE
         self.timer: asyncio.TimerHandle | None = None
-        self.body: _Body | None = None
+        self.body: Body | None = None
         self.request: h11.Request | None = None
         self.signal: OtlpSignal | None = None
         self.encoding: Encoding | None = None
@@ -293,7 +233,7 @@ class _Connection(asyncio.Protocol):
             self._fail(*problem)
             return
         coding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-        self.body = _Body(_CODINGS[coding], self.options.max_body)
+        self.body = Body(CODINGS[coding], self.options.max_body)
         if self.h11.client_is_waiting_for_100_continue:  # the headers passed: now the body is wanted
             assert self.transport is not None
             self.transport.write(
@@ -318,7 +258,7 @@ class _Connection(asyncio.Protocol):
             ctype = headers.get(b"content-type", b"").decode("latin-1")
             return 415, f"Content-Type {ctype!r} is not supported: application/x-protobuf or application/json"
         coding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-        if coding not in _CODINGS:
+        if coding not in CODINGS:
             return 415, f"Content-Encoding {coding!r} is not supported: gzip, deflate or none"
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.options.max_body:
