@@ -54,6 +54,8 @@ _CLIENTS: weakref.WeakSet[AutomagikTelemetry] = weakref.WeakSet()
 
 #: 0.1.4's truncation of ``error_message`` in ``track_error``.
 _ERROR_MESSAGE_LENGTH = 500
+#: The span ``track_error`` records, named as 0.1.4 named it.
+ERROR_SPAN_NAME = "automagik.error"
 
 
 def _user_id_file() -> Path:
@@ -161,7 +163,8 @@ class AutomagikTelemetry:
             self._internal_error()
 
     def track_error(self, error: BaseException, context: Mapping[str, object] | None = None) -> None:
-        """Record a zero-duration span called ``error`` with status ERROR and an exception event.
+        """Record a zero-duration span called ``automagik.error`` (0.1.4's name, which queries and dashboards
+        written for 0.1.4 select on) with status ERROR and an exception event.
 
         Its attributes are 0.1.4's ``error_type`` (the class name) and ``error_message`` (``str(error)``,
         first 500 characters), then ``context`` (which wins on a clash)."""
@@ -174,7 +177,7 @@ class AutomagikTelemetry:
             }
             if context:
                 attributes.update(context)
-            span = Span(self, "error", attributes)
+            span = Span(self, ERROR_SPAN_NAME, attributes)
             span.add_event(
                 "exception", exception_attributes(error, self._max_attribute_length), timestamp_ns=span._start
             )

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
+import logging
+import os
 import select
 import socket
 import time
@@ -18,6 +21,32 @@ from .protocol import MAX_MESSAGE_SIZE
 
 BACKOFF_START = 0.05
 BACKOFF_CAP = 2.0
+
+
+logger = logging.getLogger("automagik_telemetry")  # never captured by our LoggingHandler (no loop)
+
+
+def explain_connect_error(path: str, exc: OSError) -> str:
+    """Why connecting to the agent's socket failed, and what to do, in one line."""
+    if exc.errno == errno.ENOENT:
+        return (
+            f"no agent socket at {path}: is the agent running (systemctl status automagik-telemetry)? "
+            "Else set AUTOMAGIK_TELEMETRY_SOCKET to its socket.path"
+        )
+    if exc.errno == errno.ECONNREFUSED:
+        return f"nobody listens on {path} (a stale socket file): start the agent"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        try:
+            group = grp.getgrgid(os.stat(path).st_gid).gr_name
+        except (OSError, KeyError):
+            group = "the socket's group"
+        return (
+            f"permission denied connecting to {path}: run the application as a member of group {group} "
+            "(the agent's socket.mode lets that group connect)"
+        )
+    if exc.errno == errno.EAGAIN:
+        return f"the agent's socket {path} has a full backlog: the agent is overloaded or stopped"
+    return f"cannot connect to the agent at {path}: {exc.strerror or exc}"
 
 
 class AgentConnection:
@@ -35,6 +64,8 @@ class AgentConnection:
         self._recv_buffer = bytearray(MAX_MESSAGE_SIZE)
         self.connect_errors = 0
         self.reconnects = 0
+        #: Why the last connect failed, in words ("" while connected or before the first try).
+        self.last_connect_error = ""
 
     @property
     def connected(self) -> bool:
@@ -60,10 +91,11 @@ class AgentConnection:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             sock.connect(self._path)
-        except OSError:
+        except OSError as exc:
             sock.close()
             self.connect_errors += 1
             self._back_off(now)
+            self._failed(exc)
             return False
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
@@ -72,7 +104,17 @@ class AgentConnection:
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
+        if self.last_connect_error:
+            logger.info("automagik-telemetry: connected to the agent at %s", self._path)
+            self.last_connect_error = ""
         return True
+
+    def _failed(self, exc: OSError) -> None:
+        """Say once per kind of failure why records are not reaching the agent (then the counters tell)."""
+        why = explain_connect_error(self._path, exc)
+        if why != self.last_connect_error:
+            logger.warning("automagik-telemetry: %s; records wait in memory (bounded queue) meanwhile", why)
+        self.last_connect_error = why
 
     def close(self) -> None:
         """Close the connection (if any); the next ``connect`` waits for the backoff."""

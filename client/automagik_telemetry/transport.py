@@ -53,7 +53,7 @@ _RETRY_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 _FALLBACK_RESOURCE_LINE = b'{"attributes":[]}\n'
 
 #: A value of ``Transport.snapshot()``: a counter, ``connected``, or ``reject_reasons``.
-StatsValue: TypeAlias = int | bool | dict[str, int]
+StatsValue: TypeAlias = int | bool | str | dict[str, int]
 
 
 class Record(Protocol):
@@ -192,6 +192,7 @@ class Transport(Generic[R]):
         counters["internal_errors"] = internal_errors
         counters["queue_depth"] = queue.depth
         counters["connected"] = connection.connected
+        counters["last_connect_error"] = connection.last_connect_error
         counters["reject_reasons"] = dict(ledger.reject_reasons)
         return counters
 

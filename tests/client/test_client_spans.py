@@ -195,7 +195,7 @@ def test_track_error_is_an_error_span_with_an_exception_event(sock_path: str, ma
         except CheckoutError as exc:
             client.track_error(exc, {"where": "checkout"})
         (record,) = deliver(client, agent, 1)
-        assert record["name"] == "error"
+        assert record["name"] == "automagik.error"  # 0.1.4's name
         assert record["status"] == {"code": 2, "message": "card declined"}
         assert attrs(record["attributes"]) == {
             "where": "checkout",
@@ -311,7 +311,7 @@ def test_recording_calls_never_raise_on_hostile_input(sock_path: str, make_clien
         spans = by_name(deliver(client, agent, 4))
         assert spans["<unrepresentable>"]["attributes"] == [{"key": "h", "value": {"stringValue": "<unrepresentable>"}}]
         assert spans["raising"]["status"]["message"] == "<unrepresentable>"
-        assert all(span["name"] in {"<unrepresentable>", "error", "raising"} for span in spans.values())
+        assert all(span["name"] in {"<unrepresentable>", "automagik.error", "raising"} for span in spans.values())
 
 
 def test_disabled_client_is_a_no_op_without_thread_or_socket(sock_path: str, make_client: MakeClient) -> None:

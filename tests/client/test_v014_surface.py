@@ -260,7 +260,9 @@ def test_every_method_and_async_method_delivers(sock_path: str) -> None:
         assert asyncio.run(main()) is True
         received = agent.wait_for_spans(4)
         spans = {span["name"]: span for span in received}
-        errors = {attrs(span["attributes"])["error_type"]: span for span in received if span["name"] == "error"}
+        errors = {
+            attrs(span["attributes"])["error_type"]: span for span in received if span["name"] == "automagik.error"
+        }
         assert set(errors) == {"ValueError", "KeyError"}
         assert attrs(errors["KeyError"]["attributes"])["op"] == "lookup"
         error = attrs(errors["ValueError"]["attributes"])
@@ -408,11 +410,14 @@ def test_privacy_sanitizes_what_the_agent_receives(sock_path: str, monkeypatch: 
         attributes = dict(PII)
         client.track_event("signup", attributes)
         client.track_log("mail jane.doe@example.com or 555-123-4567", "INFO", dict(PII))
+        client.track_metric("signups", 1, "counter", dict(PII))
         assert client.flush(5.0)
         (span,) = agent.wait_for_spans(1)
         (log,) = agent.wait_for_records(2, 1)
+        (metric,) = agent.wait_for_records(3, 1)
         _assert_scrubbed(attrs(span["attributes"]))
         _assert_scrubbed(attrs(log["attributes"]))
+        _assert_scrubbed(attrs(metric["sum"]["dataPoints"][0]["attributes"]))
         assert "jane.doe@example.com" not in log["body"]["stringValue"]
         assert "555-123-4567" not in log["body"]["stringValue"]
         assert attributes == PII  # the application's dict is untouched

@@ -1,0 +1,74 @@
+"""When records do not reach the agent, the client says why, once per kind of failure, on the
+``automagik_telemetry`` logger (and in ``stats()["last_connect_error"]``), and says when it connects again."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+from fake_agent import FakeAgent
+
+from automagik_telemetry import AutomagikTelemetry
+from automagik_telemetry.connection import explain_connect_error
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "automagik_telemetry" and r.levelno == logging.WARNING]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_missing_socket_is_explained_once_then_the_reconnect_is_announced(
+    make_client: Callable[..., AutomagikTelemetry], sock_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="automagik_telemetry")
+    client = make_client()
+    for i in range(3):
+        client.track_event("waiting", {"i": i})
+    _wait(lambda: int(client.stats()["connect_errors"]) >= 3)  # several attempts, one warning
+    assert len([w for w in _warnings(caplog) if "no agent socket at" in w]) == 1, _warnings(caplog)
+    assert f"no agent socket at {sock_path}" in str(client.stats()["last_connect_error"])
+    assert "AUTOMAGIK_TELEMETRY_SOCKET" in _warnings(caplog)[0]
+    with FakeAgent(sock_path) as agent:
+        assert client.flush(10) is True
+        assert len(agent.messages) >= 1
+    assert client.stats()["last_connect_error"] == ""
+    assert any("connected to the agent at" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stale_socket_file_is_told_apart_from_a_missing_one(
+    make_client: Callable[..., AutomagikTelemetry], sock_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="automagik_telemetry")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(sock_path)  # bound, never listening: connect() is refused
+    try:
+        client = make_client()
+        client.track_event("waiting")
+        _wait(lambda: bool(client.stats()["last_connect_error"]))
+        assert "nobody listens on" in str(client.stats()["last_connect_error"])
+        assert any("a stale socket file" in w for w in _warnings(caplog))
+    finally:
+        stale.close()
+
+
+def test_permission_denied_names_the_group_that_may_connect(sock_path: str) -> None:
+    # As root the kernel never refuses the connect, so the explanation is checked on the error itself.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.bind(sock_path)
+        group = grp.getgrgid(os.stat(sock_path).st_gid).gr_name
+        why = explain_connect_error(sock_path, OSError(errno.EACCES, "Permission denied"))
+    assert why.startswith(f"permission denied connecting to {sock_path}") and f"group {group}" in why
+    assert "full backlog" in explain_connect_error(sock_path, OSError(errno.EAGAIN, "again"))
+    assert "cannot connect" in explain_connect_error(sock_path, OSError(errno.EIO, "I/O error"))
