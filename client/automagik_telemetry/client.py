@@ -432,6 +432,8 @@ class AutomagikTelemetry:
                 "opt_in_required": config.opt_in_required,
                 "privacy_enabled": config.privacy is not None,
                 "sdk_version": SDK_VERSION,
+                # why records are not delivered, if they are not (also logged once, at WARNING)
+                "last_error": stats.get("last_connect_error") or stats.get("last_reject") or "",
                 "stats": stats,
             }
         except Exception:

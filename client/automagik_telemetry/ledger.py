@@ -15,10 +15,21 @@ thread calling ``flush``; they share the frontier, the failure mark and the wait
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from collections.abc import Callable
 
 from .protocol import RecordKind
+
+logger = logging.getLogger("automagik_telemetry")  # never captured by our LoggingHandler (no loop)
+
+#: What the operator can do about a REJECT reason (docs/protocol.md#reject-reasons).
+REJECT_HINTS = {
+    "disk_full": ": the agent's WAL disk is full or over wal.max_size under disk_policy reject_new",
+    "wal_error": ": the agent cannot write its WAL (see its log)",
+    "too_many_connections": ": the agent has socket.max_connections clients",
+    "unsupported_kind": ": the agent is older than this client (logs and metrics need agent 0.2)",
+}
 
 
 class Message:
@@ -76,6 +87,7 @@ class DeliveryLedger:
         self.rejected_other_messages = 0
         #: REJECT reason as the agent sent it -> records rejected with it.
         self.reject_reasons: dict[str, int] = {}
+        self.last_reject = ""  # the reason of the last REJECT, "" before any
 
     # -- building --------------------------------------------------------------------------------
 
@@ -152,7 +164,15 @@ class DeliveryLedger:
             self.rejected_other_messages += 1
             return
         self.rejected_records += message.count
+        if reason not in self.reject_reasons:  # once per reason: the counters tell the rest
+            logger.warning(
+                "automagik-telemetry: the agent refused %d records (%s)%s",
+                message.count,
+                reason,
+                REJECT_HINTS.get(reason, ""),
+            )
         self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + message.count
+        self.last_reject = reason
         self._settle(message, failed=True)
 
     def abandon_unacked(self) -> None:

@@ -193,6 +193,7 @@ class Transport(Generic[R]):
         counters["queue_depth"] = queue.depth
         counters["connected"] = connection.connected
         counters["last_connect_error"] = connection.last_connect_error
+        counters["last_reject"] = ledger.last_reject
         counters["reject_reasons"] = dict(ledger.reject_reasons)
         return counters
 

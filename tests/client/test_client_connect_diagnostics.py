@@ -72,3 +72,18 @@ def test_permission_denied_names_the_group_that_may_connect(sock_path: str) -> N
     assert why.startswith(f"permission denied connecting to {sock_path}") and f"group {group}" in why
     assert "full backlog" in explain_connect_error(sock_path, OSError(errno.EAGAIN, "again"))
     assert "cannot connect" in explain_connect_error(sock_path, OSError(errno.EIO, "I/O error"))
+
+
+def test_the_agent_refusing_is_explained_once_per_reason_and_in_get_status(
+    make_client: Callable[..., AutomagikTelemetry], sock_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="automagik_telemetry")
+    with FakeAgent(sock_path, mode="reject", reject_reason="disk_full"):
+        client = make_client()
+        for i in range(5):
+            client.track_event("refused", {"i": i})
+            assert client.flush(5) is False  # refused: not delivered
+    refusals = [w for w in _warnings(caplog) if "the agent refused" in w]
+    assert len(refusals) == 1 and "(disk_full)" in refusals[0] and "WAL disk is full" in refusals[0]
+    assert client.stats()["last_reject"] == "disk_full"
+    assert client.get_status()["last_error"] == "disk_full"
