@@ -33,6 +33,7 @@ from automagik_telemetry_agent.clickhouse.log_rows import LIFTED_LOG_ATTRIBUTES,
 from automagik_telemetry_agent.clickhouse.metric_rows import metric_row_keys, transform_metric
 from automagik_telemetry_agent.clickhouse.rows import (
     LIFTED_RESOURCE_ATTRIBUTES,
+    OPTIONAL_SPAN_COLUMNS,
     Profile,
     encode_rows,
     parse_resource,
@@ -432,7 +433,8 @@ def check_metric_answers(execute: Execute, database: str, profile: Profile) -> N
 
 def test_documented_columns_are_the_columns_the_transform_fills() -> None:
     for profile in Profile:
-        assert {r["column"] for r in doc_table(profile.value)} == set(profile_row_keys(profile)), profile
+        filled = set(profile_row_keys(profile)) | OPTIONAL_SPAN_COLUMNS  # 0004's: filled, but optional
+        assert {r["column"] for r in doc_table(profile.value)} == filled, profile
 
 
 def test_documented_logs_and_metrics_columns_are_the_columns_their_transforms_fill() -> None:
@@ -545,7 +547,7 @@ def chdb_modern(chdb_session_factory: Callable[..., Any]) -> Iterator[Execute]:
     def execute(sql: str) -> str:
         return str(session.query(sql))
 
-    assert apply(execute, Profile.MODERN, DOC_DATABASE, "traces", 0) == [1, 2, 3]
+    assert apply(execute, Profile.MODERN, DOC_DATABASE, "traces", 0) == [1, 2, 3, 4]
     for table, body in bodies(Profile.MODERN, time.time_ns()).items():
         execute(f"INSERT INTO {DOC_DATABASE}.{table} FORMAT JSONEachRow\n" + body.decode())
     yield execute
@@ -585,8 +587,8 @@ def test_doc_legacy_to_modern_conversion_of_logs_and_metrics_gives_the_modern_tr
 ) -> None:
     (block,) = [b for b in sql_blocks(DOC.read_text()) if b.startswith(f"INSERT INTO telemetry_v2.{table}\n")]
     source, target = f"legacy_src_{table}", f"telemetry_v2_{table}"
-    assert apply(chdb_modern, Profile.LEGACY, source, "traces", 0) == [1, 2, 3]
-    assert apply(chdb_modern, Profile.MODERN, target, "traces", 0) == [1, 2, 3]
+    assert apply(chdb_modern, Profile.LEGACY, source, "traces", 0) == [1, 2, 3, 4]
+    assert apply(chdb_modern, Profile.MODERN, target, "traces", 0) == [1, 2, 3, 4]
     now_ns = time.time_ns()
     legacy, modern = (bodies(profile, now_ns)[table] for profile in (Profile.LEGACY, Profile.MODERN))
     chdb_modern(f"INSERT INTO {source}.{table} FORMAT JSONEachRow\n" + legacy.decode())
@@ -607,8 +609,8 @@ def test_doc_legacy_to_modern_conversion_of_logs_and_metrics_gives_the_modern_tr
 @pytest.mark.chdb
 def test_doc_legacy_to_modern_conversion_gives_the_modern_transforms_rows(chdb_modern: Execute) -> None:
     (block,) = [b for b in sql_blocks(DOC.read_text()) if b.startswith("INSERT INTO telemetry_v2.traces")]
-    assert apply(chdb_modern, Profile.LEGACY, "legacy_src", "traces", 0) == [1, 2, 3]
-    assert apply(chdb_modern, Profile.MODERN, "telemetry_v2", "traces", 0) == [1, 2, 3]
+    assert apply(chdb_modern, Profile.LEGACY, "legacy_src", "traces", 0) == [1, 2, 3, 4]
+    assert apply(chdb_modern, Profile.MODERN, "telemetry_v2", "traces", 0) == [1, 2, 3, 4]
     lines = span_lines(time.time_ns())
     chdb_modern("INSERT INTO legacy_src.traces FORMAT JSONEachRow\n" + rows_body(Profile.LEGACY, lines).decode())
     chdb_modern(for_database(block, "legacy_src"))

@@ -300,7 +300,7 @@ def _insert(sink: Sink, row_keys: RowKeys, rows: list[dict[str, Any]], token: st
 @pytest.fixture
 def http_sink(clickhouse: Any, clickhouse_db: str) -> Iterator[ClickHouseHttpSink]:
     """The traces sink of a database on the server fixture with the three tables ``schema.apply`` creates."""
-    assert apply(clickhouse.query, pick_profile(clickhouse.version), clickhouse_db, "traces", 0) == [1, 2, 3]
+    assert apply(clickhouse.query, pick_profile(clickhouse.version), clickhouse_db, "traces", 0) == [1, 2, 3, 4]
     sink = ClickHouseHttpSink(endpoint=clickhouse.url, database=clickhouse_db, compression="auto")
     try:
         yield sink
@@ -314,7 +314,7 @@ def embedded_sink(chdb_session_factory: Callable[..., Any], tmp_path: Path) -> I
     chdb_session_factory("released").close()  # chDB opens one data path per process: free it for the store
     sink = EmbeddedSink(str(tmp_path / "store"), "tel", serve_queries=False, tables=Tables())
     try:
-        assert apply(sink.query, Profile.MODERN, "tel", "traces", 0) == [1, 2, 3]
+        assert apply(sink.query, Profile.MODERN, "tel", "traces", 0) == [1, 2, 3, 4]
         yield sink
     finally:
         sink.close()

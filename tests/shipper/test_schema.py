@@ -35,8 +35,9 @@ from automagik_telemetry_agent.clickhouse.schema import (
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "clickhouse"
 #: Every profile's migrations, in version order.
-MIGRATIONS = ["0001_traces", "0002_logs", "0003_metrics"]
-VERSIONS = [1, 2, 3]
+MIGRATIONS = ["0001_traces", "0002_logs", "0003_metrics", "0004_traces_014_columns"]
+VERSIONS = [1, 2, 3, 4]
+TABLE_MIGRATIONS = MIGRATIONS[:3]  # the CREATE TABLEs (TTL, settings); 0004 adds columns to traces
 
 
 def by_name(migrations: list[Migration]) -> dict[str, Migration]:
@@ -122,6 +123,7 @@ def test_render_modern() -> None:
         (1, "0001_traces", Profile.MODERN),
         (2, "0002_logs", Profile.MODERN),
         (3, "0003_metrics", Profile.MODERN),
+        (4, "0004_traces_014_columns", Profile.MODERN),
     ]
     sql = statement(ms, "0001_traces")
     assert sql.startswith("CREATE TABLE IF NOT EXISTS telemetry.traces")
@@ -199,7 +201,7 @@ def test_render_ttl_zero_drops_the_ttl_clause() -> None:
     without = by_name(render_migrations(Profile.MODERN, "telemetry", "traces", 0))
     # Config (ttl, names) is not part of the checksum: changing it is not a changed migration.
     other = by_name(render_migrations(Profile.MODERN, "db2", "t2", 7, logs_table="l2", metrics_table="m2"))
-    for name in MIGRATIONS:
+    for name in TABLE_MIGRATIONS:
         assert "TTL toDateTime(timestamp) + INTERVAL 30 DAY" in with_ttl[name].statements[0], name
         assert "TTL" not in without[name].statements[0], name
         assert "SETTINGS non_replicated_deduplication_window" in without[name].statements[0], name
@@ -379,7 +381,11 @@ def test_apply_order_and_idempotence_with_fake_engine() -> None:
     assert "VALUES (2, '0002_logs'" in engine.statements[6]
     assert engine.statements[7].startswith("CREATE TABLE IF NOT EXISTS d.m\n")
     assert "VALUES (3, '0003_metrics'" in engine.statements[8]
-    assert len(engine.statements) == 9
+    # 0004: each ADD COLUMN after a look at the table's columns (18.16 has no ADD COLUMN IF NOT EXISTS).
+    alters = engine.statements[9:-1]
+    assert [s.split()[0] for s in alters] == ["SELECT", "ALTER"] * 8
+    assert all(s.startswith("ALTER TABLE d.t ADD COLUMN IF NOT EXISTS ") for s in alters[1::2])
+    assert "VALUES (4, '0004_traces_014_columns'" in engine.statements[-1]
     assert engine.recorded == [
         (m.version, m.name, "modern", m.checksum) for m in render_migrations(Profile.MODERN, "d", "t", 30)
     ]
@@ -404,10 +410,10 @@ def test_apply_creates_a_dropped_logs_or_metrics_table_again_with_fake_engine() 
 def test_apply_runs_only_the_migrations_not_yet_recorded_with_fake_engine() -> None:
     """A database that has only the traces migration (an agent from before logs and metrics) gets 2 and 3."""
     engine = FakeEngine()
-    (traces, _, _) = render_migrations(Profile.LEGACY, "d", "t", 0)
+    traces = render_migrations(Profile.LEGACY, "d", "t", 0)[0]
     engine.recorded = [(1, "0001_traces", "legacy", traces.checksum)]
     engine.tables = {"d.t"}
-    assert apply(engine, Profile.LEGACY, "d", "t", 0) == [2, 3]
+    assert apply(engine, Profile.LEGACY, "d", "t", 0) == [2, 3, 4]
     assert engine.created() == ["schema_migrations", "logs", "metrics"]
     assert [r[:3] for r in engine.recorded] == [(v, n, "legacy") for v, n in zip(VERSIONS, MIGRATIONS, strict=True)]
 
@@ -734,7 +740,9 @@ def test_chdb_modern_migrations_and_exact_round_trip(chdb_session_factory: ChdbF
     recorded = execute(
         "SELECT version, name, profile FROM telemetry.schema_migrations ORDER BY version FORMAT TabSeparated"
     )
-    assert recorded == "1\t0001_traces\tmodern\n2\t0002_logs\tmodern\n3\t0003_metrics\tmodern\n"
+    assert recorded == (
+        "1\t0001_traces\tmodern\n2\t0002_logs\tmodern\n3\t0003_metrics\tmodern\n4\t0004_traces_014_columns\tmodern\n"
+    )
     columns = table_columns(execute, "telemetry", "traces")
     assert detect_table_profile(columns) is Profile.MODERN
     assert columns["timestamp"] == "DateTime64(9, 'UTC')"
@@ -844,10 +852,10 @@ def test_chdb_new_version_and_changed_checksum(chdb_session_factory: ChdbFactory
     _write(
         root,
         "modern",
-        "0004_extra.sql",
+        "0005_extra.sql",
         "ALTER TABLE {database}.{table} ADD COLUMN IF NOT EXISTS extra String;",
     )
-    assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == [4]
+    assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == [5]
     assert apply(execute, Profile.MODERN, "tel", "traces", 0, root=root) == []
     assert "extra" in table_columns(execute, "tel", "traces")
 
@@ -910,7 +918,10 @@ def test_server_legacy_migrations_and_exact_round_trip(clickhouse: Any, clickhou
         f"SELECT version, name, profile, length(checksum) FROM {clickhouse_db}.schema_migrations "
         "ORDER BY version FORMAT TabSeparated"
     )
-    assert recorded == "1\t0001_traces\tlegacy\t64\n2\t0002_logs\tlegacy\t64\n3\t0003_metrics\tlegacy\t64\n"
+    assert recorded == (
+        "1\t0001_traces\tlegacy\t64\n2\t0002_logs\tlegacy\t64\n3\t0003_metrics\tlegacy\t64\n"
+        "4\t0004_traces_014_columns\tlegacy\t64\n"
+    )
     columns = table_columns(clickhouse.query, clickhouse_db, "traces")
     assert detect_table_profile(columns) is Profile.LEGACY
     assert columns["timestamp"] == "DateTime('UTC')"

@@ -471,3 +471,46 @@ def test_restart_after_insert_before_commit(
     assert int(clickhouse.query(f"SELECT uniqExact(span_id) FROM {clickhouse_db}.traces").strip()) == 130
     assert count(clickhouse, clickhouse_db) == (230 if bisecting else 130)
     assert shipper.stats.resumed_batches_skipped == (0 if bisecting else 1)
+
+
+# ------------------------------------------------------------------------- migration 0004 (0.1.4's columns)
+V014_RESOURCE = (
+    b'{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}},'
+    b'{"key":"user.id","value":{"stringValue":"anon-7"}},{"key":"cloud.region","value":{"stringValue":"eu-1"}}]}'
+)
+
+
+def test_a_traces_table_before_migration_0004_keeps_shipping_and_schema_apply_adds_the_columns(
+    clickhouse: Any, clickhouse_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent upgraded before `schema apply`: the old table lacks 0.1.4's columns; spans still ship (their
+    values wait in the resource and scope attributes, one warning says what to run), nothing is dead-lettered;
+    after `schema apply` the same kind of spans fill user_id, cloud_region, instrumentation_library_* and links."""
+    migrations = render_migrations(Profile.LEGACY, clickhouse_db, "traces", 0)
+    for statement in migrations[0].statements:  # the traces table as migration 0001 made it, nothing after
+        clickhouse.query(statement)
+    scoped = {"scope": {"name": "lib", "version": "2"}, "links": [{"traceId": "ab" * 16, "spanId": "cd" * 8}]}
+    wal = tmp_path / "wal"
+    first = write_wal(wal, [[span(i, **scoped) for i in range(10)]], resource=V014_RESOURCE)
+    caplog.set_level(logging.WARNING, logger="automagik_telemetry_agent")
+    shipper = Shipper(str(wal), make_sink(clickhouse, clickhouse_db), fast_options(tmp_path))
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: _cursor(wal) == first[-1], 20, "shipped into the table without 0004")
+        assert any("lacks the columns of migration 0004" in r.getMessage() for r in caplog.records)
+        assert shipper.stats.dead_lettered == 0
+        apply_schema(clickhouse, clickhouse_db)  # adds 2, 3 and 4; the shipper re-detects on its next batch
+        t.stop()
+    shipper = Shipper(str(wal), make_sink(clickhouse, clickhouse_db), fast_options(tmp_path))
+    second = write_wal(wal, [[span(i, **scoped) for i in range(10, 20)]], resource=V014_RESOURCE)
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: _cursor(wal) == second[-1], 20, "shipped into the migrated table")
+        t.stop()
+    rows = clickhouse.query(
+        "SELECT count(), countIf(user_id = 'anon-7' AND cloud_region = 'eu-1' AND instrumentation_library_name = 'lib'"
+        f" AND instrumentation_library_version = '2' AND links LIKE '%\"span_id\":\"{'cd' * 8}\"%'), "
+        "countIf(resource_values[indexOf(resource_keys, 'user.id')] = 'anon-7') "
+        f"FROM {clickhouse_db}.traces"
+    )
+    assert (
+        rows == "20\t10\t20\n"
+    )  # the first 10 read '' in the new columns; every row kept user.id as a resource attribute

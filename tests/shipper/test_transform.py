@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import re
 from typing import Any
 
 import orjson
@@ -109,6 +110,17 @@ def render(value: Any, resource: Resource) -> str:
 
 
 # ----------------------------------------------------------------------------------------- full rows
+#: Migration 0004's columns of a span with no scope, no links, and a resource without 0.1.4's attributes.
+NO_V014 = {
+    "user_id": "",
+    "session_id": "",
+    "cloud_provider": "",
+    "cloud_region": "",
+    "cloud_availability_zone": "",
+    "instrumentation_library_name": "",
+    "instrumentation_library_version": "",
+    "links": "[]",
+}
 
 
 def test_modern_row(resource: Resource) -> None:
@@ -137,6 +149,7 @@ def test_modern_row(resource: Resource) -> None:
         "events": '[{"time_unix_nano":1729627200100000000,"name":"exception",'
         '"attributes":{"exception.type":"ValueError"}}]',
         **RESOURCE_COLUMNS,
+        **NO_V014,
         "attributes": {"user.id": "123"},
         "resource_attributes": RESOURCE_REST,
     }
@@ -164,12 +177,72 @@ def test_legacy_row(resource: Resource) -> None:
         "status_message": "",
         "events": "[]",
         **RESOURCE_COLUMNS,
+        **NO_V014,
         "attribute_keys": ["a", "b", "c"],
         "attribute_values": ["1", "2", "true"],
         "resource_keys": sorted(RESOURCE_REST),
         "resource_values": [RESOURCE_REST[k] for k in sorted(RESOURCE_REST)],
     }
     assert "attributes" not in row and "resource_attributes" not in row
+
+
+@pytest.mark.parametrize("profile", list(Profile))
+def test_014_columns_come_from_the_resource_the_scope_and_the_links_and_lose_nothing(profile: Profile) -> None:
+    resource = parse_resource(
+        line(
+            {
+                "attributes": [
+                    kv("service.name", sv("shop")),
+                    kv("user.id", sv("anon-42")),
+                    kv("session.id", sv("s-1")),
+                    kv("cloud.provider", sv("aws")),
+                    kv("cloud.region", sv("eu-west-1")),
+                    kv("cloud.availability_zone", sv("eu-west-1a")),
+                ]
+            }
+        )
+    )
+    span = make_span(
+        scope={"name": "my.lib", "version": "1.0"},
+        links=[{"traceId": "AB" * 16, "spanId": "cd" * 8, "attributes": [kv("why", sv("retry"))]}],
+    )
+    row = transform_span(line(span), resource, profile)
+    assert {k: row[k] for k in NO_V014} == {
+        "user_id": "anon-42",
+        "session_id": "s-1",
+        "cloud_provider": "aws",
+        "cloud_region": "eu-west-1",
+        "cloud_availability_zone": "eu-west-1a",
+        "instrumentation_library_name": "my.lib",
+        "instrumentation_library_version": "1.0",
+        "links": '[{"trace_id":"'
+        + "ab" * 16
+        + '","span_id":"'
+        + "cd" * 8
+        + '","trace_state":"","attributes":{"why":"retry"}}]',
+    }
+    # The resource attributes stay where they were too: a table without migration 0004 keeps them.
+    kept = (
+        row["resource_attributes"]
+        if profile is Profile.MODERN
+        else dict(zip(row["resource_keys"], row["resource_values"], strict=True))
+    )
+    assert kept["user.id"] == "anon-42" and kept["cloud.region"] == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("scope", "lib", "invalid scope: not an object"),
+        ("scope", {"name": 1}, "invalid scope"),
+        ("links", {}, "invalid links: not a list"),
+        ("links", [1], "invalid links[0]: not an object"),
+        ("links", [{"traceId": 5}], "invalid links[0]"),
+    ],
+)
+def test_bad_scope_or_links_are_transform_errors(field: str, value: Any, reason: str, resource: Resource) -> None:
+    with pytest.raises(TransformError, match=re.escape(reason)):
+        modern(make_span(**{field: value}), resource)
 
 
 def test_modern_timestamp_has_nine_decimals(resource: Resource) -> None:
@@ -583,7 +656,7 @@ def test_span_field_order_does_not_matter(resource: Resource) -> None:
 
 
 def test_unknown_fields_are_ignored(resource: Resource) -> None:
-    span = make_span(traceState="x=y", flags=1, links=[{"traceId": TRACE}], droppedAttributesCount=3)
+    span = make_span(traceState="x=y", flags=1, droppedAttributesCount=3, somethingNew={"x": 1})
     assert modern(span, resource) == modern(make_span(), resource)
 
 

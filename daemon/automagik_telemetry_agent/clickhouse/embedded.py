@@ -19,7 +19,7 @@ import threading
 from .chdb import ChdbUnavailable, EmbeddedStore, StoreBusy, StoreUnusable, classify_chdb_error
 from .errors import ErrorClass
 from .explain import SinkKind, Target, explain
-from .http import count_present_sql, count_rows_sql, profile_row_keys, require_row_shape
+from .http import count_present_sql, count_rows_sql, lacks_optional_columns, profile_row_keys, require_row_shape
 from .query_server import QueryServer
 from .rows import Profile
 from .schema import apply, identifier, render_migrations, table_columns
@@ -66,6 +66,7 @@ class EmbeddedSink:
         self.capabilities: Capabilities | None = None
         self.columns: dict[str, str] = {}
         self.profile: Profile | None = None
+        self.skip_unknown = False  # the table lacks migration 0004's columns (lacks_optional_columns)
         self.query_server: QueryServer | None = None  # while the store is open
         # detect() may run in a sender thread while the main thread stops; the sinks of one store share it,
         # so that two tables' first detections do not both apply the migrations.
@@ -191,6 +192,7 @@ class EmbeddedSink:
                 columns = table_columns(self.query, self.database, self.table)
             profile = require_row_shape(self.target, columns, self.explain, self.row_keys)
             self.columns, self.profile = columns, profile
+            self.skip_unknown = lacks_optional_columns(self.target, columns, self.row_keys)
             return DetectResult(self.capabilities, columns, profile)
 
     def insert(self, body: bytes, token: str | None = None) -> InsertResult:
@@ -200,7 +202,7 @@ class EmbeddedSink:
         except SinkError as exc:
             return exc.result
         try:
-            self.store.insert(self.target, body, token)
+            self.store.insert(self.target, body, token, self.skip_unknown)
         except Exception as exc:
             r = classify_chdb_error(exc)
             return InsertResult(False, r.error_class, r.code, r.message, None, len(body), len(body))

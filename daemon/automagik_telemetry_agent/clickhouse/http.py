@@ -27,7 +27,7 @@ import requests
 
 from .errors import Classified, ErrorClass, Finding, classify_exception, classify_response
 from .explain import SinkKind, Target, explain
-from .rows import Profile, parse_resource, transform_span
+from .rows import OPTIONAL_SPAN_COLUMNS, Profile, parse_resource, transform_span
 from .schema import detect_table_profile, identifier, pick_profile, quote, table_columns
 from .sink import Capabilities, DetectResult, InsertResult, RowKeys, SinkError
 
@@ -50,13 +50,15 @@ def _version_tuple(version: str) -> tuple[int, int]:
 
 @cache
 def profile_row_keys(profile: Profile) -> frozenset[str]:
-    """The columns a row of ``profile`` fills (what the target table must have)."""
+    """The columns a row of ``profile`` must find in the target table: every column it fills but those of
+    migration 0004 (:data:`~.rows.OPTIONAL_SPAN_COLUMNS`), which an older table may lack: inserts skip the
+    keys a table has no column for (``input_format_skip_unknown_fields``)."""
     resource = parse_resource(b'{"attributes":[]}')
     span = (
         b'{"traceId":"0123456789abcdef0123456789abcdef","spanId":"0123456789abcdef","name":"x",'
         b'"startTimeUnixNano":"1700000000000000000"}'
     )
-    return frozenset(transform_span(span, resource, profile))
+    return frozenset(transform_span(span, resource, profile)) - OPTIONAL_SPAN_COLUMNS
 
 
 def require_row_shape(
@@ -87,6 +89,24 @@ def require_row_shape(
         )
         raise SinkError(result, explain(result))
     return profile
+
+
+def lacks_optional_columns(target: str, columns: dict[str, str], row_keys: RowKeys) -> bool:
+    """Whether a traces table lacks migration 0004's columns (logged once per detection, with the fix): the
+    sink then lets the server skip those keys. Only then: on a table that has them, a column dropped
+    while shipping must stay an error, not silent loss."""
+    if row_keys is not profile_row_keys:
+        return False
+    missing = sorted(OPTIONAL_SPAN_COLUMNS - set(columns))
+    if missing:
+        log.warning(
+            "table %s lacks the columns of migration 0004 (%s): their values are left out of its rows (the "
+            "resource attributes and the otel.scope.* attributes still carry them); run `automagik-telemetry "
+            "schema apply` to add them",
+            target,
+            ", ".join(missing),
+        )
+    return bool(missing)
 
 
 def count_present_sql(target: str, span_ids: list[str], min_ns: int, max_ns: int) -> str:
@@ -186,6 +206,7 @@ class ClickHouseHttpSink:
         self.capabilities: Capabilities | None = None
         self.columns: dict[str, str] = {}
         self.profile: Profile | None = None
+        self.skip_unknown = False  # the table lacks migration 0004's columns (lacks_optional_columns)
 
     @property
     def target(self) -> str:
@@ -245,6 +266,7 @@ class ClickHouseHttpSink:
             raise SinkError(result, self.explain(result))
         profile = require_row_shape(self.target, columns, self.explain, self.row_keys)
         self.columns, self.profile = columns, profile
+        self.skip_unknown = lacks_optional_columns(self.target, columns, self.row_keys)
         with_server = pick_profile(version) if vt != (0, 0) else profile
         if with_server is not profile:
             log.info(
@@ -283,6 +305,8 @@ class ClickHouseHttpSink:
 
     def insert_params(self, token: str | None) -> dict[str, str]:
         params = {"query": f"INSERT INTO {self.target} FORMAT JSONEachRow", "wait_end_of_query": "1"}
+        if self.skip_unknown:  # a traces table before migration 0004: its 0.1.4 keys are left out, not an error
+            params["input_format_skip_unknown_fields"] = "1"
         caps = self.capabilities
         if token is not None and caps is not None and caps.dedup_token:
             params["insert_deduplication_token"] = token

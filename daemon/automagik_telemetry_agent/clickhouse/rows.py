@@ -90,6 +90,22 @@ LIFTED_RESOURCE_ATTRIBUTES: dict[str, str] = {
     "telemetry.sdk.version": "sdk_version",
 }
 
+#: Columns of 0.1.4's traces table (migration 0004), filled from resource attributes that stay in
+#: ``resource_attributes`` too: a table not migrated yet loses nothing (the insert skips unknown keys).
+V014_RESOURCE_COLUMNS: dict[str, str] = {
+    "user.id": "user_id",
+    "session.id": "session_id",
+    "cloud.provider": "cloud_provider",
+    "cloud.region": "cloud_region",
+    "cloud.availability_zone": "cloud_availability_zone",
+}
+#: The columns of migration 0004: rows fill them, a table may lack them (``shipper`` keeps working and
+#: ``doctor``/``schema apply`` say what to run). The scope's are filled from a span line's ``scope``
+#: member, ``links`` from its ``links`` (the OTLP receiver writes both).
+OPTIONAL_SPAN_COLUMNS = frozenset(
+    {*V014_RESOURCE_COLUMNS.values(), "instrumentation_library_name", "instrumentation_library_version", "links"}
+)
+
 _KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 _KIND: dict[Any, str] = {}
 for _i, _k in enumerate(_KINDS):
@@ -111,6 +127,8 @@ class Resource:
 
     #: Lifted columns by column name (``service_name`` ...), always all of them ("" when absent).
     columns: dict[str, str]
+    #: The span rows' 0.1.4 columns from resource attributes (:data:`V014_RESOURCE_COLUMNS`), all of them.
+    span_columns: dict[str, str]
     #: The remaining attributes, rendered, in first-seen key order.
     attributes: dict[str, str]
     #: The same, sorted by key, for the legacy profile's parallel arrays.
@@ -145,7 +163,10 @@ def parse_resource(line: bytes) -> Resource:
         else:
             columns[column] = value
     keys = sorted(rest)
-    return Resource(columns=columns, attributes=rest, keys=keys, values=[rest[k] for k in keys])
+    span_columns = {column: attrs.get(key, "") for key, column in V014_RESOURCE_COLUMNS.items()}
+    return Resource(
+        columns=columns, span_columns=span_columns, attributes=rest, keys=keys, values=[rest[k] for k in keys]
+    )
 
 
 def _events(events: object) -> str:
@@ -169,6 +190,35 @@ def _events(events: object) -> str:
     return orjson.dumps(out).decode()
 
 
+def _links(links: object) -> str:
+    """A span's ``links`` as the ``links`` column's JSON array: trace and span ids, trace state, attributes."""
+    if type(links) is not list:
+        raise TransformError("invalid links: not a list")
+    out = []
+    for i, link in enumerate(links):
+        if type(link) is not dict:
+            raise TransformError(f"invalid links[{i}]: not an object")
+        trace_id, span_id, state = link.get("traceId", ""), link.get("spanId", ""), link.get("traceState", "")
+        if not (type(trace_id) is str and type(span_id) is str and type(state) is str):
+            raise TransformError(f"invalid links[{i}]: traceId, spanId and traceState must be strings")
+        attrs = render_attributes(link.get("attributes"), f"links[{i}].attributes")
+        out.append(
+            {"trace_id": trace_id.lower(), "span_id": span_id.lower(), "trace_state": state, "attributes": attrs}
+        )
+    return orjson.dumps(out).decode()
+
+
+def _scope(scope: object) -> tuple[str, str]:
+    if scope is None:
+        return "", ""
+    if type(scope) is not dict:
+        raise TransformError("invalid scope: not an object")
+    name, version = scope.get("name", ""), scope.get("version", "")
+    if type(name) is not str or type(version) is not str:
+        raise TransformError("invalid scope: name and version must be strings")
+    return name, version
+
+
 _SPAN_COLUMNS = (
     "trace_id",
     "span_id",
@@ -182,6 +232,9 @@ _SPAN_COLUMNS = (
     "status_code",
     "status_message",
     "events",
+    "instrumentation_library_name",
+    "instrumentation_library_version",
+    "links",
 )
 
 
@@ -192,6 +245,7 @@ def _row_template(resource: Resource, profile: Profile) -> dict[str, Any] | bool
     if not row.keys().isdisjoint(resource.columns):
         return False
     row.update(resource.columns)
+    row.update(resource.span_columns)
     if profile is Profile.MODERN:
         row["attributes"] = None
         row["resource_attributes"] = resource.attributes
@@ -284,6 +338,9 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     attributes = render_attributes(get("attributes"), "attributes")
     events = get("events")
     events = "[]" if events is None or events == [] else _events(events)
+    scope_name, scope_version = _scope(get("scope"))
+    links = get("links")
+    links = "[]" if links is None or links == [] else _links(links)
 
     sec, frac = divmod(start_ns, 1_000_000_000)
     second = cached_second(sec)
@@ -312,6 +369,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
             attributes,
             second,
             frac,
+            (scope_name, scope_version, links),
         )
     assert type(template) is dict  # not None (built above), not False (the slow path above)
     row = template.copy()
@@ -326,6 +384,9 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     row["status_code"] = status_code
     row["status_message"] = status_message
     row["events"] = events
+    row["instrumentation_library_name"] = scope_name
+    row["instrumentation_library_version"] = scope_version
+    row["links"] = links
     if legacy:
         row["timestamp"] = second
         if len(attributes) > 1:
@@ -357,6 +418,7 @@ def _slow_row(
     attributes: dict[str, str],
     second: str,
     frac: int,
+    v014: tuple[str, str, str],
 ) -> dict[str, Any]:
     """The row built key by key, for a hand-made :class:`Resource` whose columns shadow span columns."""
     row: dict[str, Any] = {
@@ -372,7 +434,11 @@ def _slow_row(
         "status_code": status_code,
         "status_message": status_message,
         "events": events,
+        "instrumentation_library_name": v014[0],
+        "instrumentation_library_version": v014[1],
+        "links": v014[2],
     }
+    row.update(resource.span_columns)
     row.update(resource.columns)
     if profile is Profile.MODERN:
         row["timestamp"] = f"{second}.{frac:09d}"

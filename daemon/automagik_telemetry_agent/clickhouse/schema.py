@@ -323,12 +323,13 @@ def apply(
                 )
             for statement in migration.statements:
                 names = {t for t in dropped if re.search(rf"\b{re.escape(t)}\b", statement)}
-                if names:
+                if names and not _column_exists(execute, statement):
                     log.warning("%s was dropped: creating it again (migration %s)", ", ".join(sorted(names)), name)
                     execute(statement)
             continue
         for statement in migration.statements:
-            execute(statement)
+            if not _column_exists(execute, statement):
+                execute(statement)
         execute(
             f"INSERT INTO {database}.schema_migrations (version, name, profile, applied_at, checksum) "
             f"VALUES ({migration.version}, {quote(migration.name)}, {quote(profile.value)}, now(), "
@@ -336,6 +337,16 @@ def apply(
         )
         applied.append(migration.version)
     return applied
+
+
+_ADD_COLUMN = re.compile(r"\s*ALTER\s+TABLE\s+(\w+)\.(\w+)\s+ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\b", re.I)
+
+
+def _column_exists(execute: Executor, statement: str) -> bool:
+    """True for ``ALTER TABLE db.t ADD COLUMN c ...`` when ``db.t`` already has ``c``: 18.16 knows no
+    ``ADD COLUMN IF NOT EXISTS``, so this keeps every migration safe to run again."""
+    m = _ADD_COLUMN.match(statement)
+    return m is not None and m.group(3) in table_columns(execute, m.group(1), m.group(2))
 
 
 def _recorded(execute: Executor, database: str) -> list[tuple[int, str, str, str]]:

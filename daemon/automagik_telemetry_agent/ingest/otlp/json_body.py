@@ -104,6 +104,7 @@ def _scope_items(export: Export, group: Group, signal: OtlpSignal, ss: dict[str,
             if extra:
                 attrs = item.get("attributes")
                 item["attributes"] = (attrs if type(attrs) is list else []) + extra
+            item["scope"] = scope
             export.add(group, item)
         elif signal is OtlpSignal.LOGS:
             _lower_ids(item, "traceId", "spanId")

@@ -112,7 +112,8 @@ def _scope(s: Any) -> dict[str, Any]:
 
 def scope_attributes(scope: dict[str, Any]) -> list[dict[str, Any]]:
     """The instrumentation scope as span attributes (``otel.scope.name``/``.version``, as OpenTelemetry
-    maps it for formats without scopes): the traces table has no scope columns."""
+    maps it for formats without scopes), besides the span line's ``scope`` member: a traces table
+    without migration 0004's ``instrumentation_library_*`` columns still keeps it."""
     out = []
     if scope.get("name"):
         out.append({"key": "otel.scope.name", "value": {"stringValue": scope["name"]}})
@@ -126,7 +127,8 @@ def _spans(export: Export, rs: Any) -> None:
     group = export.group(_resource(rs))
     add = export.add
     for ss in rs.scope_spans:
-        extra = scope_attributes(_scope(ss))
+        scope = _scope(ss)
+        extra = scope_attributes(scope)
         for s in ss.spans:
             attrs = attributes(s.attributes)
             if extra:
@@ -140,6 +142,7 @@ def _spans(export: Export, rs: Any) -> None:
                 "startTimeUnixNano": s.start_time_unix_nano,
                 "endTimeUnixNano": s.end_time_unix_nano,
                 "attributes": attrs,
+                "scope": scope,
             }
             if s.HasField("status"):
                 span["status"] = {"code": s.status.code, "message": s.status.message}
