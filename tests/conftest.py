@@ -109,6 +109,7 @@ UNIT_FILES = frozenset(
         "test_logs.py",
         "test_metrics_unit.py",
         "test_otlp_decode.py",
+        "test_redact_rules.py",
         "test_report_unit.py",
         "test_shipper_errors.py",
         "test_shipper_unit.py",

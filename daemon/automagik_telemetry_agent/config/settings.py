@@ -144,6 +144,24 @@ SETTINGS: tuple[Setting, ...] = (
         env="AUTOMAGIK_TELEMETRY_METRICS_LISTEN",
         flag="--metrics-listen",
     ),
+    # ---- host-wide redaction (ingest, before the WAL; ingest/redact.py)
+    Setting(
+        "redact.keys",
+        "",
+        parse_str,
+        "Comma-separated words: the value of every attribute whose key contains one (case-insensitively) is "
+        'replaced by [REDACTED] before it is written; "default" = 0.1.4\'s sensitive keys (password, token, '
+        'api_key ...); "" = none.',
+        flag="--redact-keys",
+    ),
+    Setting(
+        "redact.pii",
+        False,
+        parse_bool,
+        "Rewrite e-mail addresses, phone numbers, API keys, card numbers, IPv4 addresses and home paths in "
+        "every string value and log body before it is written.",
+        flag="--redact-pii",
+    ),
     # ---- the OTLP/HTTP receiver (the `otlp` child; docs/otlp.md)
     Setting(
         "otlp.listen",

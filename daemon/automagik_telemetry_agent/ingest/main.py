@@ -16,6 +16,7 @@ from ..lifecycle.run import ChildContext, run_child
 from ..logs import set_level
 from ..wal import WalError, WalOptions, WalWriter
 from .metrics import collect_ingest
+from .redact import RedactRules
 from .server import IngestOptions, IngestServer, IngestSetupError
 
 __all__ = ["run"]
@@ -57,6 +58,7 @@ def _serve(context: ChildContext, listen_fd: int | None) -> int:
         fsync_interval_s=config["wal.fsync_interval_ms"] / 1000,
         fsync_bytes=config["wal.fsync_bytes"],
         listen_fd=listen_fd,
+        redact=RedactRules.from_config(config["redact.keys"], config["redact.pii"]),
     )
     server = IngestServer(options, writer)
     try:

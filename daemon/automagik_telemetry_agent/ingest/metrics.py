@@ -45,6 +45,7 @@ def _collect_ingest(server: IngestServer) -> MetricsDict:
         for reason in {*REJECT_REASONS, *by_reason}:
             c[sample(P + name, reason=reason)] = by_reason.get(reason, 0)
     c[P + "ingest_acks_sent_total"] = snap["acks_sent"]
+    c[P + "ingest_redacted_values_total"] = server.redactor.redacted if server.redactor is not None else 0
     c[P + "ingest_connections_accepted_total"] = snap["connections_accepted"]
     c[P + "ingest_connections_refused_total"] = snap["connections_refused"]
     c[P + "ingest_connections_dropped_total"] = snap["connections_dropped_unread"]

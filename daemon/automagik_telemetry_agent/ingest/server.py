@@ -21,7 +21,7 @@ import os
 import selectors
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from automagik_telemetry import protocol
@@ -33,6 +33,7 @@ from ..wal import FsyncMode, WalWriteError, WalWriter
 from ..wal.syncer import GroupCommitter
 from .client_counters import ClientCounters
 from .connection import Connection
+from .redact import Redactor, RedactRules
 from .replies import Replies, raw_seq, rejected_items
 from .stats import IngestStats, stats_snapshot
 
@@ -56,6 +57,7 @@ class IngestOptions:
     fsync_interval_s: float = 0.05
     fsync_bytes: int = 1024 * 1024
     listen_fd: int | None = None  # an inherited listening socket (systemd socket activation)
+    redact: RedactRules = field(default_factory=RedactRules)  # host-wide redaction (off: nothing parsed)
 
     def __post_init__(self) -> None:
         self.fsync = FsyncMode(self.fsync)  # a configuration's string, or the enum
@@ -66,6 +68,7 @@ class IngestServer:
         self.options = options
         self.writer = writer
         self.stats = IngestStats()
+        self.redactor = Redactor(options.redact) if options.redact.active else None
         self.clients = ClientCounters()
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
@@ -225,6 +228,8 @@ class IngestServer:
             raise ProtocolError(RejectReason.WAL_ERROR)
         if not self.writer.accepting:  # re-evaluated by maintain() about once a second
             raise ProtocolError(RejectReason.DISK_FULL)
+        if self.redactor is not None:
+            payload = self.redactor.apply(payload)
         try:
             wal_seq = self.writer.append(payload, header.count, header.kind)
         except WalWriteError as exc:

@@ -87,6 +87,11 @@ CATALOGUE: dict[str, MetricDef] = _defs(
         "Items (spans, log records, metric data points) in the accepted RECORDS messages; by signal: "
         "ingest_items_received_total.",
     ),
+    MetricDef(
+        P + "ingest_redacted_values_total",
+        C,
+        "Values replaced or rewritten by the host-wide redaction rules (redact.keys, redact.pii) before the WAL.",
+    ),
     MetricDef(P + "ingest_received_bytes_total", C, "Bytes of all messages received from clients, headers included."),
     MetricDef(P + "ingest_rejected_messages_total", C, "Messages answered with REJECT, by reason.", ("reason",)),
     MetricDef(
