@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import grp
+import json
 import logging
 import os
 import socket
@@ -87,3 +88,38 @@ def test_the_agent_refusing_is_explained_once_per_reason_and_in_get_status(
     assert len(refusals) == 1 and "(disk_full)" in refusals[0] and "WAL disk is full" in refusals[0]
     assert client.stats()["last_reject"] == "disk_full"
     assert client.get_status()["last_error"] == "disk_full"
+
+
+def test_a_user_outside_the_sockets_group_is_told_which_group_to_join(sock_path: str) -> None:
+    """The kernel's real EACCES: a forked child drops to user nobody (as root), or the socket's mode denies
+    its own user (otherwise), and connects to a listening agent socket of mode 0660."""
+    with FakeAgent(sock_path):
+        os.chmod(os.path.dirname(sock_path), 0o755)
+        os.chmod(sock_path, 0o660 if os.geteuid() == 0 else 0o000)
+        group = grp.getgrgid(os.stat(sock_path).st_gid).gr_name
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            try:
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                heard: list[str] = []
+                handler = logging.Handler()
+                handler.emit = lambda record: heard.append(record.getMessage())  # type: ignore[method-assign]
+                logging.getLogger("automagik_telemetry").addHandler(handler)
+                from automagik_telemetry.connection import AgentConnection
+
+                connection = AgentConnection(sock_path)
+                connected = connection.connect()
+                os.write(write, json.dumps([connected, connection.last_connect_error, heard]).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            connected, error, heard = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+    assert connected is False
+    assert error.startswith(f"permission denied connecting to {sock_path}") and f"group {group}" in error
+    assert len(heard) == 1 and error in heard[0]

@@ -1,13 +1,12 @@
-"""The original automagik-telemetry 0.1.4 SDK, unmodified (the wheel from PyPI, scripts/bootstrap.sh),
-pointed at the agent's OTLP receiver with ``AUTOMAGIK_TELEMETRY_ENDPOINT``: its events, metrics and logs
-land in the three tables of the 18.16 server."""
+"""The original automagik-telemetry 0.1.4 SDK, unmodified (the wheel from PyPI, scripts/bootstrap.sh,
+installed in a scratch venv), pointed at the agent's OTLP receiver with ``AUTOMAGIK_TELEMETRY_ENDPOINT``:
+its events, metrics and logs land in the three tables of the 18.16 server."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ WHEELS = Path(__file__).parent / ".v014"
 APP = """
 from automagik_telemetry import AutomagikTelemetry, LogSeverity, MetricType, TelemetryConfig
 import automagik_telemetry, sys
-assert automagik_telemetry.__file__.startswith(sys.argv[1]), automagik_telemetry.__file__  # 0.1.4, not ours
+assert automagik_telemetry.__file__.startswith(sys.argv[1]), automagik_telemetry.__file__  # the venv's 0.1.4
+assert automagik_telemetry.__version__ == "0.1.4", automagik_telemetry.__version__
 client = AutomagikTelemetry(TelemetryConfig(project_name="legacy-app", version="9.9.9"))
 for i in range(5):
     client.track_event("legacy.event", {"i": i, "user": "someone"})
@@ -36,17 +36,21 @@ client.flush()
 
 
 @pytest.fixture
-def v014_path(tmp_path: Path) -> Path:
+def v014_python(tmp_path: Path) -> Path:
+    """A scratch venv with the unmodified 0.1.4 wheel installed (offline, from the file bootstrap fetched)."""
     wheels = sorted(WHEELS.glob("automagik_telemetry-0.1.4-*.whl"))
     assert wheels, f"the 0.1.4 wheel is missing in {WHEELS}: `make test` downloads it (scripts/bootstrap.sh)"
-    target = tmp_path / "v014"
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extractall(target)
-    return target
+    venv = tmp_path / "venv014"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--disable-pip-version-check"]
+    # Its metadata asks for Python >= 3.12; its code runs on 3.11, which this proves.
+    subprocess.run([*install, "--ignore-requires-python", str(wheels[0])], check=True, capture_output=True, timeout=120)
+    return python
 
 
 def test_the_unmodified_014_sdk_over_otlp_json_lands_in_all_three_tables(
-    v014_path: Path, otlp_agent: Callable[..., OtlpAgent], clickhouse: Any, clickhouse_db: str, tmp_path: Path
+    v014_python: Path, otlp_agent: Callable[..., OtlpAgent], clickhouse: Any, clickhouse_db: str, tmp_path: Path
 ) -> None:
     apply_schema(clickhouse, clickhouse_db)
     agent = otlp_agent(
@@ -56,15 +60,23 @@ def test_the_unmodified_014_sdk_over_otlp_json_lands_in_all_three_tables(
         database=clickhouse_db,
         batch_wait="100ms",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOMAGIK_TELEMETRY_") and k != "CI"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AUTOMAGIK_TELEMETRY_") and k not in ("CI", "PYTHONPATH", "VIRTUAL_ENV")
+    }
     env.update(
-        PYTHONPATH=str(v014_path),  # before site-packages: 0.1.4 shadows this package in that process
         HOME=str(tmp_path),
         AUTOMAGIK_TELEMETRY_ENABLED="true",
         AUTOMAGIK_TELEMETRY_ENDPOINT=agent.otlp_url,
     )
     done = subprocess.run(
-        [sys.executable, "-c", APP, str(v014_path)], env=env, capture_output=True, text=True, timeout=60
+        [str(v014_python), "-c", APP, str(v014_python.parent.parent)],
+        env=env,
+        cwd=tmp_path,  # not the repository: its metadata would answer for 0.2's version
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
 
