@@ -12,15 +12,15 @@ is theirs; docs/configuration.md ``redact.*``). Two rules, off by default (then 
 
 A line that is not JSON is left as it is (the shipper dead-letters it); the line count never changes, so
 the message stays what the client sent, rewritten. Each value changed is counted
-(``automagik_telemetry_ingest_redacted_values_total``).
+(``automagik_telemetry_ingest_redacted_values_total``). Stdlib ``json``: ingest runs without the ``agent``
+extra (only the shipper and the OTLP receiver need orjson).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from automagik_telemetry.privacy import SENSITIVE_KEYS, PrivacyConfig, sanitize_value
 
@@ -57,13 +57,13 @@ class Redactor:
             if not line:
                 continue
             try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
+                obj = json.loads(line)
+            except ValueError:  # not JSON (or not UTF-8): the shipper's business
                 continue
             before = self.redacted
             obj = self._walk(obj)
             if self.redacted != before:
-                lines[i] = orjson.dumps(obj)
+                lines[i] = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
                 changed = True
         return b"\n".join(lines) if changed else payload
 
