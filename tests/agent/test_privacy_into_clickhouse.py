@@ -72,15 +72,11 @@ def test_under_the_agents_rules_alone_no_secret_reaches_any_table_from_either_in
 ) -> None:
     """The application does nothing for privacy (no client setting; an OTLP exporter that knows nothing of
     it); the operator's ``redact.keys = "default"`` and ``redact.pii`` clean both inlets before the WAL."""
-    import socket as socket_module
-
     import orjson
-    from otlp.conftest import post
+    from otlp.conftest import free_port, post
 
     apply_schema(clickhouse, clickhouse_db)
-    with socket_module.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with AgentProcess(
         tmp_path / "agent", sink="clickhouse", clickhouse_endpoint=clickhouse.url, database=clickhouse_db,
         batch_wait="100ms", redact_keys="default", redact_pii="true", otlp_listen=f"127.0.0.1:{port}",

@@ -3,6 +3,8 @@
 * :func:`free_port`: a TCP port nobody listens on now (bound and released; the agent binds it next).
 * ``otlp_agent``: ``make(tmp_dir, **settings)`` starts a real agent (:class:`AgentProcess`) with its OTLP
   receiver on a free loopback port; ``agent.otlp_url`` is ``http://127.0.0.1:<port>``. Stopped at teardown.
+* ``server_otlp_agent``: such an agent shipping to the session's 18.16 server, into a fresh database
+  with the schema applied (``agent.database``).
 * :func:`post`: one raw HTTP POST (``http.client``), for the tests that send what no SDK would.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from agent_process import AgentProcess
+from shipper.shipper_helpers import apply_schema
 
 
 def free_port() -> int:
@@ -46,6 +49,20 @@ def otlp_agent() -> Iterator[Callable[..., OtlpAgent]]:
     for agent in started:
         agent.cleanup()
         print(agent.stderr_text[-6000:])  # pytest shows it for a failing test only
+
+
+@pytest.fixture
+def server_otlp_agent(
+    otlp_agent: Callable[..., OtlpAgent], clickhouse: Any, clickhouse_db: str, tmp_path: Path
+) -> OtlpAgent:
+    apply_schema(clickhouse, clickhouse_db)
+    return otlp_agent(
+        tmp_path / "agent",
+        sink="clickhouse",
+        clickhouse_endpoint=clickhouse.url,
+        database=clickhouse_db,
+        batch_wait="100ms",
+    )
 
 
 def post(

@@ -7,13 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_process import wait_until
-from shipper.shipper_helpers import apply_schema
 
 from .conftest import OtlpAgent
 
@@ -36,19 +34,12 @@ def _node() -> str:
 def test_javascript_sdk_traces_and_logs_land_in_clickhouse(
     protocol: str,
     compression: str,
-    otlp_agent: Callable[..., OtlpAgent],
+    server_otlp_agent: OtlpAgent,
     clickhouse: Any,
     clickhouse_db: str,
     tmp_path: Path,
 ) -> None:
-    apply_schema(clickhouse, clickhouse_db)
-    agent = otlp_agent(
-        tmp_path / "agent",
-        sink="clickhouse",
-        clickhouse_endpoint=clickhouse.url,
-        database=clickhouse_db,
-        batch_wait="100ms",
-    )
+    agent = server_otlp_agent
     env = {
         **os.environ,
         "OTLP_ENDPOINT": agent.otlp_url,

@@ -10,14 +10,12 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_process import wait_until
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from shipper.shipper_helpers import apply_schema
 
 from .conftest import OtlpAgent
 
@@ -81,16 +79,9 @@ class Exporter(threading.Thread):
 
 
 def test_kill9_of_the_receiver_mid_request_loses_nothing_answered_and_retries_duplicate_nothing(
-    otlp_agent: Callable[..., OtlpAgent], clickhouse: Any, clickhouse_db: str, tmp_path: Path
+    server_otlp_agent: OtlpAgent, clickhouse: Any, clickhouse_db: str, tmp_path: Path
 ) -> None:
-    apply_schema(clickhouse, clickhouse_db)
-    agent = otlp_agent(
-        tmp_path / "agent",
-        sink="clickhouse",
-        clickhouse_endpoint=clickhouse.url,
-        database=clickhouse_db,
-        batch_wait="100ms",
-    )
+    agent = server_otlp_agent
     exporters = [Exporter(agent.otlp_port, s) for s in range(SENDERS)]
     for e in exporters:
         e.start()

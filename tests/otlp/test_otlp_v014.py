@@ -7,13 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_process import wait_until
-from shipper.shipper_helpers import apply_schema
 
 from .conftest import OtlpAgent
 
@@ -50,16 +48,9 @@ def v014_python(tmp_path: Path) -> Path:
 
 
 def test_the_unmodified_014_sdk_over_otlp_json_lands_in_all_three_tables(
-    v014_python: Path, otlp_agent: Callable[..., OtlpAgent], clickhouse: Any, clickhouse_db: str, tmp_path: Path
+    v014_python: Path, server_otlp_agent: OtlpAgent, clickhouse: Any, clickhouse_db: str, tmp_path: Path
 ) -> None:
-    apply_schema(clickhouse, clickhouse_db)
-    agent = otlp_agent(
-        tmp_path / "agent",
-        sink="clickhouse",
-        clickhouse_endpoint=clickhouse.url,
-        database=clickhouse_db,
-        batch_wait="100ms",
-    )
+    agent = server_otlp_agent
     env = {
         k: v
         for k, v in os.environ.items()

@@ -29,7 +29,7 @@ import orjson
 
 from .anyvalue import render_attributes
 from .rows import Profile, Resource, parse_resource
-from .scalars import MAX_START_NS, MIN_START_NS, TransformError, is_hex, second_str, uint64
+from .scalars import MAX_START_NS, MIN_START_NS, TransformError, is_hex, scope_of, second_str, uint64
 
 __all__ = ["LIFTED_LOG_ATTRIBUTES", "log_row_keys", "transform_log"]
 
@@ -107,19 +107,6 @@ def _body(value: object) -> str:
         if type(s) is str:
             return s
     return render_attributes([{"key": "body", "value": value}], "body").get("body", "")
-
-
-def scope_of(record: dict[str, Any]) -> tuple[str, str]:
-    """(name, version) of an optional ``scope`` member."""
-    scope = record.get("scope")
-    if scope is None:
-        return "", ""
-    if type(scope) is not dict:
-        raise TransformError("invalid scope: not an object")
-    name, version = scope.get("name", ""), scope.get("version", "")
-    if type(name) is not str or type(version) is not str:
-        raise TransformError("invalid scope: name and version must be strings")
-    return name, version
 
 
 def timestamp_of(ns: int, profile: Profile) -> str:

@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 
 from .anyvalue import render_attributes
-from .log_rows import put_attributes, scope_of, timestamp_of
+from .log_rows import put_attributes, timestamp_of
 from .rows import Profile, Resource, parse_resource
-from .scalars import MAX_START_NS, MIN_START_NS, TransformError, double, int64, uint64
+from .scalars import MAX_START_NS, MIN_START_NS, TransformError, double, int64, scope_of, uint64
 
 __all__ = ["metric_row_keys", "transform_metric"]
 

@@ -54,6 +54,7 @@ from .scalars import (
     is_hex,
     known_id,
     remember_id,
+    scope_of,
     second_str,
     uint64,
 )
@@ -208,17 +209,6 @@ def _links(links: object) -> str:
     return orjson.dumps(out).decode()
 
 
-def _scope(scope: object) -> tuple[str, str]:
-    if scope is None:
-        return "", ""
-    if type(scope) is not dict:
-        raise TransformError("invalid scope: not an object")
-    name, version = scope.get("name", ""), scope.get("version", "")
-    if type(name) is not str or type(version) is not str:
-        raise TransformError("invalid scope: name and version must be strings")
-    return name, version
-
-
 _SPAN_COLUMNS = (
     "trace_id",
     "span_id",
@@ -338,7 +328,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     attributes = render_attributes(get("attributes"), "attributes")
     events = get("events")
     events = "[]" if events is None or events == [] else _events(events)
-    scope_name, scope_version = _scope(get("scope"))
+    scope_name, scope_version = scope_of(span)
     links = get("links")
     links = "[]" if links is None or links == [] else _links(links)
 

@@ -33,6 +33,7 @@ __all__ = [
     "is_hex",
     "known_id",
     "remember_id",
+    "scope_of",
     "second_str",
     "shown",
     "uint64",
@@ -205,3 +206,16 @@ def checked_end_ns(end: object, start_ns: int) -> int:
     if end_ns < start_ns:
         raise TransformError("endTimeUnixNano before startTimeUnixNano")
     return end_ns
+
+
+def scope_of(record: dict[str, Any]) -> tuple[str, str]:
+    """(name, version) of a span, log record or metric line's optional ``scope`` member."""
+    scope = record.get("scope")
+    if scope is None:
+        return "", ""
+    if type(scope) is not dict:
+        raise TransformError("invalid scope: not an object")
+    name, version = scope.get("name", ""), scope.get("version", "")
+    if type(name) is not str or type(version) is not str:
+        raise TransformError("invalid scope: name and version must be strings")
+    return name, version
