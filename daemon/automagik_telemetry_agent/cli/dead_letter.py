@@ -59,7 +59,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # The agent extra (orjson, requests, zstandard) is optional: imported when the command runs, so that a
     # client-only install fails here with one line (cli.main) instead of at start-up.
     from ..clickhouse.errors import ErrorClass
-    from ..clickhouse.factory import sink_from_config
+    from ..clickhouse.factory import insert_table, sink_from_config
     from ..clickhouse.sink import SinkError
     from ..shipper.dead_letter import DeadLetter
     from ..shipper.replay import ReplayPlan, insert_candidates, parse_entry, plan_replay, replay_lock, signal_of
@@ -104,7 +104,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 table = (
                     sink
                     if shipment.signal is Signal.TRACES
-                    else sink.for_table(config[shipment.table_setting], shipment.row_keys)
+                    else sink.for_table(insert_table(config, config[shipment.table_setting]), shipment.row_keys)
                 )
                 try:
                     try:

@@ -218,6 +218,10 @@ class EmbeddedSink:
         """One actionable line for an operator."""
         return explain(r, Target(SinkKind.EMBEDDED, self.directory, self.database, self.table))
 
+    def probe(self, last: InsertResult) -> bool:
+        """No cheaper question than the insert itself in process: the backoff is waited out."""
+        return False
+
     def read(self, sql: str, fmt: str) -> bytes:
         """The output of one statement on the store's read-only session (``automagik-telemetry query``)."""
         self.open()

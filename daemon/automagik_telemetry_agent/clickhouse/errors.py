@@ -143,6 +143,8 @@ class Classified:
     message: str  # the server's own text (or the client error), at most MAX_MESSAGE characters
     status: int | None  # HTTP status, None for a client-side failure
     finding: Finding | None = None
+    #: the request never reached the server (refused, connect timeout, name not resolved): surely not stored
+    unsent: bool = False
 
 
 def parse_code(body: str | bytes | None, headers: Mapping[str, str] | None = None) -> int | None:
@@ -248,4 +250,16 @@ def classify_exception(exc: BaseException) -> Classified:
         exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema | requests.exceptions.InvalidSchema
     ):
         return Classified(ErrorClass.CONFIG, None, message, None)
-    return Classified(ErrorClass.TRANSIENT, None, message, None)
+    return Classified(ErrorClass.TRANSIENT, None, message, None, unsent=_never_sent(exc))
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` failed before any byte of the request went out: no connection was made (refused,
+    connect timeout, unresolvable name). A reset or read timeout after sending may have stored the body."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        cause = exc.args[0] if exc.args else None
+        reason = getattr(cause, "reason", cause)
+        return type(reason).__name__ in ("NewConnectionError", "NameResolutionError")
+    return isinstance(exc, ConnectionRefusedError)

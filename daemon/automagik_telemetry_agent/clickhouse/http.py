@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 COMPRESSIONS = ("auto", "zstd", "gzip", "none")
 ZSTD_MIN_VERSION = (21, 1)
 DEDUP_TOKEN_MIN_VERSION = (22, 2)
+PROBE_TIMEOUT_S = 1.0
+KEEPER_CODES = frozenset({225, 242, 999})  # NO_ZOOKEEPER, TABLE_IS_READ_ONLY, KEEPER_EXCEPTION
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -199,10 +201,8 @@ class ClickHouseHttpSink:
         self.compression = compression
         self.compression_threshold = compression_threshold
         self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
-        self.session.auth = (username, password)  # basic auth only: exactly one method
-        self.session.verify = ca_bundle if ca_bundle else verify_tls
-        self.session.trust_env = False  # no netrc credentials or proxies sneaking in a second method
+        self.session = self._new_session()
+        self._probe_session: requests.Session | None = None
         self.capabilities: Capabilities | None = None
         self.columns: dict[str, str] = {}
         self.profile: Profile | None = None
@@ -212,8 +212,53 @@ class ClickHouseHttpSink:
     def target(self) -> str:
         return f"{self.database}.{self.table}"
 
+    def _new_session(self) -> requests.Session:
+        s = self._settings
+        session = requests.Session()
+        session.auth = (s.username, s.password)  # basic auth only: exactly one method
+        session.verify = s.ca_bundle if s.ca_bundle else s.verify_tls
+        session.trust_env = False  # no netrc credentials or proxies sneaking in a second method
+        return session
+
+    def reset_session(self) -> None:
+        """A new session for the next requests (the old one stays with a request given up in another thread)."""
+        self.session = self._new_session()
+
     def close(self) -> None:
         self.session.close()
+        if self._probe_session is not None:
+            self._probe_session.close()
+
+    # ------------------------------------------------------------------ probes (cheap, 1 s timeouts)
+    def _probe_get(self, params: dict[str, str] | None = None, path: str = "/") -> requests.Response | None:
+        if self._probe_session is None:
+            self._probe_session = self._new_session()
+        timeout = (min(1.0, self.timeout[0]), PROBE_TIMEOUT_S)
+        try:
+            return self._probe_session.get(self.endpoint + path, params=params, timeout=timeout)
+        except (requests.RequestException, OSError):
+            return None
+
+    def ping(self) -> bool:
+        """Whether the server answers ``GET /ping`` with ``Ok.`` within a second."""
+        r = self._probe_get(path="/ping")
+        return r is not None and r.status_code == 200 and r.content.startswith(b"Ok.")
+
+    def probe(self, last: InsertResult) -> bool:
+        """Whether an insert that failed with ``last`` would likely succeed now, found cheaply: /ping after a
+        connection error or a server error, the replicas' read-only flags after a keeper problem (242, 225,
+        999: the server answers while its tables stay read-only). Never after TOO_MANY_PARTS (252): that
+        waits out its backoff."""
+        if last.code == 252:
+            return False
+        if last.code in KEEPER_CODES:
+            sql = (
+                "SELECT count() FROM system.replicas WHERE is_readonly AND database = "
+                f"{quote(self.database)} AND table = {quote(self.table)} FORMAT TabSeparated"
+            )
+            r = self._probe_get({"query": sql})
+            return r is not None and r.status_code == 200 and r.text.strip() == "0"
+        return self.ping()
 
     def for_table(self, table: str, row_keys: RowKeys) -> ClickHouseHttpSink:
         """The same server, database and credentials, another table (its own session and detection)."""

@@ -47,11 +47,20 @@ class InsertResult:
     encoding: str = "none"
     #: what the agent found itself (no server error code): a missing table, a table of the wrong shape...
     finding: Finding | None = None
+    #: the request never reached the server (no connection made): the body is surely not stored
+    unsent: bool = False
 
     @classmethod
     def of(cls, c: Classified, raw_bytes: int = 0, sent_bytes: int = 0, encoding: str = "none") -> InsertResult:
         ok = c.error_class is ErrorClass.OK
-        return cls(ok, c.error_class, c.code, c.message, c.status, raw_bytes, sent_bytes, encoding, c.finding)
+        return cls(ok, c.error_class, c.code, c.message, c.status, raw_bytes, sent_bytes, encoding, c.finding, c.unsent)
+
+    @property
+    def maybe_stored(self) -> bool:
+        """A failure after which the body may still have been stored: no answer after the request went out,
+        or ClickHouse's own UNKNOWN_STATUS_OF_INSERT (319). A retry of it must reach a server that would
+        deduplicate it (the same replicated shard), never another one."""
+        return not self.ok and ((self.status is None and not self.unsent) or self.code == 319)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +86,26 @@ class SinkError(Exception):
 
 
 class Sink(Protocol):
-    #: where the rows go, for log lines ("http://host:8123", "chdb:/var/lib/.../embedded")
-    endpoint: str
-    database: str
-    table: str
-    #: set by :meth:`detect`; ``capabilities.dedup_token`` says whether retries are deduplicated
-    capabilities: Capabilities | None
-    profile: Profile | None
+    @property
+    def endpoint(self) -> str:
+        """Where the rows go, for log lines ("http://host:8123", "chdb:/var/lib/.../embedded")."""
+        ...
+
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def table(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """Set by :meth:`detect`; ``capabilities.dedup_token`` says whether retries are deduplicated."""
+        ...
+
+    @property
+    def profile(self) -> Profile | None:
+        """The row shape the table takes, set by :meth:`detect`."""
+        ...
 
     @property
     def target(self) -> str:
@@ -101,6 +123,11 @@ class Sink(Protocol):
 
     def explain(self, r: InsertResult) -> str:
         """One actionable line for an operator."""
+        ...
+
+    def probe(self, last: InsertResult) -> bool:
+        """While backing off after ``last``: whether an insert would likely succeed now, found cheaply (a
+        light query, never the batch). True ends the backoff early; False waits it out."""
         ...
 
     def count_present(self, span_ids: list[str], min_ns: int, max_ns: int) -> int:

@@ -20,14 +20,18 @@ from .values import (
     parse_bool,
     parse_choice,
     parse_duration,
+    parse_float,
     parse_identifier,
     parse_int,
     parse_listen,
     parse_mode,
+    parse_optional_identifier,
     parse_size,
     parse_str,
     parse_url,
+    parse_urls,
     split_listen,
+    split_urls,
 )
 
 __all__ = [
@@ -45,15 +49,19 @@ __all__ = [
     "parse_bool",
     "parse_choice",
     "parse_duration",
+    "parse_float",
     "parse_identifier",
     "parse_int",
     "parse_listen",
     "parse_mode",
+    "parse_optional_identifier",
     "parse_size",
     "parse_str",
     "parse_url",
+    "parse_urls",
     "read_toml",
     "split_listen",
+    "split_urls",
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/automagik-telemetry/agent.toml"

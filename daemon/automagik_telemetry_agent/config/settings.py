@@ -13,13 +13,15 @@ from .values import (
     parse_bool,
     parse_choice,
     parse_duration,
+    parse_float,
     parse_identifier,
     parse_int,
     parse_listen,
     parse_mode,
+    parse_optional_identifier,
     parse_size,
     parse_str,
-    parse_url,
+    parse_urls,
 )
 
 ENV_PREFIX = "AUTOMAGIK_TELEMETRY_"
@@ -290,9 +292,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "clickhouse.endpoint",
         "http://localhost:8123",
-        parse_url,
-        "ClickHouse HTTP(S) endpoint, without credentials in the URL.",
+        parse_urls,
+        "ClickHouse HTTP(S) endpoint, without credentials in the URL; several separated by commas (TOML: a list) "
+        "are failed over between: the first is preferred, or with clickhouse.cluster one picked by a hash of "
+        "the host name, so that a fleet sharing the list spreads over it (docs/scaling.md).",
         flag="--clickhouse-endpoint",
+    ),
+    Setting(
+        "clickhouse.cluster",
+        "",
+        parse_optional_identifier,
+        "ClickHouse cluster (remote_servers) the tables were created on with `schema apply --cluster`: the shipper "
+        'inserts into the replicated <table>_local tables, reads go through the Distributed tables ("" = one '
+        "server, plain tables).",
+        flag="--cluster",
     ),
     Setting(
         "clickhouse.database",
@@ -372,6 +385,33 @@ SETTINGS: tuple[Setting, ...] = (
         live=True,
     ),
     Setting(
+        "shipper.insert_policy",
+        "fleet",
+        parse_choice("fleet", "fixed"),
+        "fleet = batch_wait adapts to the server (it grows while the server's inserts per second exceed "
+        "shipper.target_inserts_per_second, on parts pressure and TOO_MANY_PARTS, up to shipper.batch_wait_max, "
+        "and shrinks back); fixed = always batch_wait (docs/scaling.md).",
+        flag="--insert-policy",
+        live=True,
+    ),
+    Setting(
+        "shipper.target_inserts_per_second",
+        10.0,
+        parse_float(0.1),
+        "The INSERTs per second the fleet policy aims at, per ClickHouse shard (summed over its replicas' "
+        "system.events InsertQuery, every agent's together).",
+        flag="--target-inserts-per-second",
+        live=True,
+    ),
+    Setting(
+        "shipper.batch_wait_max",
+        30.0,
+        parse_duration,
+        "Longest batch_wait the fleet policy may reach (the most latency it adds).",
+        flag="--batch-wait-max",
+        live=True,
+    ),
+    Setting(
         "shipper.max_rows_per_second",
         200_000,
         parse_int(0),
@@ -388,6 +428,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "shipper.retry_max", 60.0, parse_duration, "Longest retry delay after transient failures.", flag="--retry-max"
+    ),
+    Setting(
+        "shipper.probe_interval",
+        1.0,
+        parse_duration,
+        "While backing off after a failure, probe ClickHouse this often with a light query (/ping, or the "
+        "replicas' read-only flags) and retry as soon as it answers (0 = wait every backoff out).",
+        flag="--probe-interval",
     ),
     Setting(
         "shipper.config_retry",

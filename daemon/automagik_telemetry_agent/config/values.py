@@ -75,6 +75,23 @@ def parse_bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
+def parse_float(minimum: float = 0.0) -> Callable[[Any], float]:
+    """A number of at least ``minimum`` (an int or a float, or text of one)."""
+
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number") from None
+        if not number >= minimum or number == float("inf"):
+            raise ValueError(f"must be a finite number of at least {minimum:g}")
+        return number
+
+    return parse
+
+
 def parse_int(minimum: int = 0) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool):
@@ -147,6 +164,30 @@ def parse_url(value: Any) -> str:
             "--username and --password-file, the target in --database and --table)"
         )
     return text
+
+
+def parse_urls(value: Any) -> str:
+    """One or more endpoint URLs (each as :func:`parse_url`): a comma-separated string or a TOML list, kept as
+    one comma-separated string (:func:`split_urls` gives the tuple). Duplicates are refused."""
+    items = value if isinstance(value, list | tuple) else parse_str(value).split(",")
+    urls = [parse_url(item).rstrip("/") for item in items if parse_str(item).strip()]
+    if not urls:
+        raise ValueError("no endpoint given (example: http://localhost:8123, or several separated by commas)")
+    seen = [u for i, u in enumerate(urls) if u in urls[:i]]
+    if seen:
+        raise ValueError(f"{seen[0]} is listed twice")
+    return ",".join(urls)
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """The endpoints of a :func:`parse_urls` value, in the order given (the first is preferred)."""
+    return tuple(u for u in value.split(",") if u)
+
+
+def parse_optional_identifier(value: Any) -> str:
+    """A plain ClickHouse name (see :func:`parse_identifier`), or "" for none."""
+    text = parse_str(value).strip()
+    return parse_identifier(text) if text else ""
 
 
 def parse_mode(value: Any) -> int:

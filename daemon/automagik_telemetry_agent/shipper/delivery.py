@@ -121,8 +121,7 @@ class Delivery:
                     self._stop.wait(self._options().config_retry_s)
                 else:
                     self.stats.retries_transient += 1
-                    o = self._options()
-                    self._stop.wait(backoff_delay(attempt, o.backoff_base_s, o.backoff_cap_s))
+                    self._back_off(attempt, exc.result, until_stop=True)
                     attempt += 1
         return False
 
@@ -242,7 +241,7 @@ class Delivery:
             self.problem(self.sink.explain(r), r.error_class)
             if r.error_class is ErrorClass.TRANSIENT:
                 self.stats.retries_transient += 1
-                self._stop.sleep(backoff_delay(attempt, o.backoff_base_s, o.backoff_cap_s))
+                self._back_off(attempt, r, until_stop=False)
                 attempt += 1
                 if r.status is None and not self._stop.abandon():
                     # No HTTP answer: the connection broke. The server may have been restarted or upgraded
@@ -269,6 +268,30 @@ class Delivery:
                 continue  # the server is unreachable now: the INSERT's retry takes the transient path
             if self.sink.profile is not profile:
                 raise ProfileChanged()
+
+    def _back_off(self, attempt: int, last: InsertResult, until_stop: bool) -> None:
+        """The capped, jittered backoff after the transient failure ``last``, cut short as soon as the sink's
+        cheap probe (:meth:`~..clickhouse.sink.Sink.probe`, every ``probe_interval_s``) says it is back: a
+        server that returns is written to within about a second, one that is still down gets a light query
+        per interval, never the batch. ``until_stop``: a stop request ends it (between batches), else only the
+        stop's deadline does (a send in progress)."""
+        o = self._options()
+        wait = self._stop.wait if until_stop else self._stop.sleep
+        end = time.monotonic() + backoff_delay(attempt, o.backoff_base_s, o.backoff_cap_s)
+        while not self._stop.abandon():
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            wait(min(o.probe_interval_s, remaining) if o.probe_interval_s > 0 else remaining)
+            if time.monotonic() >= end or self._stop.abandon() or o.probe_interval_s <= 0:
+                return
+            if until_stop and self._stop.is_set():
+                return
+            self.stats.probes += 1
+            if self.sink.probe(last):
+                self.stats.probe_recoveries += 1
+                log.info("ClickHouse at %s answers its probe: retrying now", self.sink.endpoint)
+                return
 
     def _redetect_while_misconfigured(self) -> bool:
         """After a configuration error, detect until the server and table are usable (True). The INSERT is

@@ -18,9 +18,10 @@ from typing import Any
 
 from .. import exitcodes
 from ..clickhouse.chdb import ChdbUnavailable
-from ..clickhouse.factory import sink_from_config
+from ..clickhouse.factory import insert_table, sink_from_config
+from ..clickhouse.http import PROBE_TIMEOUT_S
 from ..clickhouse.sink import Sink
-from ..config import AgentConfig, ConfigError, changed_settings
+from ..config import AgentConfig, ConfigError, changed_settings, split_urls
 from ..lifecycle.liveness import Liveness
 from ..lifecycle.run import ChildContext, run_child
 from ..logs import set_level
@@ -52,6 +53,7 @@ def shipper_options(config: Mapping[str, Any]) -> ShipperOptions:
         batch_wait_s=config["shipper.batch_wait"],
         backoff_base_s=config["shipper.retry_base"],
         backoff_cap_s=config["shipper.retry_max"],
+        probe_interval_s=config["shipper.probe_interval"],
         config_retry_s=config["shipper.config_retry"],
         drain_rows_per_s=config["shipper.max_rows_per_second"],
         stop_deadline_s=config["agent.stop_timeout"],
@@ -75,11 +77,20 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
     sinks: dict[Signal, Sink] = {Signal.TRACES: sink}
     for other in (Signal.LOGS, Signal.METRICS):
         shipment = SHIPMENTS[other]
-        sinks[other] = sink.for_table(config[shipment.table_setting], shipment.row_keys)
+        sinks[other] = sink.for_table(insert_table(config, config[shipment.table_setting]), shipment.row_keys)
     # Heartbeat: an HTTP call may take up to connect + read timeout (detect() makes up to three).
     liveness = Liveness()
-    call = config["clickhouse.connect_timeout"] + config["clickhouse.read_timeout"]
-    bounds = {"insert": call, "query": call, "count_present": call, "count_rows": call, "detect": 3 * call}
+    # With several endpoints an insert, a query or a probe may try each of them in turn.
+    n = len(split_urls(config["clickhouse.endpoint"])) if config["sink"] != "embedded" else 1
+    call = n * (config["clickhouse.connect_timeout"] + config["clickhouse.read_timeout"])
+    bounds = {
+        "insert": call,
+        "query": call,
+        "count_present": call,
+        "count_rows": call,
+        "detect": 3 * call,
+        "probe": n * (PROBE_TIMEOUT_S + 1.0),
+    }
     watched = {kind: liveness.watch(s, bounds) for kind, s in sinks.items()}
     shipper = ShipperGroup(config["wal.dir"], watched, shipper_options(config))
     shipper.declare_waits(liveness)

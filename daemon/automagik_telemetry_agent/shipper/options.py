@@ -17,6 +17,7 @@ class ShipperOptions:
     poll_interval_s: float = 0.05
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
+    probe_interval_s: float = 1.0  # while backing off, probe the sink this often (0 = wait the backoff out)
     config_retry_s: float = 30.0
     drain_rows_per_s: float = 200_000.0  # 0 = no limit
     stop_deadline_s: float = 10.0
@@ -41,6 +42,8 @@ class ShipperStats:
     committed_seq: int = 0
     resumed_batches_skipped: int = 0  # in-flight at the last stop, found already stored (legacy servers)
     retries_found_stored: int = 0  # connection broke after the server stored the batch: not resent
+    probes: int = 0  # cheap probes of the sink while backing off
+    probe_recoveries: int = 0  # backoffs cut short because a probe answered
     last_success_time: float | None = None
     last_error: str = ""
     insert_failures: dict[str, int] = field(default_factory=dict)  # failed INSERT requests, by ErrorClass value
