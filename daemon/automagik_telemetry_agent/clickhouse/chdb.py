@@ -295,10 +295,13 @@ class EmbeddedStore:
     def insert(self, target: str, body: bytes, token: str | None, skip_unknown: bool = False) -> None:
         """One INSERT of a JSONEachRow ``body``, deduplicated by ``token``; raises chDB's error.
         ``skip_unknown``: keys the table has no column for are left out (a traces table before migration 4)."""
-        chosen = [f"insert_deduplication_token = {quote(token)}"] if token is not None else []
+        # Synchronous, said explicitly: ClickHouse 26.3+ defaults to async_insert, and the shipper batches.
+        chosen = ["async_insert = 0"]
+        if token is not None:
+            chosen.append(f"insert_deduplication_token = {quote(token)}")
         if skip_unknown:
             chosen.append("input_format_skip_unknown_fields = 1")
-        settings = f" SETTINGS {', '.join(chosen)}" if chosen else ""
+        settings = f" SETTINGS {', '.join(chosen)}"
         # One query with the rows inline, not chDB's streaming inserter (send_insert/append/finish), which
         # is about twice as fast but loses errors raised while the block is written: chdb-core 26.9's
         # finish() reported rows_written for a block the table refused (Code 252, too many partitions),

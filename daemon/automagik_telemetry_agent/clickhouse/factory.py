@@ -63,6 +63,7 @@ def endpoint_sinks(config: Mapping[str, Any], table: str | None = None) -> list[
                 connect_timeout=config["clickhouse.connect_timeout"],
                 read_timeout=config["clickhouse.read_timeout"],
                 compression=config["clickhouse.compression"],
+                async_insert=config["clickhouse.async_insert"],
             )
             for endpoint in ordered_endpoints(config)
         ]

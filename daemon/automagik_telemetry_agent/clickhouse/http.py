@@ -16,7 +16,9 @@ the shipper's job.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import itertools
 import logging
 import urllib.parse
 from collections.abc import Callable
@@ -38,8 +40,25 @@ log = logging.getLogger(__name__)
 COMPRESSIONS = ("auto", "zstd", "gzip", "none")
 ZSTD_MIN_VERSION = (21, 1)
 DEDUP_TOKEN_MIN_VERSION = (22, 2)
+ASYNC_INSERT_MIN_VERSION = (21, 11)
+#: Async inserts with tokens registered them against the wrong partition (silent loss) before 26.3.17.65.
+ASYNC_INSERT_TOKEN_MIN_VERSION = (26, 3, 17, 65)
+ASYNC_INSERTS = ("off", "on")
 PROBE_TIMEOUT_S = 1.0
 KEEPER_CODES = frozenset({225, 242, 999})  # NO_ZOOKEEPER, TABLE_IS_READ_ONLY, KEEPER_EXCEPTION
+
+
+def _version_parts(version: str) -> tuple[int, ...]:
+    """``"26.3.17.65"`` -> (26, 3, 17, 65); the numbers up to the first non-digit ("24.8.1.2-lts" -> (24, 8, 1, 2))."""
+    parts: list[int] = []
+    for part in version.strip().split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(part):
+            break
+    return tuple(parts)
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -153,6 +172,7 @@ class _Settings:
     read_timeout: float
     compression: str
     compression_threshold: int
+    async_insert: str
 
 
 class ClickHouseHttpSink:
@@ -170,6 +190,7 @@ class ClickHouseHttpSink:
         compression: str = "auto",
         compression_threshold: int = 1024,
         row_keys: RowKeys = profile_row_keys,
+        async_insert: str = "off",
     ) -> None:
         self._settings = _Settings(
             endpoint,
@@ -182,8 +203,13 @@ class ClickHouseHttpSink:
             read_timeout,
             compression,
             compression_threshold,
+            async_insert,
         )
         self.row_keys = row_keys
+        if async_insert not in ASYNC_INSERTS:
+            raise ValueError(f"async_insert {async_insert!r} is not one of {', '.join(ASYNC_INSERTS)}")
+        self.async_insert = async_insert
+        self._warned_async = False
         parsed = urllib.parse.urlsplit(endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"ClickHouse endpoint {endpoint!r} is not an http(s)://host[:port] URL")
@@ -276,6 +302,7 @@ class ClickHouseHttpSink:
             compression=s.compression,
             compression_threshold=s.compression_threshold,
             row_keys=row_keys,
+            async_insert=s.async_insert,
         )
 
     # ------------------------------------------------------------------ plain queries
@@ -301,7 +328,13 @@ class ClickHouseHttpSink:
         """
         version = self.query("SELECT version()").strip()
         vt = _version_tuple(version)
-        caps = Capabilities(version, vt >= ZSTD_MIN_VERSION, vt >= DEDUP_TOKEN_MIN_VERSION)
+        caps = Capabilities(
+            version,
+            vt >= ZSTD_MIN_VERSION,
+            vt >= DEDUP_TOKEN_MIN_VERSION,
+            async_insert=vt >= ASYNC_INSERT_MIN_VERSION,
+            async_insert_with_token=_version_parts(version) >= ASYNC_INSERT_TOKEN_MIN_VERSION,
+        )
         self.capabilities = caps
         columns = table_columns(self.query, self.database, self.table)
         if not columns:
@@ -355,7 +388,26 @@ class ClickHouseHttpSink:
         caps = self.capabilities
         if token is not None and caps is not None and caps.dedup_token:
             params["insert_deduplication_token"] = token
+        if caps is not None and caps.async_insert:
+            params.update(self._async_params(caps))
         return params
+
+    def _async_params(self, caps: Capabilities) -> dict[str, str]:
+        """The async_insert settings, always explicit on a server that knows them (26.3+ defaults to on, and a
+        shipper that batches wants synchronous inserts unless told otherwise): ``on`` asks the server to
+        gather small inserts into one part and answer after the flush (``wait_for_async_insert=1``, so an
+        OK still means stored), deduplicated like synchronous ones; only where tokens are safe with it."""
+        if self.async_insert == "on" and caps.async_insert_with_token:
+            return {"async_insert": "1", "wait_for_async_insert": "1", "async_insert_deduplicate": "1"}
+        if self.async_insert == "on" and not self._warned_async:
+            self._warned_async = True
+            log.warning(
+                "ClickHouse %s at %s: async inserts lose deduplicated rows before 26.3.17.65; inserting "
+                "synchronously (clickhouse.async_insert = on takes effect once the server is upgraded)",
+                caps.version,
+                self.endpoint,
+            )
+        return {"async_insert": "0"}
 
     def insert(self, body: bytes, token: str | None = None) -> InsertResult:
         """POST one JSONEachRow body; never raises for a server or network failure."""
@@ -374,7 +426,7 @@ class ClickHouseHttpSink:
         if c.code == 89 and encoding == "zstd":  # UNKNOWN_COMPRESSION_METHOD: fall back to gzip
             log.warning("ClickHouse at %s refused a zstd body; falling back to gzip", self.endpoint)
             if self.capabilities is not None:
-                self.capabilities = Capabilities(self.capabilities.version, False, self.capabilities.dedup_token)
+                self.capabilities = dataclasses.replace(self.capabilities, zstd=False)
             if self.compression == "zstd":
                 self.compression = "gzip"
             c = Classified(ErrorClass.TRANSIENT, c.code, c.message, c.status)

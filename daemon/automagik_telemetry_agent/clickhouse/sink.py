@@ -68,6 +68,10 @@ class Capabilities:
     version: str
     zstd: bool
     dedup_token: bool
+    #: the server knows the ``async_insert`` setting (21.11+): the sink then always says which it wants
+    async_insert: bool = False
+    #: async inserts keep insert_deduplication_token's promise here (26.3.17.65+: before, a silent-loss bug)
+    async_insert_with_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,6 +359,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Request body compression; auto = zstd on ClickHouse >= 21.1, else gzip (bodies under 1 KiB are sent plain).",
         flag="--compression",
     ),
+    Setting(
+        "clickhouse.async_insert",
+        "off",
+        parse_choice("off", "on"),
+        "on = async_insert=1&wait_for_async_insert=1 (the server gathers many agents' small inserts into one part "
+        "and answers once it is stored), only on servers >= 26.3.17.65 where deduplication tokens are safe with "
+        "it; off = synchronous inserts, said explicitly to servers >= 21.11 (26.3+ default to async).",
+        flag="--async-insert",
+    ),
     Setting("clickhouse.connect_timeout", 5.0, parse_duration, "Connect timeout.", flag="--connect-timeout"),
     Setting(
         "clickhouse.read_timeout",

@@ -38,6 +38,7 @@ OTLP_STATUSES = (200, 400, 413, 503)  # otlp_requests_total series initialised p
 OTLP_REFUSALS = ("not_an_object", "unsupported_metric_type", "item_too_large")  # ingest.otlp.export.Refusal
 FAILURE_CLASSES = ("transient", "config", "bad_data")
 RETRY_CLASSES = ("transient", "config")
+POLICY_ADJUSTMENTS = ("busy", "quiet", "parts_pressure", "too_many_parts")  # shipper.insert_policy.Adjustment
 CLIENT_DROP_COUNTERS = {
     "dropped_queue_full": "queue_full",
     "dropped_oversized": "oversized",
@@ -218,6 +219,34 @@ CATALOGUE: dict[str, MetricDef] = _defs(
     ),
     MetricDef(P + "shipper_last_success_timestamp_seconds", G, "Unix time of the last INSERT ClickHouse accepted."),
     MetricDef(P + "shipper_consecutive_failures", G, "Failed attempts since the last success (0 when healthy)."),
+    MetricDef(
+        P + "shipper_probes_total",
+        C,
+        "Light probes of ClickHouse while backing off (/ping, replicas' read-only flags).",
+    ),
+    MetricDef(
+        P + "shipper_probe_recoveries_total", C, "Backoffs cut short because a probe found ClickHouse answering again."
+    ),
+    # ---- the fleet insert policy (docs/scaling.md)
+    MetricDef(
+        P + "shipper_batch_wait_seconds", G, "The batch_wait in force (the insert policy's, else shipper.batch_wait)."
+    ),
+    MetricDef(
+        P + "shipper_server_inserts_per_second",
+        G,
+        "INSERTs per second the shard received at the insert policy's last reading (all agents, all tables).",
+    ),
+    MetricDef(
+        P + "shipper_server_active_parts",
+        G,
+        "Most active parts in one partition of the traces table at the insert policy's last reading.",
+    ),
+    MetricDef(
+        P + "shipper_policy_adjustments_total",
+        C,
+        "Changes of the insert policy's batch_wait, by reason (busy, quiet, parts_pressure, too_many_parts).",
+        ("reason",),
+    ),
     # ---- per signal (spans, log records, metric data points: each has its own table and shipper)
     MetricDef(P + "ingest_items_received_total", C, "Items in the accepted RECORDS messages, by signal.", ("signal",)),
     MetricDef(P + "shipper_signal_rows_total", C, "Rows ClickHouse accepted, by signal.", ("signal",)),

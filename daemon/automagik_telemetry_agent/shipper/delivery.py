@@ -40,6 +40,8 @@ from .stop import StopRequest
 
 __all__ = ["PROBE_ROWS", "Delivery", "ProfileChanged"]
 
+TOO_MANY_PARTS = 252
+
 log = logging.getLogger(__name__)
 
 PROBE_ROWS = 16  # span ids checked when a restarted shipper resends its in-flight batch (no dedup token)
@@ -64,8 +66,10 @@ class Delivery:
         options: Callable[[], ShipperOptions],
         inflight: InflightRecord,
         shipment: Shipment = SHIPMENTS[Signal.TRACES],
+        on_too_many_parts: Callable[[], None] | None = None,
     ) -> None:
         self.sink = sink
+        self._on_too_many_parts = on_too_many_parts
         self._shipment = shipment
         self.stats = stats
         self._stop = stop
@@ -239,6 +243,8 @@ class Delivery:
             if r.error_class is ErrorClass.BAD_DATA:
                 return r
             self.problem(self.sink.explain(r), r.error_class)
+            if r.code == TOO_MANY_PARTS and self._on_too_many_parts is not None:
+                self._on_too_many_parts()  # the insert policy makes the following batches fewer and larger
             if r.error_class is ErrorClass.TRANSIENT:
                 self.stats.retries_transient += 1
                 self._back_off(attempt, r, until_stop=False)

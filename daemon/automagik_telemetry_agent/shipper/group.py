@@ -3,8 +3,9 @@
 Each :class:`~.loop.Shipper` reads its own signal's records from the WAL, with its own cursor,
 in-flight record and consumer lock, and writes its own table through a sink of the same carrier
 (:meth:`~..clickhouse.sink.Sink.for_table`). They run in threads of one process and share nothing
-else, so a table that refuses rows (missing, wrong shape, unreachable) holds up only its signal: the
-others keep shipping while its records wait in the WAL.
+else but the insert policy (:mod:`.insert_policy`: one batch_wait for the servers they all write to), so
+a table that refuses rows (missing, wrong shape, unreachable) holds up only its signal: the others keep
+shipping while its records wait in the WAL.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from ..clickhouse.sink import Sink
 from ..lifecycle.liveness import Liveness
 from ..wal.signals import Signal
+from .insert_policy import InsertPolicy
 from .loop import Shipper
 from .options import ShipperOptions
 from .signals import SHIPMENTS
@@ -29,9 +31,16 @@ log = logging.getLogger(__name__)
 class ShipperGroup:
     """One :class:`Shipper` per signal; ``sinks`` maps each signal to its table's sink."""
 
-    def __init__(self, wal_dir: str, sinks: Mapping[Signal, Sink], options: ShipperOptions) -> None:
+    def __init__(
+        self,
+        wal_dir: str,
+        sinks: Mapping[Signal, Sink],
+        options: ShipperOptions,
+        policy: InsertPolicy | None = None,
+    ) -> None:
+        self.policy = policy  # shared: the three signals' inserts reach the same servers
         self.shippers: dict[Signal, Shipper] = {
-            signal: Shipper(wal_dir, sink, options, SHIPMENTS[signal]) for signal, sink in sinks.items()
+            signal: Shipper(wal_dir, sink, options, SHIPMENTS[signal], policy) for signal, sink in sinks.items()
         }
         self._errors: list[BaseException] = []
 

@@ -5,9 +5,10 @@ collects and freezes batch N+1, which is recorded in flight and sent only once N
 all if a stop was requested by then):
 
 1. **Collect** records after the durable cursor until ``batch_rows`` spans, ``batch_bytes`` WAL bytes,
-   or ``batch_wait_s`` after the first record of a partial batch; a partial batch goes earlier when the
+   or ``batch_wait`` after the first record of a partial batch; a partial batch goes earlier when the
    WAL runs dry, nothing is in flight, and it holds half of ``batch_rows`` or the previous INSERT began
-   ``batch_wait_s`` ago (:meth:`Shipper._partial_batch_may_go`).
+   ``batch_wait`` ago (:meth:`Shipper._partial_batch_may_go`). ``batch_wait`` is the insert policy's
+   (:mod:`.insert_policy`: it grows while the shard is busy) or the option ``batch_wait_s``.
 2. **Freeze**: transform every span (a :class:`~.transform.TransformError` dead-letters that span,
    it is never sent), encode the rows, and fix the batch's identity: the WAL range
    ``[first, last]``, the segment salts it touched and the exact body bytes. The dedup token
@@ -49,6 +50,7 @@ from .batch import FrozenBatch, freeze_batch
 from .dead_letter import DeadLetter, DeadLetterEntry
 from .delivery import PROBE_ROWS, Delivery, ProfileChanged
 from .inflight import InflightRecord
+from .insert_policy import InsertPolicy
 from .options import ShipperOptions, ShipperStats
 from .sending import Sending
 from .signals import SHIPMENTS, Shipment
@@ -75,9 +77,11 @@ class Shipper:
         sink: Sink,
         options: ShipperOptions | None = None,
         shipment: Shipment = SHIPMENTS[Signal.TRACES],
+        policy: InsertPolicy | None = None,
     ) -> None:
         """Ship one signal's records (``shipment``: spans by default) from the WAL in ``wal_dir`` to ``sink``
-        (that signal's table)."""
+        (that signal's table). ``policy``: the insert policy steering batch_wait (shared by the signals of
+        one process); without one, always ``options.batch_wait_s``."""
         self.wal_dir = os.path.abspath(wal_dir)
         self.sink = sink
         self.shipment = shipment
@@ -88,7 +92,16 @@ class Shipper:
         self.stats = ShipperStats()
         self.reader: WalReader | None = None
         self._stop = StopRequest()  # the one stop event and deadline, shared with the delivery
-        self._delivery = Delivery(sink, self.stats, self._stop, lambda: self.options, self.inflight, shipment)
+        self.policy = policy
+        self._delivery = Delivery(
+            sink,
+            self.stats,
+            self._stop,
+            lambda: self.options,
+            self.inflight,
+            shipment,
+            on_too_many_parts=policy.too_many_parts if policy is not None else None,
+        )
         self._last_idle_commit = 0.0
         self._agent_id: str | None = None
         self._last_stats_log = time.monotonic()
@@ -124,6 +137,10 @@ class Shipper:
         ``liveness``, so that the supervisor's heartbeat check tells a long but
         known wait from a hang. Call before :meth:`run` and before installing signal handlers."""
         self._stop.declare_waits(liveness)
+
+    def batch_wait(self) -> float:
+        """The batch_wait in force: the insert policy's, else the option's."""
+        return self.policy.wait_s if self.policy is not None else self.options.batch_wait_s
 
     # ------------------------------------------------------------------ detection
     def ensure_detected(self) -> bool:
@@ -176,6 +193,8 @@ class Shipper:
         self.reader = WalReader(self.wal_dir, signal=self.shipment.signal)
         self.stats.committed_seq = self.reader.committed_seq
         self._sending, self._abandoned, self._stopping_at_commit = None, False, False
+        delay = self.policy.start_delay() if self.policy is not None else 0.0
+        self._last_send_start = time.monotonic() - self.batch_wait() + delay  # jittered start (fleet policy)
         try:
             if not self.ensure_detected():
                 return self.stats
@@ -232,7 +251,9 @@ class Shipper:
                 break
             if items >= o.batch_rows or size >= o.batch_bytes:
                 break
-            if started is not None and time.monotonic() - started >= o.batch_wait_s:
+            if self.policy is not None:
+                self.policy.maybe_sample()
+            if started is not None and time.monotonic() - started >= self.batch_wait():
                 break
             if not got and not self.reader.at_end and not done_resuming:
                 continue  # it stopped after passing many records of other signals: read on
@@ -266,7 +287,7 @@ class Shipper:
         if self._sending is not None and not self._sending.done.is_set():
             return False
         o = self.options
-        return items >= max(1, o.batch_rows // 2) or time.monotonic() - self._last_send_start >= o.batch_wait_s
+        return items >= max(1, o.batch_rows // 2) or time.monotonic() - self._last_send_start >= self.batch_wait()
 
     def _freeze(self, entries: list[WalEntry]) -> FrozenBatch:
         assert self.sink.profile is not None

@@ -20,6 +20,7 @@ from .. import exitcodes
 from ..clickhouse.chdb import ChdbUnavailable
 from ..clickhouse.factory import insert_table, sink_from_config
 from ..clickhouse.http import PROBE_TIMEOUT_S
+from ..clickhouse.load import LoadSample, sample_load
 from ..clickhouse.sink import Sink
 from ..config import AgentConfig, ConfigError, changed_settings, split_urls
 from ..lifecycle.liveness import Liveness
@@ -27,11 +28,12 @@ from ..lifecycle.run import ChildContext, run_child
 from ..logs import set_level
 from ..wal.signals import Signal
 from .group import ShipperGroup
+from .insert_policy import InsertPolicy, PolicyMode, PolicySettings
 from .metrics import collect_shipper
 from .options import ShipperOptions
 from .signals import SHIPMENTS
 
-__all__ = ["LIVE_OPTIONS", "run", "shipper_options"]
+__all__ = ["LIVE_OPTIONS", "POLICY_SETTINGS", "policy_settings", "run", "shipper_options"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,13 @@ LIVE_OPTIONS = {
     "shipper.batch_wait": "batch_wait_s",
     "shipper.max_rows_per_second": "drain_rows_per_s",
 }
+#: Live settings of the insert policy (applied on reload: policy_settings).
+POLICY_SETTINGS = (
+    "shipper.insert_policy",
+    "shipper.batch_wait",
+    "shipper.batch_wait_max",
+    "shipper.target_inserts_per_second",
+)
 ABANDON_GRACE_S = 0.5  # after agent.stop_timeout, the shipper process exits even if a send is still blocked
 
 
@@ -59,6 +68,27 @@ def shipper_options(config: Mapping[str, Any]) -> ShipperOptions:
         stop_deadline_s=config["agent.stop_timeout"],
         dead_letter_dir=config["shipper.dead_letter_dir"] or None,
     )
+
+
+def policy_settings(config: Mapping[str, Any]) -> PolicySettings:
+    """The insert policy's settings from a configuration (the embedded store has no fleet: always fixed)."""
+    mode = PolicyMode(config["shipper.insert_policy"]) if config["sink"] != "embedded" else PolicyMode.FIXED
+    return PolicySettings(
+        mode=mode,
+        batch_wait_s=config["shipper.batch_wait"],
+        batch_wait_max_s=config["shipper.batch_wait_max"],
+        target_inserts_per_s=config["shipper.target_inserts_per_second"],
+    )
+
+
+class LoadSampler:
+    """The insert policy's reading of the servers the traces sink writes to (a declared wait of the shipper)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def sample(self) -> LoadSample | None:
+        return sample_load(self._sink)
 
 
 def run(load: Callable[[], AgentConfig]) -> int:
@@ -92,7 +122,9 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
         "probe": n * (PROBE_TIMEOUT_S + 1.0),
     }
     watched = {kind: liveness.watch(s, bounds) for kind, s in sinks.items()}
-    shipper = ShipperGroup(config["wal.dir"], watched, shipper_options(config))
+    sampler = liveness.watch(LoadSampler(sink), {"sample": n * call})
+    policy = InsertPolicy(policy_settings(config), sampler.sample)
+    shipper = ShipperGroup(config["wal.dir"], watched, shipper_options(config), policy)
     shipper.declare_waits(liveness)
     applied = dict(config.items())
 
@@ -102,8 +134,11 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
             set_level(new["log.level"])
         if changes:
             shipper.apply_options(**changes)
-        done = [f"{k} = {new[k]!r}" for k in (*LIVE_OPTIONS, "log.level") if new[k] != applied[k]]
-        applied.update({k: new[k] for k in (*LIVE_OPTIONS, "log.level")})
+        if any(new[k] != applied[k] for k in POLICY_SETTINGS):
+            policy.update(policy_settings(new))
+        live = (*LIVE_OPTIONS, *POLICY_SETTINGS, "log.level")
+        done = [f"{k} = {new[k]!r}" for k in live if new[k] != applied[k]]
+        applied.update({k: new[k] for k in live})
         if done:
             log.info("applied %s", ", ".join(done))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..metrics.catalogue import FAILURE_CLASSES, P
+from ..metrics.catalogue import FAILURE_CLASSES, POLICY_ADJUSTMENTS, P
 from ..metrics.exposition import merge_histograms
 from ..metrics.samples import MetricsDict, empty, sample
 from .loop import Shipper
@@ -21,6 +21,25 @@ if TYPE_CHECKING:
 
 def _add(out: dict[str, float], key: str, value: float) -> None:
     out[key] = out.get(key, 0) + value
+
+
+def _policy_metrics(out: MetricsDict, group: ShipperGroup | Shipper) -> None:
+    """The insert policy's batch_wait, its last reading of the shard and its adjustments by reason."""
+    c, g = out["counters"], out["gauges"]
+    policy = group.policy
+    if isinstance(group, Shipper):
+        g[P + "shipper_batch_wait_seconds"] = group.batch_wait()
+    elif group.shippers:
+        g[P + "shipper_batch_wait_seconds"] = next(iter(group.shippers.values())).batch_wait()
+    for reason in POLICY_ADJUSTMENTS:
+        c[sample(P + "shipper_policy_adjustments_total", reason=reason)] = 0
+    if policy is None:
+        return
+    for why, count in policy.adjustments.items():
+        c[sample(P + "shipper_policy_adjustments_total", reason=why.value)] = count
+    if policy.server_inserts_per_s is not None:
+        g[P + "shipper_server_inserts_per_second"] = policy.server_inserts_per_s
+        g[P + "shipper_server_active_parts"] = policy.max_parts
 
 
 def collect_shipper(group: ShipperGroup | Shipper) -> MetricsDict:
@@ -49,6 +68,8 @@ def collect_shipper(group: ShipperGroup | Shipper) -> MetricsDict:
         _add(c, sample(P + "shipper_dead_lettered_rows_total", reason="rejected"), s.dead_lettered_rejected)
         _add(c, sample(P + "shipper_batches_found_stored_total", when="resume"), s.resumed_batches_skipped)
         _add(c, sample(P + "shipper_batches_found_stored_total", when="retry"), s.retries_found_stored)
+        _add(c, P + "shipper_probes_total", s.probes)
+        _add(c, P + "shipper_probe_recoveries_total", s.probe_recoveries)
         rs = shipper.reader.stats if shipper.reader is not None else None
         _add(c, P + "wal_corrupt_records_skipped_total", rs.corrupt_records_skipped if rs is not None else 0)
         _add(c, P + "wal_missing_records_total", rs.gap_records if rs is not None else 0)
@@ -64,6 +85,7 @@ def collect_shipper(group: ShipperGroup | Shipper) -> MetricsDict:
         if s.last_error and "last_error" not in out["info"]:
             out["info"]["last_error"] = s.last_error if signal == "traces" else f"{signal}: {s.last_error}"
     g[P + "shipper_consecutive_failures"] = failures_worst
+    _policy_metrics(out, group)
     if histogram is not None:
         out["histograms"][P + "shipper_insert_duration_seconds"] = histogram
     return out

@@ -1,0 +1,81 @@
+"""How busy the ClickHouse servers a sink inserts into are: the input of the fleet insert policy.
+
+:func:`sample_load` asks every endpoint of the sink's dedup domain (the replicas of its shard: each of
+them gets inserts from agents, and every part inserted into one is a part on all of them) one light
+query::
+
+    SELECT <InsertQuery events>, <most active parts in one partition of the table>, <parts_to_delay_insert>
+
+``InsertQuery`` counts the INSERT statements a server has received since it started (every agent's, every
+table's; replication does not count): its rate, summed over the shard's replicas, is the shard's inserts
+per second. The parts figure is the merge backlog of the target table, and ``parts_to_delay_insert``
+where the server starts slowing inserts down (150 on 18.16; TOO_MANY_PARTS follows at
+``parts_to_throw_insert``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .failover import FailoverSink, Health
+from .http import ClickHouseHttpSink
+from .schema import quote
+from .sink import Sink, SinkError
+
+__all__ = ["LoadSample", "load_sql", "sample_load"]
+
+DEFAULT_PARTS_TO_DELAY = 150
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSample:
+    """One reading of a shard: its servers' INSERT count, and the worst partition's active parts."""
+
+    endpoints: tuple[str, ...]  # the servers read (a change between two samples makes their delta meaningless)
+    inserts: int  # InsertQuery events summed over them
+    max_parts: int  # most active parts in one partition of the table, on any of them
+    parts_to_delay: int  # the server's parts_to_delay_insert
+
+
+def load_sql(database: str, table: str) -> str:
+    """The one query of a load reading (18.16-compatible: scalar subqueries, empty sets read as 0)."""
+    return (
+        "SELECT (SELECT sum(value) FROM system.events WHERE event = 'InsertQuery'), "
+        "(SELECT max(c) FROM (SELECT count() AS c FROM system.parts WHERE active AND database = "
+        f"{quote(database)} AND table = {quote(table)} GROUP BY partition)), "
+        "(SELECT toUInt64OrZero(any(value)) FROM system.merge_tree_settings WHERE name = 'parts_to_delay_insert') "
+        "FORMAT TabSeparated"
+    )
+
+
+def _read(sink: ClickHouseHttpSink) -> tuple[int, int, int]:
+    fields = sink.query(load_sql(sink.database, sink.table)).split()
+    inserts, parts, delay = (int(f) if f.isdigit() else 0 for f in [*fields, "0", "0", "0"][:3])
+    return inserts, parts, delay or DEFAULT_PARTS_TO_DELAY
+
+
+def _domain_sinks(sink: Sink) -> list[ClickHouseHttpSink]:
+    if isinstance(sink, ClickHouseHttpSink):
+        return [sink]
+    if isinstance(sink, FailoverSink):
+        domain = sink.active.domain
+        return [m.sink for m in sink.members if m.domain == domain and m.health is Health.UP] or [sink.active.sink]
+    return []
+
+
+def sample_load(sink: Sink) -> LoadSample | None:
+    """A reading of the servers ``sink`` inserts into; None for a sink without a server (the embedded store)
+    or when one of them does not answer (the policy then keeps its wait: a failure is the retry loop's)."""
+    sinks = _domain_sinks(sink)
+    if not sinks:
+        return None
+    try:
+        readings = [_read(s) for s in sinks]
+    except SinkError:
+        return None
+    return LoadSample(
+        tuple(s.endpoint for s in sinks),
+        sum(r[0] for r in readings),
+        max(r[1] for r in readings),
+        min(r[2] for r in readings),
+    )

@@ -1,0 +1,189 @@
+"""The fleet insert policy: how long a partial batch waits, adapted to how busy the server is.
+
+Every synchronous INSERT makes a part; a fleet of N agents each inserting every ``batch_wait`` seconds
+makes N / batch_wait parts per second at the shard, and ClickHouse slows down (``parts_to_delay_insert``)
+and then refuses inserts (TOO_MANY_PARTS, 252) when merges fall behind. One agent cannot see the fleet,
+but every agent can see the shard: :class:`InsertPolicy` reads the shard's inserts per second
+(:func:`~..clickhouse.load.sample_load`, every ``sample_interval_s``, jittered) and steers its own
+``wait_s``, the effective batch_wait, between ``batch_wait_s`` and ``batch_wait_max_s``:
+
+* **busy** (the shard's rate above ``target_inserts_per_s``): ``wait *= sqrt(rate / target)`` (at most x2 a
+  step). Every agent does the same from the same reading, so together they bring the shard's rate to the
+  target in a few steps (the square root damps the overshoot of all agents reacting at once);
+* **quiet** (below 70 % of the target): ``wait *= sqrt(rate / target)`` (at least x0.5 a step), back down to
+  ``batch_wait_s``: a single agent on its own server keeps the latency of ``batch_wait``;
+* **parts pressure** (the table's worst partition holds more than half of ``parts_to_delay_insert`` active
+  parts): ``wait *= 2``;
+* **TOO_MANY_PARTS** (the server refused an insert with 252): ``wait = batch_wait_max_s``.
+
+Between 70 % and 100 % of the target the wait stays (a dead band: no oscillation). With ``fixed`` the wait
+is always ``batch_wait_s``. :meth:`InsertPolicy.start_delay` jitters the first insert after a start over
+``[0, wait)``, so that a fleet restarted at once does not insert in lockstep.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..clickhouse.load import LoadSample
+
+__all__ = ["Adjustment", "InsertPolicy", "PolicyMode", "PolicySettings"]
+
+log = logging.getLogger(__name__)
+
+QUIET_FRACTION = 0.7  # below this fraction of the target the wait shrinks
+MAX_STEP = 2.0  # the most one reading multiplies or divides the wait by
+PRESSURE_FRACTION = 0.5  # of parts_to_delay_insert: more active parts in one partition is pressure
+
+
+class PolicyMode(enum.Enum):
+    FLEET = "fleet"
+    FIXED = "fixed"
+
+
+class Adjustment(enum.Enum):
+    """Why the wait last changed (a label of the policy's metrics)."""
+
+    BUSY = "busy"
+    QUIET = "quiet"
+    PARTS_PRESSURE = "parts_pressure"
+    TOO_MANY_PARTS = "too_many_parts"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    mode: PolicyMode = PolicyMode.FLEET
+    batch_wait_s: float = 1.0
+    batch_wait_max_s: float = 30.0
+    target_inserts_per_s: float = 10.0
+    sample_interval_s: float = 10.0
+
+
+class InsertPolicy:
+    """The effective batch_wait of one shipper process (its three signals share it). Thread-safe."""
+
+    def __init__(
+        self,
+        settings: PolicySettings,
+        sampler: Callable[[], LoadSample | None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rand: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sampler = sampler
+        self._clock = clock
+        self._rand = rand or random.Random()
+        self._lock = threading.Lock()
+        self._wait = settings.batch_wait_s
+        self._last: tuple[float, LoadSample] | None = None
+        self._next_sample = clock() + self._jittered(settings.sample_interval_s)
+        self.adjustments: dict[Adjustment, int] = dict.fromkeys(Adjustment, 0)
+        self.server_inserts_per_s: float | None = None  # the shard's rate at the last reading
+        self.max_parts = 0
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def settings(self) -> PolicySettings:
+        return self._settings
+
+    @property
+    def wait_s(self) -> float:
+        """The batch_wait to use now."""
+        if self._settings.mode is PolicyMode.FIXED:
+            return self._settings.batch_wait_s
+        return self._wait
+
+    def start_delay(self) -> float:
+        """How long after a start the first partial batch waits: uniform in [0, wait) under the fleet policy,
+        0 under ``fixed`` (today's: the first spans go at once)."""
+        if self._settings.mode is PolicyMode.FIXED:
+            return 0.0
+        return self._rand.uniform(0, self.wait_s)
+
+    def update(self, settings: PolicySettings) -> None:
+        """New settings (a reload): the wait is clamped into the new bounds."""
+        with self._lock:
+            self._settings = settings
+            self._wait = self._clamp(self._wait)
+
+    # ------------------------------------------------------------------ observations
+    def maybe_sample(self) -> None:
+        """Take a reading if one is due (cheap to call often; one caller at a time does the query)."""
+        if self._sampler is None or self._settings.mode is PolicyMode.FIXED or self._clock() < self._next_sample:
+            return
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            now = self._clock()
+            if now < self._next_sample:
+                return
+            self._next_sample = now + self._jittered(self._settings.sample_interval_s)
+            reading = self._sampler()
+            if reading is not None:
+                self._observe_locked(now, reading)
+        finally:
+            self._lock.release()
+
+    def observe(self, now: float, reading: LoadSample) -> None:
+        """Feed one reading taken at ``now`` (what :meth:`maybe_sample` does with its sampler's)."""
+        with self._lock:
+            self._observe_locked(now, reading)
+
+    def too_many_parts(self) -> None:
+        """The server refused an insert with TOO_MANY_PARTS: wait as long as allowed."""
+        with self._lock:
+            if self._settings.mode is PolicyMode.FLEET:
+                self._set(self._settings.batch_wait_max_s, Adjustment.TOO_MANY_PARTS)
+
+    # ------------------------------------------------------------------ the rules
+    def _observe_locked(self, now: float, reading: LoadSample) -> None:
+        last, self._last = self._last, (now, reading)
+        self.max_parts = reading.max_parts
+        if reading.max_parts > PRESSURE_FRACTION * reading.parts_to_delay:
+            self._set(self._wait * MAX_STEP, Adjustment.PARTS_PRESSURE)
+            return
+        if last is None or last[1].endpoints != reading.endpoints or now <= last[0]:
+            return  # the first reading of these servers: no rate yet
+        delta = reading.inserts - last[1].inserts
+        if delta < 0:  # a server restarted (its counter began again)
+            return
+        rate = delta / (now - last[0])
+        self.server_inserts_per_s = rate
+        target = self._settings.target_inserts_per_s
+        if rate > target:
+            self._set(self._wait * min(MAX_STEP, math.sqrt(rate / target)), Adjustment.BUSY)
+        elif rate < QUIET_FRACTION * target and self._wait > self._settings.batch_wait_s:
+            self._set(self._wait * max(1 / MAX_STEP, math.sqrt(max(rate, 1e-9) / target)), Adjustment.QUIET)
+
+    def _set(self, wait: float, why: Adjustment) -> None:
+        new = self._clamp(wait)
+        if new == self._wait:
+            return
+        level = logging.INFO if why in (Adjustment.TOO_MANY_PARTS, Adjustment.PARTS_PRESSURE) else logging.DEBUG
+        log.log(
+            level,
+            "insert policy: batch_wait %.2f s -> %.2f s (%s; shard at %s inserts/s, target %g; %d active parts)",
+            self._wait,
+            new,
+            why.value,
+            "?" if self.server_inserts_per_s is None else f"{self.server_inserts_per_s:.1f}",
+            self._settings.target_inserts_per_s,
+            self.max_parts,
+        )
+        self._wait = new
+        self.adjustments[why] += 1
+
+    def _clamp(self, wait: float) -> float:
+        s = self._settings
+        return min(max(wait, s.batch_wait_s), max(s.batch_wait_s, s.batch_wait_max_s))
+
+    def _jittered(self, interval: float) -> float:
+        return interval * self._rand.uniform(0.8, 1.2)

@@ -1,0 +1,145 @@
+"""The fleet insert policy (shipper/insert_policy.py): a model fleet converges on the target insert rate."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from automagik_telemetry_agent.clickhouse.load import LoadSample, load_sql
+from automagik_telemetry_agent.shipper.insert_policy import Adjustment, InsertPolicy, PolicyMode, PolicySettings
+
+ENDPOINTS = ("http://a:8123", "http://b:8123")
+
+
+class Shard:
+    """A model shard: N agents, each inserting every ``wait`` seconds; its InsertQuery counter."""
+
+    def __init__(self, agents: int, settings: PolicySettings, parts: int = 0) -> None:
+        self.policies = [InsertPolicy(settings, rand=random.Random(i)) for i in range(agents)]
+        self.inserts = 0.0
+        self.now = 0.0
+        self.parts = parts
+
+    def rate(self) -> float:
+        return sum(1 / p.wait_s for p in self.policies)
+
+    def step(self, seconds: float = 10.0) -> None:
+        """``seconds`` of inserting at every agent's current wait, then every agent reads the shard."""
+        self.inserts += self.rate() * seconds
+        self.now += seconds
+        reading = LoadSample(ENDPOINTS, int(self.inserts), self.parts, 150)
+        for p in self.policies:
+            p.observe(self.now, reading)
+
+
+@pytest.mark.parametrize("agents", [50, 1000])
+def test_a_fleet_converges_on_the_target_insert_rate(agents: int) -> None:
+    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=1.0, batch_wait_max_s=300.0, target_inserts_per_s=10.0)
+    shard = Shard(agents, settings)
+    assert shard.rate() == pytest.approx(agents)  # one insert per agent per second before the policy acts
+    for _ in range(12):
+        shard.step()
+    assert 7.0 <= shard.rate() <= 10.0 * 1.05, shard.rate()
+    assert shard.policies[0].wait_s == pytest.approx(agents / shard.rate(), rel=0.01)
+    assert shard.policies[0].adjustments[Adjustment.BUSY] >= 3
+
+
+def test_the_wait_stays_inside_its_bounds_and_the_fleet_stays_busy_when_the_cap_is_reached() -> None:
+    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=1.0, batch_wait_max_s=30.0, target_inserts_per_s=10.0)
+    shard = Shard(1000, settings)
+    for _ in range(20):
+        shard.step()
+    assert shard.policies[0].wait_s == 30.0  # capped: the latency bound wins over the target
+    assert shard.rate() == pytest.approx(1000 / 30)
+
+
+def test_a_quiet_shard_brings_the_wait_back_to_batch_wait() -> None:
+    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=1.0, batch_wait_max_s=30.0, target_inserts_per_s=10.0)
+    shard = Shard(50, settings)
+    for _ in range(10):
+        shard.step()
+    assert shard.policies[0].wait_s > 3.0
+    del shard.policies[5:]  # 45 of the 50 agents leave
+    for _ in range(15):
+        shard.step()
+    assert shard.policies[0].wait_s < 2.0
+    assert shard.policies[0].adjustments[Adjustment.QUIET] >= 1
+
+
+def test_a_single_agent_on_its_own_server_keeps_batch_wait() -> None:
+    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=1.0, batch_wait_max_s=30.0, target_inserts_per_s=10.0)
+    shard = Shard(3, settings)  # three signals' shippers of one agent: 3 inserts/s
+    for _ in range(10):
+        shard.step()
+    assert all(p.wait_s == 1.0 for p in shard.policies)
+    assert sum(shard.policies[0].adjustments.values()) == 0
+
+
+def test_parts_pressure_doubles_the_wait_and_too_many_parts_jumps_to_the_cap() -> None:
+    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=1.0, batch_wait_max_s=30.0, target_inserts_per_s=10.0)
+    policy = InsertPolicy(settings)
+    policy.observe(10.0, LoadSample(ENDPOINTS, 0, 76, 150))  # more than half of parts_to_delay_insert
+    assert policy.wait_s == 2.0
+    policy.observe(20.0, LoadSample(ENDPOINTS, 0, 76, 150))
+    assert policy.wait_s == 4.0 and policy.adjustments[Adjustment.PARTS_PRESSURE] == 2
+    policy.too_many_parts()
+    assert policy.wait_s == 30.0 and policy.adjustments[Adjustment.TOO_MANY_PARTS] == 1
+
+
+def test_a_reading_of_other_servers_or_a_restarted_counter_gives_no_rate() -> None:
+    settings = PolicySettings(PolicyMode.FLEET, target_inserts_per_s=1.0)
+    policy = InsertPolicy(settings)
+    policy.observe(0.0, LoadSample(ENDPOINTS, 1000, 0, 150))
+    policy.observe(10.0, LoadSample(ENDPOINTS[:1], 5000, 0, 150))  # failed over: another set of servers
+    assert policy.server_inserts_per_s is None and policy.wait_s == 1.0
+    policy.observe(20.0, LoadSample(ENDPOINTS[:1], 10, 0, 150))  # that server restarted: its counter went back
+    assert policy.server_inserts_per_s is None and policy.wait_s == 1.0
+    policy.observe(30.0, LoadSample(ENDPOINTS[:1], 410, 0, 150))
+    assert policy.server_inserts_per_s == pytest.approx(40.0) and policy.wait_s == 2.0  # sqrt(40) capped at x2
+
+
+def test_fixed_never_moves_and_starts_at_once() -> None:
+    settings = PolicySettings(PolicyMode.FIXED, batch_wait_s=1.5, batch_wait_max_s=30.0, target_inserts_per_s=1.0)
+    policy = InsertPolicy(settings, sampler=lambda: pytest.fail("fixed must not read the server"))
+    policy.maybe_sample()
+    policy.observe(0.0, LoadSample(ENDPOINTS, 0, 299, 150))
+    policy.too_many_parts()
+    assert policy.wait_s == 1.5 and policy.start_delay() == 0.0
+
+
+def test_starts_are_jittered_over_one_wait() -> None:
+    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=2.0)
+    delays = [InsertPolicy(settings, rand=random.Random(i)).start_delay() for i in range(200)]
+    assert all(0 <= d < 2.0 for d in delays)
+    assert max(delays) - min(delays) > 1.5  # spread over the wait, not in lockstep
+
+
+def test_sampling_happens_once_per_interval_with_jitter() -> None:
+    now = [0.0]
+    calls: list[float] = []
+
+    def sampler() -> LoadSample:
+        calls.append(now[0])
+        return LoadSample(ENDPOINTS, int(now[0] * 100), 0, 150)
+
+    policy = InsertPolicy(PolicySettings(PolicyMode.FLEET, sample_interval_s=10.0), sampler, clock=lambda: now[0])
+    for t in range(0, 1000):
+        now[0] = t / 10
+        policy.maybe_sample()
+    assert 8 <= len(calls) <= 12
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(7.9 <= g <= 12.1 for g in gaps), gaps
+
+
+def test_a_reload_clamps_the_wait_into_the_new_bounds() -> None:
+    policy = InsertPolicy(PolicySettings(PolicyMode.FLEET, batch_wait_max_s=30.0))
+    policy.too_many_parts()
+    policy.update(PolicySettings(PolicyMode.FLEET, batch_wait_max_s=5.0))
+    assert policy.wait_s == 5.0
+
+
+def test_the_load_query_quotes_its_names() -> None:
+    sql = load_sql("telemetry", "traces_local")
+    assert "database = 'telemetry' AND table = 'traces_local'" in sql and "InsertQuery" in sql
