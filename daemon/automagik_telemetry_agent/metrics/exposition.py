@@ -286,6 +286,8 @@ class AgentMetrics:
             "last_ship_time": last_ship,
             "dead_lettered_rows": total("shipper_dead_lettered_rows_total"),
             "insert_failures": total("shipper_insert_failures_total"),
+            "batch_wait_s": g.get(P + "shipper_batch_wait_seconds"),
+            "server_inserts_per_s": g.get(P + "shipper_server_inserts_per_second"),
             "last_error": m["info"].get("last_error", ""),
             "child_restarts": {name: info["restarts"] for name, info in self.children().items()},
             "signals": signals,

@@ -106,6 +106,10 @@ def render(status: Mapping[str, Any], now: float | None = None) -> list[str]:
             )
         )
         rows.append(("dead letters", f"{m.get('dead_lettered_rows', 0)} rows"))
+        if m.get("batch_wait_s") is not None:
+            rate = m.get("server_inserts_per_s")
+            shard = f", shard at {rate:.1f} inserts/s" if rate is not None else ""
+            rows.append(("batch wait", f"{m['batch_wait_s']:.2f} s (insert policy{shard})"))
         for signal, s in sorted((m.get("signals") or {}).items()):
             failing = int(s.get("consecutive_failures", 0))
             last = s.get("last_ship_time")
