@@ -1,14 +1,24 @@
-"""The fleet insert policy (shipper/insert_policy.py): a model fleet converges on the target insert rate."""
+"""The fleet insert policy (shipper/insert_policy.py): a model fleet converges on the target insert rate; the
+shipper follows the policy, backs off longer on TOO_MANY_PARTS and ends other backoffs when a probe answers."""
 
 from __future__ import annotations
 
 import itertools
 import random
+import time
+from pathlib import Path
 
 import pytest
 
+from automagik_telemetry_agent.clickhouse.errors import ErrorClass
 from automagik_telemetry_agent.clickhouse.load import LoadSample, load_sql
+from automagik_telemetry_agent.clickhouse.sink import InsertResult
 from automagik_telemetry_agent.shipper.insert_policy import Adjustment, InsertPolicy, PolicyMode, PolicySettings
+from automagik_telemetry_agent.shipper.loop import Shipper
+from automagik_telemetry_agent.wal import read_cursor
+
+from .shipper_helpers import ShipperThread, fast_options, span, wait_for, write_wal
+from .test_shipper_unit import FakeSink
 
 ENDPOINTS = ("http://a:8123", "http://b:8123")
 
@@ -143,3 +153,65 @@ def test_a_reload_clamps_the_wait_into_the_new_bounds() -> None:
 def test_the_load_query_quotes_its_names() -> None:
     sql = load_sql("telemetry", "traces_local")
     assert "database = 'telemetry' AND table = 'traces_local'" in sql and "InsertQuery" in sql
+
+
+# ------------------------------------------------------------------ the shipper under the policy
+
+
+class PartsSink(FakeSink):
+    """Answers TOO_MANY_PARTS ``refusals`` times, then stores; records every probe asked."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+        self.probes: list[InsertResult] = []
+
+    def insert(self, body: bytes, token: str | None = None) -> InsertResult:
+        if self.refusals:
+            self.refusals -= 1
+            self.sent.append((body, token))
+            return InsertResult(False, ErrorClass.TRANSIENT, 252, "Code: 252, Too many parts (300)", 500)
+        return super().insert(body, token)
+
+    def probe(self, last: InsertResult) -> bool:
+        self.probes.append(last)
+        return True  # were it asked, the backoff would end at once: the test sees whether it was
+
+
+def test_too_many_parts_sends_the_policy_to_its_cap_and_waits_out_a_longer_backoff(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [[span(i) for i in range(20)]])
+    sink = PartsSink(refusals=2)
+    policy = InsertPolicy(PolicySettings(PolicyMode.FLEET, batch_wait_s=0.1, batch_wait_max_s=5.0))
+    options = fast_options(tmp_path, backoff_base_s=0.01, backoff_cap_s=1.0, probe_interval_s=0.01)
+    shipper = Shipper(str(wal), sink, options, policy=policy)
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: read_cursor(str(wal)).seq == seqs[-1], 10, "committed")
+        t.stop()
+    assert len(sink.stored) == 20 and len(set(sink.sent)) == 1  # the same batch, stored once
+    assert policy.wait_s == 5.0 and policy.adjustments[Adjustment.TOO_MANY_PARTS] == 1  # the second: at the cap
+    assert sink.probes == []  # a 252 backoff is never cut short by a probe
+    assert shipper.batch_wait() == 5.0
+
+
+def test_probes_cut_a_transient_backoff_short(tmp_path: Path) -> None:
+    """A 60 s backoff after a broken connection ends at the first probe that answers."""
+    wal = tmp_path / "wal"
+    seqs = write_wal(wal, [[span(i) for i in range(5)]])
+
+    class Flaky(FakeSink):
+        probed = 0
+
+        def probe(self, last: InsertResult) -> bool:
+            self.probed += 1
+            return self.probed >= 2
+
+    sink = Flaky(connection_errors=1)
+    options = fast_options(tmp_path, backoff_base_s=60.0, backoff_cap_s=60.0, probe_interval_s=0.05)
+    shipper = Shipper(str(wal), sink, options)
+    started = time.monotonic()
+    with ShipperThread(shipper) as t:
+        wait_for(lambda: read_cursor(str(wal)).seq == seqs[-1], 10, "committed")
+        t.stop()
+    assert time.monotonic() - started < 5.0  # not the backoff's up to 60 s
+    assert sink.probed == 2 and shipper.stats.probes == 2 and shipper.stats.probe_recoveries == 1

@@ -41,6 +41,7 @@ from .stop import StopRequest
 __all__ = ["PROBE_ROWS", "Delivery", "ProfileChanged"]
 
 TOO_MANY_PARTS = 252
+TOO_MANY_PARTS_HEADSTART = 3  # doublings of the backoff skipped after a 252
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +284,18 @@ class Delivery:
         stop's deadline does (a send in progress)."""
         o = self._options()
         wait = self._stop.wait if until_stop else self._stop.sleep
-        end = time.monotonic() + backoff_delay(attempt, o.backoff_base_s, o.backoff_cap_s)
+        # TOO_MANY_PARTS: merges are behind on the whole shard; a quick retry only adds to the pile, so its
+        # backoff starts three doublings later (up to 8 s with the default base) and is never cut short.
+        parts = last.code == TOO_MANY_PARTS
+        steps = attempt + TOO_MANY_PARTS_HEADSTART if parts else attempt
+        end = time.monotonic() + backoff_delay(steps, o.backoff_base_s, o.backoff_cap_s)
+        probing = o.probe_interval_s > 0 and not parts
         while not self._stop.abandon():
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return
-            wait(min(o.probe_interval_s, remaining) if o.probe_interval_s > 0 else remaining)
-            if time.monotonic() >= end or self._stop.abandon() or o.probe_interval_s <= 0:
+            wait(min(o.probe_interval_s, remaining) if probing else remaining)
+            if time.monotonic() >= end or self._stop.abandon() or not probing:
                 return
             if until_stop and self._stop.is_set():
                 return
