@@ -102,6 +102,7 @@ def chdb_session_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 UNIT_FILES = frozenset(
     {
         "test_architecture.py",
+        "test_async_insert_settings.py",
         "test_cli_help.py",
         "test_client_attributes.py",
         "test_client_config.py",
@@ -110,7 +111,9 @@ UNIT_FILES = frozenset(
         "test_metrics_unit.py",
         "test_otlp_decode.py",
         "test_redact_rules.py",
+        "test_insert_policy.py",
         "test_report_unit.py",
+        "test_schema_cluster_render.py",
         "test_shipper_errors.py",
         "test_shipper_unit.py",
         "test_states.py",

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import ConfigError, split_urls
 from .chdb import ChdbUnavailable, chdb_missing, load_chdb
+from .cluster_schema import LOCAL_SUFFIX
 from .embedded import EmbeddedSink
 from .failover import FailoverSink
 from .http import ClickHouseHttpSink
@@ -24,13 +25,11 @@ __all__ = [
     "tables_of",
 ]
 
-#: On a cluster (``clickhouse.cluster``), rows go to the replicated ``<table>_local`` of an endpoint; the
-#: ``Distributed`` table under the plain name reads every shard (``schema apply --cluster`` creates both).
-LOCAL_SUFFIX = "_local"
-
 
 def insert_table(config: Mapping[str, Any], name: str) -> str:
-    """The table the shipper inserts ``name``'s rows into: ``name``, or ``name_local`` on a cluster."""
+    """The table the shipper inserts ``name``'s rows into: ``name``, or ``name_local`` on a cluster (the
+    replicated table of an endpoint; the ``Distributed`` table under the plain name reads every shard:
+    ``schema apply --cluster`` creates both)."""
     return name + LOCAL_SUFFIX if config["clickhouse.cluster"] else name
 
 

@@ -8,7 +8,9 @@ there). This module owns everything between those files and a server:
   ``;`` inside quotes and comments does not split) and substitutes ``{database}``, ``{table}`` and
   ``{ttl_days}`` (a line using ``{ttl_days}`` is dropped when it is 0: no TTL);
 * :func:`apply` runs the pending ones through an ``execute(sql) -> str`` callable and records them in
-  ``{database}.schema_migrations``, so the same code drives a server over HTTP and chDB in process;
+  ``{database}.schema_migrations``, so the same code drives a server over HTTP and chDB in process; with
+  ``cluster=NAME`` it first checks the cluster (:func:`verify_cluster`) and runs the statements'
+  ON CLUSTER form (replicated ``<table>_local`` tables under Distributed ones: :mod:`.cluster_schema`);
 * :func:`detect_table_profile` tells which row shape an existing table takes.
 
 Checksums are over the statements *before* substitution, with comments and blank lines removed:
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cluster_schema
+from .cluster_schema import ClusterHost
 from .rows import Profile
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "Migration",
     "SchemaError",
     "apply",
+    "cluster_hosts",
     "detect_table_profile",
     "identifier",
     "migrations_root",
@@ -43,6 +48,7 @@ __all__ = [
     "render_migrations",
     "split_statements",
     "table_columns",
+    "verify_cluster",
 ]
 
 log = logging.getLogger(__name__)
@@ -268,6 +274,7 @@ def apply(
     *,
     logs_table: str = "logs",
     metrics_table: str = "metrics",
+    cluster: str = "",
 ) -> list[int]:
     """Bring ``database.table`` up to date; returns the versions applied now (empty if none were due).
 
@@ -282,37 +289,25 @@ def apply(
     A table dropped after its migrations were recorded is created again: the recorded migrations'
     statements that name it are run again, in order (the fix an operator expects from ``schema apply``
     after a ``DROP TABLE``; the other tables are left as they are).
+
+    ``cluster``: the name of a cluster of ``system.clusters`` to create the tables on (see
+    :mod:`.cluster_schema`): after :func:`verify_cluster`, every statement runs ON CLUSTER, each table
+    ``T`` becomes a replicated ``T_local`` under a Distributed ``T``, and the bookkeeping table is one
+    replicated table for the whole cluster. Everything is read (recorded versions, columns, dropped
+    tables) on the server ``execute`` talks to.
     """
     identifier(database)
     identifier(table)
-    execute(f"CREATE DATABASE IF NOT EXISTS {database}")
-    execute(_BOOKKEEPING_DDL.format(database=database))
+    watched = _prepare_database(execute, database, (table, logs_table, metrics_table), cluster)
     recorded = _recorded(execute, database)
-    profiles = {p for (_, _, p, _) in recorded}
-    if len(profiles) > 1:
-        raise SchemaError(f"{database}.schema_migrations records migrations of several profiles: {sorted(profiles)}")
-    if profiles and profile.value not in profiles:
-        (recorded_profile,) = profiles
-        try:
-            sticky = Profile(recorded_profile)
-        except ValueError:
-            raise SchemaError(f"{database}.schema_migrations records unknown profile {recorded_profile!r}") from None
-        log.warning(
-            "%s.schema_migrations records the %s profile; keeping it instead of %s",
-            database,
-            sticky.value,
-            profile.value,
-        )
-        profile = sticky
+    profile = _sticky_profile(recorded, profile, database)
     done = {version: (name, checksum) for (version, name, _, checksum) in recorded}
     applied: list[int] = []
     tables = {"logs_table": logs_table, "metrics_table": metrics_table}
-    dropped = (
-        {f"{database}.{t}" for t in (table, logs_table, metrics_table) if not table_columns(execute, database, t)}
-        if done
-        else set()
-    )
+    dropped = {f"{database}.{t}" for t in watched if not table_columns(execute, database, t)} if done else set()
     for migration in render_migrations(profile, database, table, ttl_days, root, **tables):
+        if cluster:
+            migration = _on_cluster(migration, cluster)
         if migration.version in done:
             name, checksum = done[migration.version]
             if checksum != migration.checksum:
@@ -325,7 +320,7 @@ def apply(
                 names = {t for t in dropped if re.search(rf"\b{re.escape(t)}\b", statement)}
                 if names and not _column_exists(execute, statement):
                     log.warning("%s was dropped: creating it again (migration %s)", ", ".join(sorted(names)), name)
-                    execute(statement)
+                    _run_again(execute, statement, names, cluster)
             continue
         for statement in migration.statements:
             if not _column_exists(execute, statement):
@@ -339,12 +334,157 @@ def apply(
     return applied
 
 
-_ADD_COLUMN = re.compile(r"\s*ALTER\s+TABLE\s+(\w+)\.(\w+)\s+ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\b", re.I)
+def _run_again(execute: Executor, statement: str, dropped: set[str], cluster: str) -> None:
+    """Run a recorded migration's ``statement`` again for the ``dropped`` tables it names.
+
+    On a cluster a ``_local`` table dropped on some hosts only cannot always be made again this way: its
+    replicas elsewhere (and ZooKeeper) have the structure of the later migrations, and 18.16 refuses a new
+    replica whose columns differ ("Table structure in ZooKeeper is too different", code 122)."""
+    if not cluster:
+        execute(statement)
+        return
+    try:
+        execute(statement)
+    except Exception as exc:  # the executor's error, with the hint an operator needs
+        raise SchemaError(
+            f"creating {', '.join(sorted(dropped))} again on cluster {cluster} failed: {_one_line(exc)} "
+            "(a table dropped on some hosts only: create it there by hand from SHOW CREATE TABLE on a host "
+            "that has it, or drop it ON CLUSTER and run schema apply again: docs/schema.md#clusters)"
+        ) from None
+
+
+def _prepare_database(execute: Executor, database: str, names: tuple[str, str, str], cluster: str) -> tuple[str, ...]:
+    """Create the database and ``schema_migrations`` (on ``cluster``: after :func:`verify_cluster`, ON CLUSTER,
+    replicated); the tables whose drop :func:`apply` repairs (on a cluster the ``_local`` and Distributed ones)."""
+    if not cluster:
+        execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+        execute(_BOOKKEEPING_DDL.format(database=database))
+        return names
+    identifier(cluster)
+    for name in names:
+        identifier(name)
+    verify_cluster(execute, cluster, database, names)
+    execute(cluster_schema.database_ddl(database, cluster))
+    execute(cluster_schema.bookkeeping_ddl(_BOOKKEEPING_DDL.format(database=database), cluster))
+    execute(f"SYSTEM SYNC REPLICA {database}.{BOOKKEEPING_TABLE}")  # fetch the records other hosts wrote
+    return tuple(cluster_schema.local_table(name) for name in names) + names
+
+
+def _sticky_profile(recorded: list[tuple[int, str, str, str]], profile: Profile, database: str) -> Profile:
+    """``profile``, or the one ``database.schema_migrations`` already records (a deployment keeps its profile)."""
+    profiles = {p for (_, _, p, _) in recorded}
+    if len(profiles) > 1:
+        raise SchemaError(f"{database}.schema_migrations records migrations of several profiles: {sorted(profiles)}")
+    if not profiles or profile.value in profiles:
+        return profile
+    (recorded_profile,) = profiles
+    try:
+        sticky = Profile(recorded_profile)
+    except ValueError:
+        raise SchemaError(f"{database}.schema_migrations records unknown profile {recorded_profile!r}") from None
+    log.warning(
+        "%s.schema_migrations records the %s profile; keeping it instead of %s",
+        database,
+        sticky.value,
+        profile.value,
+    )
+    return sticky
+
+
+def _on_cluster(migration: Migration, cluster: str) -> Migration:
+    """``migration`` with its statements in their ON CLUSTER form; same version, name and checksum (the
+    checksum is the file's: a cluster is not a changed migration)."""
+    try:
+        statements = cluster_schema.cluster_statements(migration.statements, cluster, migration.profile)
+    except ValueError as exc:
+        raise SchemaError(f"migration {migration.name} ({migration.profile.value}): {exc}") from None
+    return Migration(migration.version, migration.name, migration.profile, statements, migration.checksum)
+
+
+# -------------------------------------------------------------------------------------------- clusters
+
+
+def verify_cluster(execute: Executor, cluster: str, database: str, tables: tuple[str, ...]) -> list[ClusterHost]:
+    """Check, before anything is created, that ``cluster`` can take the cluster layout; its hosts.
+
+    * ``cluster`` is in the server's ``system.clusters`` (else the error names the clusters there);
+    * every host of it has the ``shard`` and ``replica`` macros, consistent over the cluster
+      (:func:`.cluster_schema.macro_problems`);
+    * no host has, under the names the layout uses, a table that ``schema apply`` without ``--cluster``
+      made (:func:`.cluster_schema.mixed_table_problems`): the layouts are never mixed.
+
+    Each host is read with ``remote('host:port', system, ...)`` as the cluster's user of
+    ``system.clusters`` (no password): ``system.clusters`` names the hosts by their native port, which an
+    HTTP endpoint list need not cover, and ``remote()`` reaches each one itself (``cluster()`` would pick
+    one replica per shard). A host that is down or refuses that user fails the check, naming the host:
+    ON CLUSTER statements would wait for it (``distributed_ddl_task_timeout``, 180 s) and fail anyway.
+    """
+    hosts = cluster_hosts(execute, cluster)
+    macros: dict[ClusterHost, dict[str, str]] = {}
+    mixed: list[str] = []
+    for host in hosts:
+        macros[host] = dict(_remote_pairs(execute, host, "macros", "macro, substitution", ""))
+        engines = dict(_remote_pairs(execute, host, "tables", "name, engine", f"WHERE database = {quote(database)}"))
+        mixed += cluster_schema.mixed_table_problems(host.address, engines, database, tables)
+    problems = cluster_schema.macro_problems(macros) + mixed
+    if problems:
+        hint = (
+            " (a database set up without --cluster cannot be converted in place: use another --database, "
+            "or move its data: docs/schema.md#clusters)"
+            if mixed
+            else ""
+        )
+        raise SchemaError(f"cluster {cluster}: " + "; ".join(problems) + hint)
+    return hosts
+
+
+def cluster_hosts(execute: Executor, cluster: str) -> list[ClusterHost]:
+    """The hosts of ``cluster`` in the server's ``system.clusters``, shard-major; SchemaError if it has none."""
+    out = execute(
+        "SELECT shard_num, replica_num, host_name, port, user FROM system.clusters "
+        f"WHERE cluster = {quote(identifier(cluster))} ORDER BY shard_num, replica_num FORMAT TabSeparated"
+    )
+    hosts = [
+        ClusterHost(int(row[0]), int(row[1]), row[2], int(row[3]), row[4])
+        for row in _tsv(out)
+        if len(row) == 5 and row[0].isdigit() and row[1].isdigit() and row[3].isdigit()
+    ]
+    if not hosts:
+        known = [row[0] for row in _tsv(execute("SELECT DISTINCT cluster FROM system.clusters FORMAT TabSeparated"))]
+        raise SchemaError(
+            f"no cluster {cluster!r} on this server: its system.clusters has "
+            + (", ".join(sorted(known)) if known else "none")
+            + " (clusters are defined in <remote_servers> of the servers' configuration)"
+        )
+    return hosts
+
+
+def _remote_pairs(execute: Executor, host: ClusterHost, table: str, columns: str, where: str) -> list[tuple[str, str]]:
+    """Two columns of ``system.<table>`` on ``host``, read through ``remote()``; SchemaError naming the host."""
+    sql = (
+        f"SELECT {columns} FROM remote({quote(host.address)}, system, {table}, {quote(host.user or 'default')}) "
+        f"{where} FORMAT TabSeparated"
+    )
+    try:
+        out = execute(sql)
+    except Exception as exc:  # the executor's own error (SinkError over HTTP, chDB's): one line, naming the host
+        raise SchemaError(
+            f"cannot read system.{table} of host {host} through remote() as user {host.user!r}: {_one_line(exc)} "
+            "(every host of the cluster must be up, and accept the cluster's user from this server)"
+        ) from None
+    return [(row[0], row[1]) for row in _tsv(out) if len(row) == 2]
+
+
+_ADD_COLUMN = re.compile(
+    r"\s*ALTER\s+TABLE\s+(\w+)\.(\w+)\s+(?:ON\s+CLUSTER\s+\w+\s+)?ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\b", re.I
+)
 
 
 def _column_exists(execute: Executor, statement: str) -> bool:
-    """True for ``ALTER TABLE db.t ADD COLUMN c ...`` when ``db.t`` already has ``c``: 18.16 knows no
-    ``ADD COLUMN IF NOT EXISTS``, so this keeps every migration safe to run again."""
+    """True for ``ALTER TABLE db.t [ON CLUSTER x] ADD COLUMN c ...`` when ``db.t`` already has ``c``: 18.16
+    knows no ``ADD COLUMN IF NOT EXISTS``, so this keeps every migration safe to run again. On a cluster
+    the columns are those of the host ``execute`` talks to (an ALTER that reached only some hosts is not
+    noticed on the others)."""
     m = _ADD_COLUMN.match(statement)
     return m is not None and m.group(3) in table_columns(execute, m.group(1), m.group(2))
 
@@ -370,6 +510,12 @@ def identifier(name: str) -> str:
     if type(name) is not str or not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"not a plain identifier ([A-Za-z_][A-Za-z0-9_]*): {name!r}")
     return name
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """``exc``'s text on one line, cut to ``limit`` characters (18.16 repeats the cause of a failed remote())."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def quote(value: str) -> str:

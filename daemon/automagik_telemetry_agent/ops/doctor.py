@@ -6,8 +6,10 @@ loads; the agent answers on its control socket (its children's states); the runt
 ``preflight``; the client socket (exists, mode, group); the WAL directory (exists, free space
 against ``wal.min_free``); the sink: for ClickHouse reachability, authentication, version and
 features (zstd from 21.1, deduplication tokens from 22.2), the table and its row profile, the
-schema version recorded by ``schema apply``, the INSERT privilege (an empty INSERT); for the
-embedded sink that chDB imports; finally the dead-letter file.
+schema version recorded by ``schema apply``, the INSERT privilege (an empty INSERT) -- with several
+endpoints or a cluster one line per endpoint instead, with its macros, tables and recorded migrations
+compared with the others' (ops/doctor_sink.py); for the embedded sink that chDB imports; finally the
+dead-letter file.
 """
 
 from __future__ import annotations
