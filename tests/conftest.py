@@ -104,6 +104,7 @@ UNIT_FILES = frozenset(
         "test_architecture.py",
         "test_async_insert_settings.py",
         "test_cli_help.py",
+        "test_failover_unit.py",
         "test_client_attributes.py",
         "test_client_config.py",
         "test_client_transport_parts.py",

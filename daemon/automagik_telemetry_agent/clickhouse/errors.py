@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import requests
+import urllib3
 
 __all__ = [
     "BAD_DATA_CODES",
@@ -259,7 +260,9 @@ def _never_sent(exc: BaseException) -> bool:
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     if isinstance(exc, requests.exceptions.ConnectionError):
-        cause = exc.args[0] if exc.args else None
+        cause = exc.args[0] if exc.args else None  # urllib3's MaxRetryError, its reason the first failure
         reason = getattr(cause, "reason", cause)
-        return type(reason).__name__ in ("NewConnectionError", "NameResolutionError")
+        # NewConnectionError: refused, unreachable, DNS (NameResolutionError is one); also the connect
+        # timeout that requests did not map to ConnectTimeout (a proxy's, or a SOCKS one).
+        return isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
     return isinstance(exc, ConnectionRefusedError)

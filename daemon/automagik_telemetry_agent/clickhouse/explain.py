@@ -33,6 +33,8 @@ class Problem(enum.Enum):
     OUT_OF_RESOURCES = "out_of_resources"
     CANNOT_CONNECT = "cannot_connect"  # a client-side configuration failure: TLS, the URL
     UNAVAILABLE = "unavailable"
+    KEEPER = "keeper"  # a replicated table without its ZooKeeper / Keeper session: read-only
+    TOO_MANY_PARTS = "too_many_parts"
     OTHER = "other"
 
 
@@ -65,6 +67,10 @@ _BY_FINDING = {
     Finding.TABLE_LACKS_COLUMNS: Problem.TABLE_MISMATCH,
 }
 _BY_CODE = {
+    225: Problem.KEEPER,
+    242: Problem.KEEPER,
+    999: Problem.KEEPER,
+    252: Problem.TOO_MANY_PARTS,
     60: Problem.TABLE_MISSING,
     81: Problem.TABLE_MISSING,
     16: Problem.TABLE_MISMATCH,
@@ -136,6 +142,14 @@ REMEDIES: dict[Problem, dict[SinkKind, str]] = {
     },
     Problem.OUT_OF_RESOURCES: {SinkKind.EMBEDDED: "{where} is out of disk space or memory"},
     Problem.UNAVAILABLE: {SinkKind.SERVER: "{where} unavailable"},
+    Problem.KEEPER: {
+        SinkKind.SERVER: "{where} cannot write {target}: its replicated table has no ZooKeeper (Keeper) session and "
+        "is read-only; check ZooKeeper and the server's <zookeeper> settings (inserts resume by themselves)",
+    },
+    Problem.TOO_MANY_PARTS: {
+        SinkKind.SERVER: "{where} refuses inserts into {target}: too many parts (merges are behind); the agent "
+        "backs off and sends fewer, larger batches (docs/scaling.md)",
+    },
     Problem.OTHER: {SinkKind.SERVER: "{where} error", SinkKind.EMBEDDED: "{where} error"},
 }
 

@@ -117,4 +117,4 @@ def sink_from_config(config: Mapping[str, Any], serve_queries: bool = False) -> 
     members = endpoint_sinks(config)
     if len(members) == 1 and not config["clickhouse.cluster"]:
         return members[0]
-    return FailoverSink(members)
+    return FailoverSink(members, probe_interval=config["shipper.probe_interval"] or 1.0)

@@ -7,25 +7,38 @@ little state machine, :class:`Health`:
 * ``UNKNOWN`` -> detected on first use (version, table, and its **dedup domain**, below) -> ``UP``;
 * ``UP`` -> a connection error, a stall, or a 5xx other than TOO_MANY_PARTS -> ``DOWN`` (the same body goes
   to the next endpoint at once, within the same :meth:`FailoverSink.insert`);
-* ``DOWN`` -> a cheap probe (``GET /ping``, at most every ``probe_interval`` seconds) answers -> ``UP``.
+* ``DOWN`` -> a cheap probe (at most every ``probe_interval`` seconds) answers -> ``UNKNOWN`` (detected
+  again before its next insert). The probe fits what took it down: ``GET /ping`` after no answer, the
+  replicas' read-only flags after a keeper error (242, 225, 999, 319: such a server answers /ping while its
+  tables stay read-only). After another error the server answered with, /ping makes it worth one more try
+  when its turn comes, but is no reason to end the shipper's backoff (:meth:`FailoverSink.probe`). A table
+  that is missing or of another row shape is checked again only every ``config_recheck`` seconds.
 
 **Dedup domains keep retries exactly-once.** A failed insert after which the body may still have been
-stored (:attr:`~.sink.InsertResult.maybe_stored`: a reset or timeout after sending, code 319) pins that
-batch's token to the endpoint's dedup domain: the ZooKeeper path of its replicated table (every replica of
-a shard shares it and deduplicates the same block, on 18.16 by the block's checksum) or, for a plain table,
-the endpoint itself. Until it is stored, the batch goes only to endpoints of that domain, never to another
-shard, where it would be a second copy. A failure before the request left (refused, connect timeout) pins
-nothing: that body went nowhere.
+stored (:attr:`~.sink.InsertResult.maybe_stored`: a reset or timeout after sending, a stall, code 319) pins
+that batch's token to the endpoint's dedup domain: the ZooKeeper path of its replicated table (every
+replica of a shard shares it and deduplicates the same block, on 18.16 by the block's checksum) or, for a
+plain table, the endpoint itself. Until it is stored, the batch (and each part of its bisection, token
+``<token>:<path>``) goes only to endpoints of that domain, never to another shard, where it would be a
+second copy. A failure before the request left (refused, connect timeout) pins nothing: that body went
+nowhere.
 
 **A frozen server** (SIGSTOP, a network black hole) accepts connections and never answers; a read timeout
 (60 s) would be the failover time. With other endpoints to go to, every insert runs in a helper thread and
 is watched: once it has been pending ``stall_check`` seconds, the endpoint is pinged (1 s timeout) every
 ``stall_check`` seconds, and if the ping gets no answer the insert is given up (its outcome unknown, so its
-token is pinned as above) and the next endpoint of the domain takes it.
+token is pinned as above) and the next endpoint of the domain takes it. For the same reason an endpoint is
+pinged before it is detected (its detection queries would each be held by a frozen server).
 
 Going back: the first endpoint in :attr:`FailoverSink.members` order is preferred (the factory orders
 them); while another one serves, the preferred one is probed every ``probe_interval`` and taken back as
 soon as it answers.
+
+**One line per outage.** An endpoint that goes down while another takes its inserts is logged once (a
+warning naming both), and once more (info) when it takes inserts again; a probe that answers and an
+insert that fails again do not repeat it. When no endpoint takes an insert, the result names every
+endpoint with its last error, in the same words until one of them changes, so the shipper's own
+once-per-problem line covers the whole outage.
 """
 
 from __future__ import annotations
@@ -40,18 +53,20 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .errors import ErrorClass
-from .http import ClickHouseHttpSink
+from .http import KEEPER_CODES, PROBE_TIMEOUT_S, ClickHouseHttpSink
 from .rows import Profile
 from .schema import quote
 from .sink import Capabilities, DetectResult, InsertResult, RowKeys, SinkError
 
-__all__ = ["TOO_MANY_PARTS", "FailoverSink", "Health"]
+__all__ = ["NO_ENDPOINT", "TOO_MANY_PARTS", "FailoverSink", "Health", "Member", "fails_over"]
 
 log = logging.getLogger(__name__)
 
 TOO_MANY_PARTS = 252  # the whole shard's table is behind with merges: another replica would not help
 T = TypeVar("T")
 MAX_PINS = 1024  # tokens remembered with their dedup domain (a batch is pinned until it is stored)
+#: How the message of a result (or SinkError) starts when no endpoint could take the insert (or be detected).
+NO_ENDPOINT = "no ClickHouse endpoint takes inserts"
 
 
 class Health(enum.Enum):
@@ -66,13 +81,17 @@ class Member:
 
     sink: ClickHouseHttpSink
     health: Health = Health.UNKNOWN
-    domain: str = ""  # dedup domain: ZooKeeper path of the replicated table, or "endpoint:<url>"
-    down_since: float = 0.0
+    domain: str = ""  # dedup domain: "zookeeper:<path of the replicated table>", or "endpoint:<url>"
+    down_since: float | None = None  # start of the current outage (ends with an insert it takes)
     next_probe: float = 0.0
-    last_error: str = ""
+    answered_at: float | None = None  # when its probe last answered
+    last_error: str = ""  # one line: why it went down
+    last_result: InsertResult | None = None  # the failure that took it down (its probe fits it)
     inserts: int = 0
     failures: int = 0
     detected: bool = field(default=False)
+    announce: bool = False  # went down and not yet logged (logged once another endpoint took over)
+    reported: str = ""  # the last configuration problem logged for it (each logged once)
 
     @property
     def endpoint(self) -> str:
@@ -105,6 +124,7 @@ class FailoverSink:
         *,
         probe_interval: float = 1.0,
         stall_check: float = 2.0,
+        config_recheck: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not members:
@@ -112,11 +132,15 @@ class FailoverSink:
         self.members = [Member(s) for s in members]
         self.probe_interval = probe_interval
         self.stall_check = stall_check
+        self.config_recheck = config_recheck
         self._clock = clock
         self._active = self.members[0]
         self._pins: OrderedDict[str, str] = OrderedDict()
         self.profile: Profile | None = None
         self.failovers = 0  # switches of the active endpoint (metrics)
+        self.stalls = 0  # inserts given up on a server that stopped answering
+        self._blocked_domain: str | None = None  # the domain the last insert that failed everywhere was pinned to
+        self._origin: tuple[InsertResult, ClickHouseHttpSink] | None = None  # the last member result returned
 
     # ------------------------------------------------------------------ what the shipper reads
     @property
@@ -148,18 +172,34 @@ class FailoverSink:
         return {m.endpoint: m.health for m in self.members}
 
     # ------------------------------------------------------------------ member states
-    def _down(self, m: Member, why: str) -> None:
+    def _down(self, m: Member, why: str, result: InsertResult | None = None) -> None:
         now = self._clock()
-        if m.health is not Health.DOWN:
-            m.down_since = now
-            log.warning("ClickHouse endpoint %s is down (%s): failing over", m.endpoint, why)
-        m.health, m.last_error, m.next_probe = Health.DOWN, why, now + self.probe_interval
+        if m.down_since is None:
+            m.down_since, m.announce = now, True
+        elif m.last_error != why:
+            m.announce = m.announce or m.health is not Health.DOWN
+        config = result is not None and result.error_class is ErrorClass.CONFIG
+        m.health, m.last_error, m.last_result = Health.DOWN, why, result
+        m.next_probe = now + (max(self.probe_interval, self.config_recheck) if config else self.probe_interval)
         m.failures += 1
+        log.debug("ClickHouse endpoint %s is down: %s", m.endpoint, why)
 
-    def _up(self, m: Member) -> None:
-        if m.health is Health.DOWN:
-            log.info("ClickHouse endpoint %s answers again (down %.1f s)", m.endpoint, self._clock() - m.down_since)
-        m.health, m.last_error = Health.UP, ""
+    def _took_insert(self, m: Member) -> None:
+        """``m`` took an insert: it is UP, and an outage of it is over (logged once)."""
+        if m.down_since is not None:
+            log.info(
+                "ClickHouse endpoint %s takes inserts again (down %.1f s)", m.endpoint, self._clock() - m.down_since
+            )
+        m.health, m.last_error, m.last_result, m.down_since, m.announce = Health.UP, "", None, None, False
+        for other in self.members:
+            if other.announce and other.health is Health.DOWN:
+                log.warning(
+                    "ClickHouse endpoint %s is down (%s): inserting into %s",
+                    other.endpoint,
+                    other.last_error,
+                    m.endpoint,
+                )
+            other.announce = False
 
     def _switch_to(self, m: Member) -> None:
         if m is not self._active:
@@ -167,15 +207,54 @@ class FailoverSink:
             self._active = m
             self.failovers += 1
 
-    def _probe_due(self, m: Member) -> bool:
-        """A DOWN endpoint whose probe is due answered /ping (it is then UNKNOWN: detected before use)."""
-        if m.health is not Health.DOWN or self._clock() < m.next_probe:
-            return m.health is not Health.DOWN
-        m.next_probe = self._clock() + self.probe_interval
-        if m.sink.ping():
-            m.health, m.detected = Health.UNKNOWN, False
+    def _probe_says(self, m: Member, evidence: bool) -> bool:
+        """What a cheap probe of the DOWN endpoint ``m`` says of it, fitting what took it down. With
+        ``evidence`` (the shipper's backoff), an endpoint that answered with an error of its own counts only
+        once its probe shows more than that it answers (:meth:`.http.ClickHouseHttpSink.probe`)."""
+        last = m.last_result
+        if last is None or not (evidence or last.code in KEEPER_CODES):
+            return m.sink.ping()
+        return m.sink.probe(last)
+
+    def _probe_due(self, m: Member, evidence: bool = False) -> bool:
+        """Whether ``m`` may be tried now: not DOWN, or DOWN with its probe due and answering (it is then
+        UNKNOWN: detected before use)."""
+        if m.health is not Health.DOWN:
             return True
-        return False
+        now = self._clock()
+        if now < m.next_probe:
+            return False
+        m.next_probe = now + self.probe_interval
+        if m.last_result is not None and m.last_result.error_class is ErrorClass.CONFIG:
+            m.next_probe = now + max(self.probe_interval, self.config_recheck)
+            answered = m.sink.ping()  # detected again: the table may have been fixed
+        else:
+            answered = self._probe_says(m, evidence)
+        if answered:
+            m.health, m.detected, m.answered_at = Health.UNKNOWN, False, now
+        return answered
+
+    def _detect_member(self, m: Member) -> DetectResult:
+        """``m``'s detection and dedup domain. With other endpoints to go to, a /ping first: a frozen server
+        would hold each of the detection's queries for the read timeout."""
+        answered = m.answered_at is not None and self._clock() - m.answered_at < self.probe_interval
+        if len(self.members) > 1 and not answered and not m.sink.ping():
+            r = InsertResult(
+                False,
+                ErrorClass.TRANSIENT,
+                message=f"no answer to /ping within {PROBE_TIMEOUT_S:g} s",
+                unsent=True,
+            )
+            raise SinkError(r, m.sink.explain(r))
+        d = m.sink.detect()
+        m.domain = self._domain_of(m)
+        return d
+
+    def _config_problem(self, m: Member, why: str, result: InsertResult) -> None:
+        if m.reported != why:
+            log.error("ClickHouse endpoint %s is not usable: %s", m.endpoint, why)
+            m.reported = why
+        self._down(m, why, result)
 
     def _ready(self, m: Member) -> bool:
         """Usable now: not DOWN (or its probe answered), detected, and of this sink's row profile."""
@@ -184,19 +263,18 @@ class FailoverSink:
         if m.detected:
             return True
         try:
-            d = m.sink.detect()
-            m.domain = self._domain_of(m)
+            d = self._detect_member(m)
         except SinkError as exc:
             if exc.result.error_class is ErrorClass.CONFIG:
-                log.error("ClickHouse endpoint %s is not usable: %s", m.endpoint, exc)
-            self._down(m, str(exc))
+                self._config_problem(m, str(exc), exc.result)
+            else:
+                self._down(m, str(exc), exc.result)
             return False
         if self.profile is not None and d.profile is not self.profile:
-            self._down(m, f"its table {m.sink.target} takes {d.profile.value} rows, the others {self.profile.value}")
-            log.error("ClickHouse endpoint %s: %s; not failing over to it", m.endpoint, m.last_error)
+            why = f"its table {m.sink.target} takes {d.profile.value} rows, the others {self.profile.value}"
+            self._config_problem(m, why, InsertResult(False, ErrorClass.CONFIG, message=why))
             return False
-        m.detected = True
-        self._up(m)
+        m.detected, m.reported, m.health = True, "", Health.UP
         return True
 
     def _domain_of(self, m: Member) -> str:
@@ -222,7 +300,7 @@ class FailoverSink:
         while token:
             if token in self._pins:
                 return self._pins[token]
-            token = token.rpartition(":")[0] if token.count(":") > 2 else ""
+            token = token.rpartition(":")[0]
         return None
 
     def _unpin(self, token: str | None) -> None:
@@ -237,64 +315,107 @@ class FailoverSink:
         head = [self.members[0]] + ([self._active] if self._active is not self.members[0] else [])
         return head + rest
 
+    def _in(self, m: Member, domain: str | None) -> bool:
+        """Whether ``m`` may take a batch pinned to ``domain`` (an endpoint of no known domain yet may: its
+        detection tells)."""
+        return domain is None or not m.domain or m.domain == domain
+
+    def _summary(self, domain: str | None) -> str:
+        """Every endpoint (of ``domain``) with its last error: the same words while nothing changes."""
+        parts = [
+            m.last_error or f"ClickHouse at {m.endpoint}: {m.health.value}" for m in self.members if self._in(m, domain)
+        ]
+        pinned = (
+            f" of {domain.partition(':')[2]} (a batch that may already be stored there waits for them)"
+            if domain
+            else ""
+        )
+        return f"{NO_ENDPOINT}{pinned}: " + "; ".join(parts)
+
     def detect(self) -> DetectResult:
-        """Detect the first usable endpoint in preference order; the last endpoint's :class:`SinkError` if none is."""
-        last: SinkError | None = None
+        """Detect the first usable endpoint in preference order. None usable: the one endpoint's
+        :class:`SinkError`, the first one's when every endpoint has a configuration problem, else a
+        TRANSIENT one naming every endpoint."""
+        errors: list[tuple[Member, SinkError]] = []
+        skipped = False
         for m in self._order():
             if not self._probe_due(m):
+                skipped = True
                 continue
             try:
-                d = m.sink.detect()
-                m.domain = self._domain_of(m)
+                d = self._detect_member(m)
             except SinkError as exc:
-                last = exc
+                errors.append((m, exc))
                 if exc.result.error_class is not ErrorClass.CONFIG or len(self.members) > 1:
-                    self._down(m, str(exc))
+                    self._down(m, str(exc), exc.result)
                 continue
             if self.profile is None:
                 self.profile = d.profile
             if d.profile is not self.profile:
                 log.warning("the tables now take %s rows (were %s)", d.profile.value, self.profile.value)
                 self.profile = d.profile
-            m.detected = True
-            self._up(m)
+            m.detected, m.reported, m.health = True, "", Health.UP
+            for other, error in errors:
+                if error.result.error_class is ErrorClass.CONFIG and other.reported != str(error):
+                    log.error("ClickHouse endpoint %s is not usable: %s", other.endpoint, error)
+                    other.reported = str(error)
             self._switch_to(m)
             return d
-        if last is None:
-            result = self._none_available()
-            raise SinkError(result, self.explain(result))
-        raise last
-
-    def _none_available(self) -> InsertResult:
-        detail = "; ".join(f"{m.endpoint}: {m.last_error or m.health.value}" for m in self.members)
-        return InsertResult(
-            False, ErrorClass.TRANSIENT, message=f"no ClickHouse endpoint is usable ({detail})", unsent=True
-        )
+        if errors and (
+            len(self.members) == 1
+            or (not skipped and all(e.result.error_class is ErrorClass.CONFIG for _, e in errors))
+        ):
+            raise errors[0][1]
+        result = InsertResult(False, ErrorClass.TRANSIENT, message=self._summary(None), unsent=True)
+        raise SinkError(result, result.message)
 
     def insert(self, body: bytes, token: str | None = None) -> InsertResult:
         """Insert into the preferred usable endpoint, failing over at once; never raises."""
         domain = self.pinned_domain(token)
         last: InsertResult | None = None
         for m in self._order():
-            if domain is not None and m.detected and m.domain != domain:
+            if not self._in(m, domain):
                 continue
-            if not self._ready(m) or (domain is not None and m.domain != domain):
+            if not self._ready(m) or not self._in(m, domain):
                 continue
             r = self._insert_watched(m, body, token)
             m.inserts += 1
             if r.ok or r.error_class is ErrorClass.BAD_DATA:
-                self._up(m)
+                self._took_insert(m)
                 self._switch_to(m)
                 self._unpin(token)
+                self._blocked_domain = None
                 return r
             if r.maybe_stored and domain is None:
                 domain = m.domain
                 self._pin(token, domain)
             if not fails_over(r):
+                self._origin = (r, m.sink)
                 return r
-            self._down(m, m.sink.explain(r))
+            self._down(m, m.sink.explain(r), r)
             last = r
-        return last if last is not None else self._none_available()
+        return self._everywhere_failed(last, domain)
+
+    def _everywhere_failed(self, last: InsertResult | None, domain: str | None) -> InsertResult:
+        """The result of an insert no endpoint took: TRANSIENT, naming each endpoint (of its domain) with its
+        last error; the code, status and ``unsent`` of the last failure (none tried: nothing sent)."""
+        self._blocked_domain = domain
+        for m in self.members:
+            m.announce = False  # this result's line names them all
+        if last is None:
+            return InsertResult(False, ErrorClass.TRANSIENT, message=self._summary(domain), unsent=True)
+        return InsertResult(
+            False,
+            ErrorClass.TRANSIENT,
+            last.code,
+            self._summary(domain),
+            last.status,
+            last.raw_bytes,
+            last.sent_bytes,
+            last.encoding,
+            last.finding,
+            last.unsent,
+        )
 
     def _insert_watched(self, m: Member, body: bytes, token: str | None) -> InsertResult:
         """``m``'s insert, given up when it stalls and ``m`` stops answering /ping (only with somewhere else
@@ -302,35 +423,58 @@ class FailoverSink:
         if len(self.members) == 1:
             return m.sink.insert(body, token)
         box: list[InsertResult] = []
+        raised: list[BaseException] = []
         done = threading.Event()
+        session = m.sink.session
 
         def run() -> None:
             try:
                 box.append(m.sink.insert(body, token))
+            except BaseException as exc:  # handed to the caller (insert never raises: a bug)
+                raised.append(exc)
             finally:
                 done.set()
+                if m.sink.session is not session:  # given up: its session was replaced
+                    session.close()
 
         started = self._clock()
         threading.Thread(target=run, name=f"insert {m.endpoint}", daemon=True).start()
         while not done.wait(self.stall_check):
-            if not m.sink.ping():
+            if not m.sink.ping() and not done.is_set():
                 m.sink.reset_session()  # the stalled request keeps the old one until its read timeout
+                self.stalls += 1
                 return _stalled(m.endpoint, self._clock() - started)
+        if raised:
+            raise raised[0]
         return box[0]
 
     def probe(self, last: InsertResult) -> bool:
-        """Whether an insert would likely succeed now (cheap: /ping, or the replicas' read-only flags)."""
+        """Whether an insert would likely succeed now, found cheaply (each endpoint of the blocked batch's
+        domain at most once per ``probe_interval``, in the way its own failure calls for)."""
         if last.code == TOO_MANY_PARTS:
             return False
+        domain = self._blocked_domain
         for m in self._order():
+            if not self._in(m, domain):
+                continue
             if m.health is Health.DOWN:
-                if self._probe_due(m):
+                if self._probe_due(m, evidence=True):
                     return True
-            elif m.sink.probe(last):
-                return True
+            elif m.health is Health.UNKNOWN:
+                return True  # its probe answered (or it was never tried): worth the retry
+            elif self._returned(last, m) and m.sink.probe(last):
+                return True  # its own failure, one that did not fail over (a 4xx)
         return False
 
+    def _returned(self, r: InsertResult, m: Member) -> bool:
+        """Whether ``r`` is ``m``'s own result, returned by the last :meth:`insert` as it was."""
+        return self._origin is not None and self._origin[0] is r and self._origin[1] is m.sink
+
     def explain(self, r: InsertResult) -> str:
+        if r.message.startswith(NO_ENDPOINT):
+            return r.message
+        if self._origin is not None and self._origin[0] is r:
+            return self._origin[1].explain(r)
         return self._active.sink.explain(r)
 
     def _on_active(self, call: Callable[[ClickHouseHttpSink], T]) -> T:
@@ -340,7 +484,7 @@ class FailoverSink:
         except SinkError as exc:
             if exc.result.error_class is not ErrorClass.TRANSIENT:
                 raise
-            self._down(self._active, str(exc))
+            self._down(self._active, str(exc), exc.result)
             self.detect()
             return call(self._active.sink)
 
@@ -361,6 +505,7 @@ class FailoverSink:
             [m.sink.for_table(table, row_keys) for m in self.members],
             probe_interval=self.probe_interval,
             stall_check=self.stall_check,
+            config_recheck=self.config_recheck,
             clock=self._clock,
         )
 

@@ -45,7 +45,10 @@ ASYNC_INSERT_MIN_VERSION = (21, 11)
 ASYNC_INSERT_TOKEN_MIN_VERSION = (26, 3, 17, 65)
 ASYNC_INSERTS = ("off", "on")
 PROBE_TIMEOUT_S = 1.0
-KEEPER_CODES = frozenset({225, 242, 999})  # NO_ZOOKEEPER, TABLE_IS_READ_ONLY, KEEPER_EXCEPTION
+#: Keeper trouble: NO_ZOOKEEPER, TABLE_IS_READ_ONLY, UNKNOWN_STATUS_OF_INSERT (the keeper connection was lost
+#: while the insert committed), KEEPER_EXCEPTION. The server answers /ping meanwhile; its probe is the
+#: replicas' read-only flags.
+KEEPER_CODES = frozenset({225, 242, 319, 999})
 
 
 def _version_parts(version: str) -> tuple[int, ...]:
@@ -270,21 +273,30 @@ class ClickHouseHttpSink:
         r = self._probe_get(path="/ping")
         return r is not None and r.status_code == 200 and r.content.startswith(b"Ok.")
 
+    def replicas_writable(self) -> bool:
+        """Whether the server answers and none of its replicas of the target table is read-only (a plain
+        table has none: True)."""
+        sql = (
+            "SELECT count() FROM system.replicas WHERE is_readonly AND database = "
+            f"{quote(self.database)} AND table = {quote(self.table)} FORMAT TabSeparated"
+        )
+        r = self._probe_get({"query": sql})
+        return r is not None and r.status_code == 200 and r.text.strip() == "0"
+
     def probe(self, last: InsertResult) -> bool:
-        """Whether an insert that failed with ``last`` would likely succeed now, found cheaply: /ping after a
-        connection error or a server error, the replicas' read-only flags after a keeper problem (242, 225,
-        999: the server answers while its tables stay read-only). Never after TOO_MANY_PARTS (252): that
-        waits out its backoff."""
-        if last.code == 252:
-            return False
+        """Whether an insert that failed with ``last`` would likely succeed now, found cheaply:
+
+        * after no answer (refused, reset, timeout) or a 5xx that did not come from ClickHouse (a proxy
+          whose upstream is down): /ping;
+        * after a keeper problem (:data:`KEEPER_CODES`: the server answers while its tables stay read-only):
+          the replicas' read-only flags;
+        * after any other error ClickHouse answered with (TOO_MANY_PARTS, memory, a 4xx): never -- the
+          server was there, /ping would say nothing new; that waits out its backoff."""
         if last.code in KEEPER_CODES:
-            sql = (
-                "SELECT count() FROM system.replicas WHERE is_readonly AND database = "
-                f"{quote(self.database)} AND table = {quote(self.table)} FORMAT TabSeparated"
-            )
-            r = self._probe_get({"query": sql})
-            return r is not None and r.status_code == 200 and r.text.strip() == "0"
-        return self.ping()
+            return self.replicas_writable()
+        if last.status is None or (last.code is None and last.status >= 500):
+            return self.ping()
+        return False
 
     def for_table(self, table: str, row_keys: RowKeys) -> ClickHouseHttpSink:
         """The same server, database and credentials, another table (its own session and detection)."""
@@ -306,11 +318,13 @@ class ClickHouseHttpSink:
         )
 
     # ------------------------------------------------------------------ plain queries
-    def query(self, sql: str) -> str:
-        """Run one statement (POSTed as the body); its output text, or :class:`SinkError`."""
+    def query(self, sql: str, timeout: float | None = None) -> str:
+        """Run one statement (POSTed as the body); its output text, or :class:`SinkError`. ``timeout``: a
+        read timeout shorter than the sink's (light queries that must not hold the caller long)."""
+        timeouts = self.timeout if timeout is None else (min(self.timeout[0], timeout), timeout)
         try:
             r = self.session.post(
-                self.endpoint + "/", data=sql.encode(), timeout=self.timeout, params={"wait_end_of_query": "1"}
+                self.endpoint + "/", data=sql.encode(), timeout=timeouts, params={"wait_end_of_query": "1"}
             )
         except (requests.RequestException, OSError) as exc:
             result = InsertResult.of(classify_exception(exc))

@@ -22,9 +22,10 @@ from .http import ClickHouseHttpSink
 from .schema import quote
 from .sink import Sink, SinkError
 
-__all__ = ["LoadSample", "load_sql", "sample_load"]
+__all__ = ["LOAD_TIMEOUT_S", "LoadSample", "load_sql", "sample_load"]
 
 DEFAULT_PARTS_TO_DELAY = 150
+LOAD_TIMEOUT_S = 2.0  # a reading that takes longer is skipped: the shipper's loop waits for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ def load_sql(database: str, table: str) -> str:
 
 
 def _read(sink: ClickHouseHttpSink) -> tuple[int, int, int]:
-    fields = sink.query(load_sql(sink.database, sink.table)).split()
+    fields = sink.query(load_sql(sink.database, sink.table), timeout=LOAD_TIMEOUT_S).split()
     inserts, parts, delay = (int(f) if f.isdigit() else 0 for f in [*fields, "0", "0", "0"][:3])
     return inserts, parts, delay or DEFAULT_PARTS_TO_DELAY
 

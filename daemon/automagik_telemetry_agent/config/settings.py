@@ -443,7 +443,9 @@ SETTINGS: tuple[Setting, ...] = (
         1.0,
         parse_duration,
         "While backing off after a failure, probe ClickHouse this often with a light query (/ping, or the "
-        "replicas' read-only flags) and retry as soon as it answers (0 = wait every backoff out).",
+        "replicas' read-only flags after a ZooKeeper error) and retry as soon as it answers (0 = wait every "
+        "backoff out). After an error ClickHouse itself answered (TOO_MANY_PARTS, memory, a refused request) "
+        "the backoff always runs out.",
         flag="--probe-interval",
     ),
     Setting(

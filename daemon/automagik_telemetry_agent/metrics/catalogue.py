@@ -227,6 +227,19 @@ CATALOGUE: dict[str, MetricDef] = _defs(
     MetricDef(
         P + "shipper_probe_recoveries_total", C, "Backoffs cut short because a probe found ClickHouse answering again."
     ),
+    # ---- several endpoints (clickhouse/failover.py; docs/scaling.md)
+    MetricDef(
+        P + "shipper_endpoint_up",
+        G,
+        "1 while a ClickHouse endpoint takes inserts, 0 while it is down (endpoints never tried yet are absent).",
+        ("endpoint",),
+    ),
+    MetricDef(P + "shipper_failovers_total", C, "Switches of the endpoint the traces are inserted into."),
+    MetricDef(
+        P + "shipper_stalled_inserts_total",
+        C,
+        "INSERTs given up on an endpoint that stopped answering /ping (then sent to another of its shard).",
+    ),
     # ---- the fleet insert policy (docs/scaling.md)
     MetricDef(
         P + "shipper_batch_wait_seconds", G, "The batch_wait in force (the insert policy's, else shipper.batch_wait)."

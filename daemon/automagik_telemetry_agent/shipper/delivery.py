@@ -234,13 +234,7 @@ class Delivery:
                 failures = self.stats.insert_failures
                 failures[r.error_class.value] = failures.get(r.error_class.value, 0) + 1
             if r.ok:
-                s = self.stats
-                s.rows += rows
-                s.bytes_raw += r.raw_bytes
-                s.bytes_compressed += r.sent_bytes
-                s.last_success_time = time.time()
-                self._recovered()
-                return r
+                return self._stored(r, rows)
             if r.error_class is ErrorClass.BAD_DATA:
                 return r
             self.problem(self.sink.explain(r), r.error_class)
@@ -262,7 +256,8 @@ class Delivery:
                     if probe is not None and probe():
                         log.info("the connection broke after ClickHouse had stored the batch: not resending it")
                         self.stats.retries_found_stored += 1
-                        return InsertResult(True, ErrorClass.OK, None, "stored before the connection broke", 200)
+                        found = InsertResult(True, ErrorClass.OK, None, "stored before the connection broke", 200)
+                        return self._stored(found, rows)
                 continue
             # CONFIG: wait, re-detect (the table may have been created or changed), retry.
             self.stats.retries_config += 1
@@ -275,6 +270,16 @@ class Delivery:
                 continue  # the server is unreachable now: the INSERT's retry takes the transient path
             if self.sink.profile is not profile:
                 raise ProfileChanged()
+
+    def _stored(self, r: InsertResult, rows: int) -> InsertResult:
+        """``rows`` are in the table (inserted now, or found there after a broken connection): count them."""
+        s = self.stats
+        s.rows += rows
+        s.bytes_raw += r.raw_bytes
+        s.bytes_compressed += r.sent_bytes
+        s.last_success_time = time.time()
+        self._recovered()
+        return r
 
     def _back_off(self, attempt: int, last: InsertResult, until_stop: bool) -> None:
         """The capped, jittered backoff after the transient failure ``last``, cut short as soon as the sink's

@@ -19,8 +19,9 @@ from typing import Any
 from .. import exitcodes
 from ..clickhouse.chdb import ChdbUnavailable
 from ..clickhouse.factory import insert_table, sink_from_config
+from ..clickhouse.failover import FailoverSink
 from ..clickhouse.http import PROBE_TIMEOUT_S
-from ..clickhouse.load import LoadSample, sample_load
+from ..clickhouse.load import LOAD_TIMEOUT_S, LoadSample, sample_load
 from ..clickhouse.sink import Sink
 from ..config import AgentConfig, ConfigError, changed_settings, split_urls
 from ..lifecycle.liveness import Liveness
@@ -110,9 +111,11 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
         sinks[other] = sink.for_table(insert_table(config, config[shipment.table_setting]), shipment.row_keys)
     # Heartbeat: an HTTP call may take up to connect + read timeout (detect() makes up to three).
     liveness = Liveness()
-    # With several endpoints an insert, a query or a probe may try each of them in turn.
+    # With several endpoints an insert, a query or a probe may try each of them in turn, each with a ping, a
+    # detection (three queries) and the request itself.
     n = len(split_urls(config["clickhouse.endpoint"])) if config["sink"] != "embedded" else 1
-    call = n * (config["clickhouse.connect_timeout"] + config["clickhouse.read_timeout"])
+    one = config["clickhouse.connect_timeout"] + config["clickhouse.read_timeout"]
+    call = one if n == 1 else n * (4 * one + 2 * PROBE_TIMEOUT_S)
     bounds = {
         "insert": call,
         "query": call,
@@ -122,7 +125,7 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
         "probe": n * (PROBE_TIMEOUT_S + 1.0),
     }
     watched = {kind: liveness.watch(s, bounds) for kind, s in sinks.items()}
-    sampler = liveness.watch(LoadSampler(sink), {"sample": n * call})
+    sampler = liveness.watch(LoadSampler(sink), {"sample": n * (LOAD_TIMEOUT_S + config["clickhouse.connect_timeout"])})
     policy = InsertPolicy(policy_settings(config), sampler.sample)
     shipper = ShipperGroup(config["wal.dir"], watched, shipper_options(config), policy)
     shipper.declare_waits(liveness)
@@ -181,7 +184,7 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
     if link is not None:
         link.start_reporting(
             loop_age=liveness.age,
-            collect=lambda: collect_shipper(shipper),
+            collect=lambda: collect_shipper(shipper, sink if isinstance(sink, FailoverSink) else None),
             on_config=apply,
             is_ready=lambda: shipper.ready,
         )

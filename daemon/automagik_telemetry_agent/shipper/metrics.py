@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..clickhouse.failover import FailoverSink, Health
 from ..metrics.catalogue import FAILURE_CLASSES, POLICY_ADJUSTMENTS, P
 from ..metrics.exposition import merge_histograms
 from ..metrics.samples import MetricsDict, empty, sample
@@ -42,8 +43,18 @@ def _policy_metrics(out: MetricsDict, group: ShipperGroup | Shipper) -> None:
         g[P + "shipper_server_active_parts"] = policy.max_parts
 
 
-def collect_shipper(group: ShipperGroup | Shipper) -> MetricsDict:
-    """Metrics dict of the shipper child: one :class:`ShipperGroup` (or a lone spans :class:`Shipper`)."""
+def _endpoint_metrics(out: MetricsDict, endpoints: FailoverSink) -> None:
+    """Each endpoint's health, and the failovers and stalled inserts of the traces sink."""
+    out["counters"][P + "shipper_failovers_total"] = endpoints.failovers
+    out["counters"][P + "shipper_stalled_inserts_total"] = endpoints.stalls
+    for endpoint, health in endpoints.health().items():
+        if health is not Health.UNKNOWN:
+            out["gauges"][sample(P + "shipper_endpoint_up", endpoint=endpoint)] = 1 if health is Health.UP else 0
+
+
+def collect_shipper(group: ShipperGroup | Shipper, endpoints: FailoverSink | None = None) -> MetricsDict:
+    """Metrics dict of the shipper child: one :class:`ShipperGroup` (or a lone spans :class:`Shipper`);
+    ``endpoints``: the traces sink when it fails over between several endpoints."""
     from .loop import Shipper  # the type only: a group is the usual argument
 
     shippers = {"traces": group} if isinstance(group, Shipper) else {s.value: sh for s, sh in group.shippers.items()}
@@ -86,6 +97,8 @@ def collect_shipper(group: ShipperGroup | Shipper) -> MetricsDict:
             out["info"]["last_error"] = s.last_error if signal == "traces" else f"{signal}: {s.last_error}"
     g[P + "shipper_consecutive_failures"] = failures_worst
     _policy_metrics(out, group)
+    if endpoints is not None:
+        _endpoint_metrics(out, endpoints)
     if histogram is not None:
         out["histograms"][P + "shipper_insert_duration_seconds"] = histogram
     return out
