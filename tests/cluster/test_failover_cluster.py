@@ -14,7 +14,6 @@ insert the other replica accepted: "inserting into ... at <replica> (was <the ot
 
 from __future__ import annotations
 
-import inspect
 import re
 import threading
 import time
@@ -27,10 +26,7 @@ from agent_process import AgentProcess, RawClient, run_cli, wait_until
 from clickhouse_cluster import ClickHouseCluster, Replica, wait_for
 from shipper.shipper_helpers import RESOURCE, span
 
-from automagik_telemetry_agent.clickhouse import schema
 from automagik_telemetry_agent.clickhouse.factory import ordered_endpoints
-from automagik_telemetry_agent.clickhouse.rows import Profile
-from automagik_telemetry_agent.clickhouse.schema import render_migrations
 
 pytestmark = pytest.mark.cluster
 
@@ -45,47 +41,16 @@ ZOOKEEPER_DOWN_S = 13.0  # from the stop request (a stop may itself take seconds
 
 # ------------------------------------------------------------------------------------------------ schema
 def create_cluster_tables(cluster: ClickHouseCluster, db: str) -> None:
-    """The agent's tables on the cluster: ``automagik-telemetry schema apply --cluster`` (the real CLI), or,
-    where that has no ``--cluster`` yet, the same DDL made here."""
-    if "cluster" in inspect.signature(schema.apply).parameters:
-        endpoints = ",".join(r.url for r in cluster.replicas)
-        args = ("--config", "/dev/null", "--cluster", cluster.name, "--clickhouse-endpoint", endpoints)
-        result = run_cli("schema", "apply", *args, "--database", db, timeout=180)
-        assert result.returncode == 0, result.stdout + result.stderr
-    else:
-        _create_cluster_tables(cluster, db)
+    """The agent's tables on the cluster, made by the real ``automagik-telemetry schema apply --cluster``."""
+    endpoints = ",".join(r.url for r in cluster.replicas)
+    args = ("--config", "/dev/null", "--cluster", cluster.name, "--clickhouse-endpoint", endpoints)
+    result = run_cli("schema", "apply", *args, "--database", db, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
     for r in cluster.replicas:
         tables = r.query(f"SELECT name, engine FROM system.tables WHERE database = '{db}' FORMAT TabSeparated")
         layout = dict(line.split("\t") for line in tables.splitlines())
         for t in TABLES:
             assert (layout.get(f"{t}_local"), layout.get(t)) == ("ReplicatedMergeTree", "Distributed"), layout
-
-
-def _create_cluster_tables(cluster: ClickHouseCluster, db: str) -> None:
-    """The agent's legacy tables as ``schema apply --cluster`` makes them: ``<t>_local``
-    ReplicatedMergeTree('/clickhouse/tables/{shard}/<db>.<t>_local', '{replica}') and the Distributed ``<t>``,
-    ON CLUSTER (deploy/clickhouse/legacy: 0001-0003, then 0004's columns; the bookkeeping table is left out)."""
-    migrations = render_migrations(
-        Profile.LEGACY, db, "traces_local", 0, logs_table="logs_local", metrics_table="metrics_local"
-    )
-    for migration in migrations:
-        for statement in migration.statements:
-            create = re.match(r"\s*CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)", statement)
-            if create:
-                table = create.group(2)
-                engine = f"ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{db}.{table}', '{{replica}}')"
-                statement = statement.replace(create.group(0), f"{create.group(0)} ON CLUSTER {cluster.name}", 1)
-                statement = statement.replace("ENGINE = MergeTree()", f"ENGINE = {engine}", 1)
-                cluster.ddl(statement)
-                continue
-            alter = re.match(r"\s*ALTER TABLE (\w+)\.(\w+) ", statement)
-            assert alter, statement
-            cluster.ddl(statement.replace(alter.group(0), f"{alter.group(0).rstrip()} ON CLUSTER {cluster.name} ", 1))
-    for table in TABLES:
-        cluster.ddl(
-            f"CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster.name} AS {db}.{table}_local "
-            f"ENGINE = Distributed({cluster.name}, {db}, {table}_local, rand())"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ helpers
