@@ -92,7 +92,7 @@ class FakeMember(ClickHouseHttpSink):
         self.profile = self.table_profile
         return DetectResult(self.capabilities, {}, self.table_profile)
 
-    def query(self, sql: str) -> str:
+    def query(self, sql: str, timeout: float | None = None) -> str:
         self.calls.append("query")
         if not self.alive:
             raise self._refused()
@@ -397,6 +397,29 @@ def test_a_slow_insert_of_a_server_that_answers_ping_is_waited_for() -> None:
     threading.Timer(0.4, a.thawed.set).start()
     r = sink.insert(BODY, TOKEN)
     assert r.ok and a.stored == [(BODY, TOKEN)] and b.stored == [] and sink.stalls == 0
+
+
+def test_one_unanswered_ping_of_an_overloaded_server_does_not_give_its_insert_up() -> None:
+    """Only two unanswered pings in a row are a stall: a busy server that misses one is waited for."""
+    a, b = FakeMember("a", SHARD_1), FakeMember("b", SHARD_1)
+    sink = FailoverSink([a, b], stall_check=0.05)
+    sink.detect()
+    answers = iter([False, True, False, True, False, True])
+    a.frozen = True
+    a.ping = lambda: next(answers, True)  # type: ignore[method-assign]
+    threading.Timer(0.4, a.thawed.set).start()
+    r = sink.insert(BODY, TOKEN)
+    assert r.ok and a.stored == [(BODY, TOKEN)] and b.stored == [] and sink.stalls == 0
+
+
+def test_the_shard_read_by_the_insert_policy_is_every_replica_of_the_active_ones_domain() -> None:
+    """Endpoints never used yet (UNKNOWN) of the active endpoint's shard are read too; other shards and
+    endpoints that are down are not."""
+    a, b, c, d = (FakeMember(n, path) for n, path in (("a", SHARD_1), ("b", SHARD_2), ("c", SHARD_1), ("d", SHARD_1)))
+    sink = failover(a, b, c, d)
+    d.alive = False
+    assert sink.health()[c.endpoint] is Health.UNKNOWN
+    assert sink.shard_sinks() == [a, c]  # d does not answer: left out of this reading
 
 
 def test_the_http_probe_fits_the_failure() -> None:

@@ -13,7 +13,15 @@ import pytest
 from automagik_telemetry_agent.clickhouse.errors import ErrorClass
 from automagik_telemetry_agent.clickhouse.load import LoadSample, load_sql
 from automagik_telemetry_agent.clickhouse.sink import InsertResult
-from automagik_telemetry_agent.shipper.insert_policy import Adjustment, InsertPolicy, PolicyMode, PolicySettings
+from automagik_telemetry_agent.shipper.insert_policy import (
+    STATE_FILE,
+    Adjustment,
+    InsertPolicy,
+    PolicyMode,
+    PolicySettings,
+    load_wait,
+    save_wait,
+)
 from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.wal import read_cursor
 
@@ -96,6 +104,44 @@ def test_parts_pressure_doubles_the_wait_and_too_many_parts_jumps_to_the_cap() -
     assert policy.wait_s == 4.0 and policy.adjustments[Adjustment.PARTS_PRESSURE] == 2
     policy.too_many_parts()
     assert policy.wait_s == 30.0 and policy.adjustments[Adjustment.TOO_MANY_PARTS] == 1
+
+
+def test_under_parts_pressure_the_rate_is_still_read() -> None:
+    policy = InsertPolicy(PolicySettings(PolicyMode.FLEET, target_inserts_per_s=10.0))
+    policy.observe(0.0, LoadSample(ENDPOINTS, 0, 100, 150))
+    policy.observe(10.0, LoadSample(ENDPOINTS, 300, 100, 150))
+    assert policy.server_inserts_per_s == pytest.approx(30.0) and policy.wait_s == 4.0  # doubled twice
+
+
+def test_a_restarted_shipper_starts_at_the_wait_it_kept_and_keeps_every_change(tmp_path: Path) -> None:
+    kept = str(tmp_path / "state" / STATE_FILE)
+    assert load_wait(kept) is None
+    policy = InsertPolicy(
+        PolicySettings(PolicyMode.FLEET, batch_wait_max_s=30.0), on_change=lambda w: save_wait(kept, w)
+    )
+    policy.too_many_parts()
+    assert load_wait(kept) == 30.0
+    again = InsertPolicy(PolicySettings(PolicyMode.FLEET, batch_wait_max_s=20.0), initial_wait_s=load_wait(kept))
+    assert again.wait_s == 20.0  # clamped into the new bounds
+    Path(kept).write_text('{"batch_wait_s": "x"}')
+    assert load_wait(kept) is None  # unreadable: start afresh at batch_wait
+    Path(kept).write_text("not json")
+    assert load_wait(kept) is None
+
+
+def test_the_first_reading_comes_soon_after_a_start() -> None:
+    now = [0.0]
+    calls: list[float] = []
+
+    def sampler() -> LoadSample:
+        calls.append(now[0])
+        return LoadSample(ENDPOINTS, 0, 0, 150)
+
+    policy = InsertPolicy(PolicySettings(PolicyMode.FLEET, sample_interval_s=10.0), sampler, clock=lambda: now[0])
+    for t in range(0, 30):
+        now[0] = t / 10
+        policy.maybe_sample()
+    assert len(calls) == 1 and calls[0] <= 2.0
 
 
 def test_a_reading_of_other_servers_or_a_restarted_counter_gives_no_rate() -> None:

@@ -26,9 +26,11 @@ nowhere.
 **A frozen server** (SIGSTOP, a network black hole) accepts connections and never answers; a read timeout
 (60 s) would be the failover time. With other endpoints to go to, every insert runs in a helper thread and
 is watched: once it has been pending ``stall_check`` seconds, the endpoint is pinged (1 s timeout) every
-``stall_check`` seconds, and if the ping gets no answer the insert is given up (its outcome unknown, so its
-token is pinned as above) and the next endpoint of the domain takes it. For the same reason an endpoint is
-pinged before it is detected (its detection queries would each be held by a frozen server).
+``stall_check`` seconds, and if two pings in a row get no answer (an overloaded server still answers one
+of them: failing over from it would only move its load) the insert is given up (its outcome unknown, so its
+token is pinned as above) and the next endpoint of the domain takes it, about 5 s after it was sent. For
+the same reason an endpoint is pinged before it is detected (its detection queries would each be held by
+a frozen server).
 
 Going back: the first endpoint in :attr:`FailoverSink.members` order is preferred (the factory orders
 them); while another one serves, the preferred one is probed every ``probe_interval`` and taken back as
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 
 TOO_MANY_PARTS = 252  # the whole shard's table is behind with merges: another replica would not help
 T = TypeVar("T")
+STALL_PINGS = 2  # consecutive unanswered pings (stall_check apart) that give a pending insert up
 MAX_PINS = 1024  # tokens remembered with their dedup domain (a batch is pinned until it is stored)
 #: How the message of a result (or SinkError) starts when no endpoint could take the insert (or be detected).
 NO_ENDPOINT = "no ClickHouse endpoint takes inserts"
@@ -277,13 +280,33 @@ class FailoverSink:
         m.detected, m.reported, m.health = True, "", Health.UP
         return True
 
-    def _domain_of(self, m: Member) -> str:
+    def shard_sinks(self) -> list[ClickHouseHttpSink]:
+        """The active endpoint and every other one of its dedup domain (the replicas of its shard) that is
+        not down, the domain of each found out if not yet known (a light query, 2 s at most; one that does
+        not answer is left out): what the insert policy reads to see the whole shard's inserts."""
+        active = self._active
+        if not active.domain:
+            return [active.sink]
+        shard = [active.sink]
+        for m in self.members:
+            if m is active or m.health is Health.DOWN:
+                continue
+            if not m.domain:
+                try:
+                    m.domain = self._domain_of(m, timeout=2.0)
+                except SinkError:
+                    continue
+            if m.domain == active.domain:
+                shard.append(m.sink)
+        return shard
+
+    def _domain_of(self, m: Member, timeout: float | None = None) -> str:
         """The replicated table's ZooKeeper path (shared by the replicas of a shard), else the endpoint."""
         sql = (
             "SELECT zookeeper_path FROM system.replicas WHERE database = "
             f"{quote(m.sink.database)} AND table = {quote(m.sink.table)} FORMAT TabSeparated"
         )
-        path = m.sink.query(sql).strip()
+        path = (m.sink.query(sql) if timeout is None else m.sink.query(sql, timeout=timeout)).strip()
         return f"zookeeper:{path}" if path else f"endpoint:{m.endpoint}"
 
     # ------------------------------------------------------------------ pins
@@ -439,8 +462,12 @@ class FailoverSink:
 
         started = self._clock()
         threading.Thread(target=run, name=f"insert {m.endpoint}", daemon=True).start()
+        unanswered = 0
         while not done.wait(self.stall_check):
-            if not m.sink.ping() and not done.is_set():
+            # Two pings in a row without an answer: a server that is merely overloaded still answers one of
+            # them, and failing over from it would add its load to another replica.
+            unanswered = 0 if m.sink.ping() else unanswered + 1
+            if unanswered >= STALL_PINGS and not done.is_set():
                 m.sink.reset_session()  # the stalled request keeps the old one until its read timeout
                 self.stalls += 1
                 return _stalled(m.endpoint, self._clock() - started)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .failover import FailoverSink, Health
+from .failover import FailoverSink
 from .http import ClickHouseHttpSink
 from .schema import quote
 from .sink import Sink, SinkError
@@ -59,8 +59,7 @@ def _domain_sinks(sink: Sink) -> list[ClickHouseHttpSink]:
     if isinstance(sink, ClickHouseHttpSink):
         return [sink]
     if isinstance(sink, FailoverSink):
-        domain = sink.active.domain
-        return [m.sink for m in sink.members if m.domain == domain and m.health is Health.UP] or [sink.active.sink]
+        return sink.shard_sinks()
     return []
 
 

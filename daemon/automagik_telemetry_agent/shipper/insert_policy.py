@@ -24,8 +24,10 @@ is always ``batch_wait_s``. :meth:`InsertPolicy.start_delay` jitters the first i
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -34,10 +36,11 @@ from dataclasses import dataclass
 
 from ..clickhouse.load import LoadSample
 
-__all__ = ["Adjustment", "InsertPolicy", "PolicyMode", "PolicySettings"]
+__all__ = ["STATE_FILE", "Adjustment", "InsertPolicy", "PolicyMode", "PolicySettings", "load_wait", "save_wait"]
 
 log = logging.getLogger(__name__)
 
+STATE_FILE = "insert_policy.json"  # in the shipper's state directory: the wait in force, kept across restarts
 QUIET_FRACTION = 0.7  # below this fraction of the target the wait shrinks
 MAX_STEP = 2.0  # the most one reading multiplies or divides the wait by
 PRESSURE_FRACTION = 0.5  # of parts_to_delay_insert: more active parts in one partition is pressure
@@ -76,15 +79,22 @@ class InsertPolicy:
         *,
         clock: Callable[[], float] = time.monotonic,
         rand: random.Random | None = None,
+        initial_wait_s: float | None = None,
+        on_change: Callable[[float], None] | None = None,
     ) -> None:
+        """``initial_wait_s``: the wait in force when this shipper last stopped (so that a fleet restarted at
+        once does not start over at batch_wait and burst); ``on_change`` is told every new wait (to keep it)."""
         self._settings = settings
         self._sampler = sampler
         self._clock = clock
         self._rand = rand or random.Random()
         self._lock = threading.Lock()
-        self._wait = settings.batch_wait_s
+        self._on_change = on_change
+        self._wait = self._clamp(initial_wait_s) if initial_wait_s is not None else settings.batch_wait_s
         self._last: tuple[float, LoadSample] | None = None
-        self._next_sample = clock() + self._jittered(settings.sample_interval_s)
+        # The first reading soon after a start (the baseline), the next one an interval later: the first
+        # rate is known after about one interval, not two.
+        self._next_sample = clock() + self._rand.uniform(0.5, 2.0)
         self.adjustments: dict[Adjustment, int] = dict.fromkeys(Adjustment, 0)
         self.server_inserts_per_s: float | None = None  # the shard's rate at the last reading
         self.max_parts = 0
@@ -147,21 +157,28 @@ class InsertPolicy:
     def _observe_locked(self, now: float, reading: LoadSample) -> None:
         last, self._last = self._last, (now, reading)
         self.max_parts = reading.max_parts
+        rate = self._rate(last, now, reading)
+        if rate is not None:
+            self.server_inserts_per_s = rate
         if reading.max_parts > PRESSURE_FRACTION * reading.parts_to_delay:
             self._set(self._wait * MAX_STEP, Adjustment.PARTS_PRESSURE)
             return
-        if last is None or last[1].endpoints != reading.endpoints or now <= last[0]:
-            return  # the first reading of these servers: no rate yet
-        delta = reading.inserts - last[1].inserts
-        if delta < 0:  # a server restarted (its counter began again)
+        if rate is None:
             return
-        rate = delta / (now - last[0])
-        self.server_inserts_per_s = rate
         target = self._settings.target_inserts_per_s
         if rate > target:
             self._set(self._wait * min(MAX_STEP, math.sqrt(rate / target)), Adjustment.BUSY)
         elif rate < QUIET_FRACTION * target and self._wait > self._settings.batch_wait_s:
             self._set(self._wait * max(1 / MAX_STEP, math.sqrt(max(rate, 1e-9) / target)), Adjustment.QUIET)
+
+    @staticmethod
+    def _rate(last: tuple[float, LoadSample] | None, now: float, reading: LoadSample) -> float | None:
+        """The shard's inserts per second since the previous reading; None for the first reading of these
+        servers, or when one restarted (its counter began again)."""
+        if last is None or last[1].endpoints != reading.endpoints or now <= last[0]:
+            return None
+        delta = reading.inserts - last[1].inserts
+        return delta / (now - last[0]) if delta >= 0 else None
 
     def _set(self, wait: float, why: Adjustment) -> None:
         new = self._clamp(wait)
@@ -180,6 +197,8 @@ class InsertPolicy:
         )
         self._wait = new
         self.adjustments[why] += 1
+        if self._on_change is not None:
+            self._on_change(new)
 
     def _clamp(self, wait: float) -> float:
         s = self._settings
@@ -187,3 +206,25 @@ class InsertPolicy:
 
     def _jittered(self, interval: float) -> float:
         return interval * self._rand.uniform(0.8, 1.2)
+
+
+def load_wait(path: str) -> float | None:
+    """The wait :func:`save_wait` kept in ``path``; None if there is none (or it is unreadable: start afresh)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            wait = json.load(f)["batch_wait_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(wait) if isinstance(wait, int | float) and math.isfinite(wait) and wait >= 0 else None
+
+
+def save_wait(path: str, wait: float) -> None:
+    """Keep ``wait`` in ``path`` (atomically; a failure is logged, never raised: it only costs a slower start)."""
+    tmp = f"{path}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"batch_wait_s": wait}, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot keep the insert policy's wait in %s: %s", path, exc)

@@ -27,9 +27,10 @@ from ..config import AgentConfig, ConfigError, changed_settings, split_urls
 from ..lifecycle.liveness import Liveness
 from ..lifecycle.run import ChildContext, run_child
 from ..logs import set_level
+from ..paths import shipper_state_dir
 from ..wal.signals import Signal
 from .group import ShipperGroup
-from .insert_policy import InsertPolicy, PolicyMode, PolicySettings
+from .insert_policy import STATE_FILE, InsertPolicy, PolicyMode, PolicySettings, load_wait, save_wait
 from .metrics import collect_shipper
 from .options import ShipperOptions
 from .signals import SHIPMENTS
@@ -126,7 +127,13 @@ def _ship(context: ChildContext, load: Callable[[], AgentConfig]) -> int:
     }
     watched = {kind: liveness.watch(s, bounds) for kind, s in sinks.items()}
     sampler = liveness.watch(LoadSampler(sink), {"sample": n * (LOAD_TIMEOUT_S + config["clickhouse.connect_timeout"])})
-    policy = InsertPolicy(policy_settings(config), sampler.sample)
+    kept = os.path.join(shipper_state_dir(os.path.abspath(config["wal.dir"])), STATE_FILE)
+    policy = InsertPolicy(
+        policy_settings(config),
+        sampler.sample,
+        initial_wait_s=load_wait(kept),
+        on_change=lambda wait: save_wait(kept, wait),
+    )
     shipper = ShipperGroup(config["wal.dir"], watched, shipper_options(config), policy)
     shipper.declare_waits(liveness)
     applied = dict(config.items())
