@@ -195,3 +195,16 @@ class CpuMeter:
             f"CPU during the measurements: this benchmark {own1 - own0:.1f} CPU-s, other processes "
             f"{other:.1f} CPU-s ({100 * other / wall_cpu:.0f}% of the machine){note}"
         )
+
+
+def proc_kb(pid: int, key: str, path: str = "status") -> int:
+    """A ``key: N kB`` field of ``/proc/<pid>/<path>`` (``VmRSS``, ``VmHWM``, ``RssAnon`` of ``status``;
+    ``Pss`` of ``smaps_rollup``), in KiB; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/{path}") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

@@ -74,7 +74,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from _harness import ROOT, CpuMeter, machine_line, process_cpu_seconds
+from _harness import ROOT, CpuMeter, machine_line, proc_kb, process_cpu_seconds
 
 TESTS = str(ROOT / "tests")
 if TESTS not in sys.path:
@@ -503,17 +503,6 @@ class MarkerWatch:
 
 
 # ------------------------------------------------------------------------------------------ processes
-def _proc_kb(pid: int, path: str, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/{path}") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def agent_pids(agent: AgentProcess) -> list[int]:
     if not agent.running:
         return []
@@ -533,8 +522,8 @@ def agent_cpu(agents: Sequence[AgentProcess]) -> dict[int, float]:
 def agent_memory_mb(agent: AgentProcess) -> tuple[float, float]:
     """(PSS, RSS) of one agent's processes together, in MB."""
     pids = agent_pids(agent)
-    pss = sum(_proc_kb(p, "smaps_rollup", "Pss") for p in pids)
-    rss = sum(_proc_kb(p, "status", "VmRSS") for p in pids)
+    pss = sum(proc_kb(p, "Pss", "smaps_rollup") for p in pids)
+    rss = sum(proc_kb(p, "VmRSS", "status") for p in pids)
     return pss / 1024, rss / 1024
 
 

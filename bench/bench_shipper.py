@@ -53,6 +53,7 @@ from _harness import (
     CpuMeter,
     agent_env,
     machine_line,
+    proc_kb,
     process_cpu_seconds,
     protocol,
     terminate_process,
@@ -127,18 +128,6 @@ def server_cpu(ch: Any) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ processes
-def proc_status_kb(pid: int, field_name: str) -> int:
-    """``VmRSS`` / ``VmHWM`` of a process in KiB (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def clean_env() -> dict[str, str]:
     """The agent environment without AUTOMAGIK_TELEMETRY_* settings (nothing on the host leaks in)."""
     return {k: v for k, v in agent_env().items() if not k.startswith("AUTOMAGIK_TELEMETRY_")}
@@ -194,15 +183,15 @@ class ShipperProcess:
     def poll(self) -> None:
         """Called every tick: notice "ready", sample VmRSS, fail loudly if the process died."""
         assert self.proc is not None
-        self.peak_rss_kb = max(self.peak_rss_kb, proc_status_kb(self.pid, "VmRSS"))
-        self.peak_anon_kb = max(self.peak_anon_kb, proc_status_kb(self.pid, "RssAnon"))
+        self.peak_rss_kb = max(self.peak_rss_kb, proc_kb(self.pid, "VmRSS"))
+        self.peak_anon_kb = max(self.peak_anon_kb, proc_kb(self.pid, "RssAnon"))
         if self.ready_at is None and b"ready" in Path(self.log_path).read_bytes().splitlines():
             self.ready_at = time.monotonic()
         if self.proc.poll() is not None:
             raise RuntimeError(f"the shipper exited with {self.proc.returncode}: {self.log_text()[-3000:]}")
 
     def hwm_kb(self) -> int:
-        return proc_status_kb(self.pid, "VmHWM")
+        return proc_kb(self.pid, "VmHWM")
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
@@ -387,7 +376,7 @@ def wait_for_rows(
     while True:
         shipper.poll()
         for pid in others:
-            peaks[pid] = max(peaks[pid], proc_status_kb(pid, "VmRSS"))
+            peaks[pid] = max(peaks[pid], proc_kb(pid, "VmRSS"))
         if dbs.count(database) >= expected:
             return time.monotonic(), peaks
         if time.monotonic() > deadline:
@@ -520,7 +509,7 @@ def run_e2e(ch: Any, dbs: Databases, n_clients: int, spans_per_client: int) -> R
                 backlog_at_acked = 0
                 while len(results) < n_clients:  # rows become visible meanwhile; watch memory
                     shipper.poll()
-                    agent_peak = max(agent_peak, proc_status_kb(agent.proc.pid, "VmRSS"))
+                    agent_peak = max(agent_peak, proc_kb(agent.proc.pid, "VmRSS"))
                     for pipe in [p for p in pending if p.poll()]:
                         results.append(pipe.recv())
                         pending.remove(pipe)
@@ -534,7 +523,7 @@ def run_e2e(ch: Any, dbs: Databases, n_clients: int, spans_per_client: int) -> R
                 backlog_at_acked = acked - dbs.count(database)
                 end, peaks = wait_for_rows(dbs, database, acked, shipper, (agent.proc.pid,))
                 cpu1, shipper_cpu = server_cpu(ch), shipper.cpu_seconds() - shipper_cpu0
-                agent_peak = max(agent_peak, peaks[agent.proc.pid], proc_status_kb(agent.proc.pid, "VmHWM"))
+                agent_peak = max(agent_peak, peaks[agent.proc.pid], proc_kb(agent.proc.pid, "VmHWM"))
                 shipper_peak = max(shipper.peak_rss_kb, shipper.hwm_kb())
                 agent_stats = agent.stats()
             finally:

@@ -358,6 +358,23 @@ class AgentProcess:
         self.cleanup(graceful=exc_type is None)
 
     # ------------------------------------------------------------------ introspection
+    def cli_flags(self, *extra: str) -> list[str]:
+        """The flags that make an operator's command (``status``, ``doctor``, ``send-test`` ...) find this
+        agent: its config file, socket and WAL, and the settings the harness changes from the defaults."""
+        return [
+            "--config",
+            self.config_path,
+            "--socket",
+            self.socket_path,
+            "--wal-dir",
+            self.wal_dir,
+            "--wal-min-free",
+            "0",
+            "--otlp-listen",  # as the agent was started (off unless a test turns it on)
+            self.settings.get("otlp_listen") or "",
+            *extra,
+        ]
+
     def stats(self, timeout: float = 5.0) -> dict[str, Any]:
         """The agent's STATS (over a fresh connection: it counts as one connection and one message)."""
         with RawClient(self.socket_path, timeout=timeout) as client:

@@ -26,28 +26,11 @@ from automagik_telemetry_agent.ops.status import render
 from automagik_telemetry_agent.shipper.dead_letter import DeadLetter, DeadLetterEntry
 
 
-def flags(agent: AgentProcess, *extra: str) -> list[str]:
-    return [
-        "--config",
-        agent.config_path,
-        "--socket",
-        agent.socket_path,
-        "--wal-dir",
-        agent.wal_dir,
-        "--wal-min-free",
-        "0",
-        "--otlp-listen",  # as the agent was started (tests/agent_process.py: off unless a test turns it on)
-        agent.settings.get("otlp_listen") or "",
-        *extra,
-    ]
-
-
 def doctor(agent: AgentProcess, clickhouse: Any, db: str, *extra: str) -> tuple[int, dict[str, str], str]:
     """Run doctor for ClickHouse ``db``: (exit code, {check name: status}, stdout)."""
     result = run_cli(
         "doctor",
-        *flags(
-            agent,
+        *agent.cli_flags(
             "--sink",
             "clickhouse",
             "--clickhouse-endpoint",
@@ -207,7 +190,7 @@ def test_doctor_reports_dead_letters_as_warning(ingest_agent: AgentProcess) -> N
     DeadLetter(str(Path(ingest_agent.wal_dir).parent / "dead-letter")).write(
         [DeadLetterEntry("transform", "invalid JSON", 3, raw=b"{")]
     )
-    result = run_cli("doctor", *flags(ingest_agent, "--sink", "none"))
+    result = run_cli("doctor", *ingest_agent.cli_flags("--sink", "none"))
     assert result.returncode == 0, result.stdout
     assert re.search(r"^warn\s+dead letters: 1 spans in .*dead-letter.jsonl$", result.stdout, re.M)
     assert "automagik-telemetry dead-letter list" in result.stdout
@@ -232,7 +215,7 @@ def test_send_test_span_reaches_clickhouse(clickhouse: Any, clickhouse_db: str, 
         clickhouse_endpoint=clickhouse.url,
         database=clickhouse_db,
     ) as agent:
-        result = run_cli("send-test", *flags(agent, *ch), "--timeout", "20")
+        result = run_cli("send-test", *agent.cli_flags(*ch), "--timeout", "20")
     assert result.returncode == 0, result.stdout + result.stderr
     trace_id, span_id = re.search(r"^span ([0-9a-f]{32})/([0-9a-f]{16}) acknowledged", result.stdout, re.M).groups()
     seconds = float(re.search(r"visible in .* (\d+\.\d+)s after it was sent", result.stdout).group(1))
@@ -257,7 +240,7 @@ def test_send_test_says_when_the_span_never_reaches_the_table(
         clickhouse_endpoint=clickhouse.url,
         database=clickhouse_db,
     ) as agent:
-        result = run_cli("send-test", *flags(agent, *ch), "--timeout", "2")
+        result = run_cli("send-test", *agent.cli_flags(*ch), "--timeout", "2")
     assert result.returncode == 1
     assert "acknowledged by the agent" in result.stdout
     (line,) = result.stderr.strip().splitlines()
@@ -289,7 +272,7 @@ def test_send_test_span_reaches_the_embedded_store(tmp_path: Path) -> None:
     with AgentProcess(
         tmp_path / "agent", sink="embedded", embedded=store, metrics_listen="", batch_wait="100ms"
     ) as agent:
-        result = run_cli("send-test", *flags(agent, "--sink", "embedded", "--embedded", store), "--timeout", "30")
+        result = run_cli("send-test", *agent.cli_flags("--sink", "embedded", "--embedded", store), "--timeout", "30")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"visible in the embedded store in {store}" in result.stdout
 
@@ -304,12 +287,12 @@ def test_status_without_an_agent_exits_3(tmp_path: Path) -> None:
 
 def test_status_of_a_running_agent(tmp_path: Path) -> None:
     with AgentProcess(tmp_path / "agent", metrics_listen="") as agent:
-        result = run_cli("status", *flags(agent), "--json")
+        result = run_cli("status", *agent.cli_flags(), "--json")
         assert result.returncode == 0, result.stderr
         status = json.loads(result.stdout)
         assert status["pid"] == agent.pid and status["state"] in ("running", "starting")
         assert status["children"]["ingest"]["state"] == "running"
-        human = run_cli("status", *flags(agent))
+        human = run_cli("status", *agent.cli_flags())
         assert human.returncode == 0, human.stderr
         assert re.search(rf"^agent:\s+\w+, pid {agent.pid}, up ", human.stdout, re.M)
         assert re.search(r"^ingest:\s+running, pid \d+, 0 restarts", human.stdout, re.M)

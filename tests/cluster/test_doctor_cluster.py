@@ -33,16 +33,7 @@ def ingest_agent(tmp_path: Path) -> Iterator[AgentProcess]:
 def doctor(agent: AgentProcess, endpoints: list[Replica], db: str, *extra: str) -> subprocess.CompletedProcess[str]:
     result = run_cli(
         "doctor",
-        "--config",
-        agent.config_path,
-        "--socket",
-        agent.socket_path,
-        "--wal-dir",
-        agent.wal_dir,
-        "--wal-min-free",
-        "0",
-        "--otlp-listen",
-        "",
+        *agent.cli_flags(),
         "--sink",
         "clickhouse",
         "--clickhouse-endpoint",

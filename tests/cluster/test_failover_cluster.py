@@ -15,22 +15,20 @@ insert the other replica accepted: "inserting into ... at <replica> (was <the ot
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from agent_process import AgentProcess, RawClient, run_cli, wait_until
+from agent_process import AgentProcess, run_cli, wait_until
 from clickhouse_cluster import ClickHouseCluster, Replica, wait_for
-from shipper.shipper_helpers import RESOURCE, span
+from steady_load import SteadyLoad
 
 from automagik_telemetry_agent.clickhouse.factory import ordered_endpoints
 
 pytestmark = pytest.mark.cluster
 
-RATE = 250  # spans per second
 FAILOVER_KILL_BOUND_S = 2.0  # a refused connection fails over within the same insert: the next batch's wait
 FAILOVER_STALL_BOUND_S = 2.0 + 1.0 + 2.0  # stall_check, the ping's timeout, a batch's wait and margin
 _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+)\[\d+\] (\w+) ([\w.]+): (.*)$")
@@ -54,51 +52,6 @@ def create_cluster_tables(cluster: ClickHouseCluster, db: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-class SteadyLoad:
-    """Spans into the agent's socket at ``rate`` per second, 5 per RECORDS message, each with its own span id,
-    from a thread (ACKs read as they come); :meth:`stop` asserts every one was acknowledged."""
-
-    def __init__(self, socket_path: str, rate: int = RATE, per_message: int = 5) -> None:
-        self.client = RawClient(socket_path, timeout=10)
-        self.interval = per_message / rate
-        self.per_message = per_message
-        self.seq = self.sent = 0
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="steady-load")
-
-    def __enter__(self) -> SteadyLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.client.close()
-
-    def _run(self) -> None:
-        deadline = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                lines = [span(self.sent + k) for k in range(self.per_message)]
-                self.seq += 1
-                self.client.send_records(lines, seq=self.seq, resource=RESOURCE)
-                self.sent += self.per_message
-                self.client.drain(timeout=0)
-                deadline += self.interval
-                self._stop.wait(max(0.0, deadline - time.monotonic()))
-        except BaseException as exc:
-            self._error = exc
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(10)
-        if self._error is not None:
-            raise self._error
-        assert self.client.wait_ack(self.seq, timeout=20), f"ACK of message {self.seq} missing"
-        return self.sent
-
-
 @dataclass(frozen=True)
 class LogLine:
     time: float
