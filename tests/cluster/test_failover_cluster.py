@@ -241,3 +241,65 @@ def test_zookeeper_outage_one_line_nothing_lost_and_everything_arrives_once_afte
     # No batch every second while the tables are read-only: the probe reads the read-only flags, and only
     # the retries of the growing backoff (plus the one after the probe that answered) send it.
     assert stats["retries_transient"] <= 10, stats
+
+
+def writable_since(replica: Replica, db: str) -> float | None:
+    """If the replica answers and none of its replicated tables of ``db`` is read-only: when this check
+    began (an upper bound of how long it has been so, seen from here), else None."""
+    began = time.time()
+    try:
+        out = replica.query(
+            f"SELECT count(), countIf(is_readonly) FROM system.replicas WHERE database = '{db}'", timeout=0.5
+        )
+    except Exception:  # down, or not answering yet
+        return None
+    tables, read_only = (int(x) for x in out.split())
+    return began if tables > 0 and read_only == 0 else None
+
+
+def test_after_every_replica_was_down_shipping_resumes_within_two_seconds_of_one_taking_inserts(
+    clickhouse_cluster: ClickHouseCluster, cluster_db: str, tmp_path: Path
+) -> None:
+    """Both replicas SIGKILLed for ~12 s (the agent's backoff grows meanwhile), then started again: the probes
+    find the first one that takes inserts within a second or so, not after the rest of a long backoff."""
+    cluster, db = clickhouse_cluster, cluster_db
+    create_cluster_tables(cluster, db)
+    agent = start_agent(tmp_path, cluster, db)
+    try:
+        with SteadyLoad(agent.socket_path) as load:
+            wait_for(lambda: count(cluster.replicas[0], f"{db}.traces") > 300, timeout=30, what="the first rows")
+            down_at = time.time()
+            for r in cluster.replicas:
+                r.kill()
+            time.sleep(12)
+            for r in cluster.replicas:
+                r.start()
+            ready_at = float(
+                wait_until(
+                    lambda: min((t for r in cluster.replicas if (t := writable_since(r, db))), default=None),
+                    60,
+                    interval=0.05,
+                    message="a replica taking inserts again",
+                )
+            )
+            resumed_at = float(
+                wait_until(
+                    lambda: next(
+                        (ln.time for ln in shipper_lines(agent, down_at) if "accepts inserts again" in ln.message),
+                        None,
+                    ),
+                    30,
+                    message=f"the shipper inserting again\n{agent.stderr_text[-3000:]}",
+                )
+            )
+            time.sleep(1)
+            sent = load.stop()
+        counts = assert_exactly_once(cluster, db, sent)
+    finally:
+        agent.cleanup()
+    resumed = resumed_at - ready_at
+    print(
+        f"\nevery replica down {ready_at - down_at:.1f} s; the shipper inserted again {resumed:+.2f} s after the "
+        f"first replica took inserts; {sent} spans sent, counts {counts}\n{digest(agent, down_at)}"
+    )
+    assert resumed < 2.0, resumed

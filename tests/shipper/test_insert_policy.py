@@ -13,6 +13,7 @@ import pytest
 from automagik_telemetry_agent.clickhouse.errors import ErrorClass
 from automagik_telemetry_agent.clickhouse.load import LoadSample, load_sql
 from automagik_telemetry_agent.clickhouse.sink import InsertResult
+from automagik_telemetry_agent.metrics.catalogue import POLICY_ADJUSTMENTS
 from automagik_telemetry_agent.shipper.insert_policy import (
     STATE_FILE,
     Adjustment,
@@ -261,3 +262,15 @@ def test_probes_cut_a_transient_backoff_short(tmp_path: Path) -> None:
         t.stop()
     assert time.monotonic() - started < 5.0  # not the backoff's up to 60 s
     assert sink.probed == 2 and shipper.stats.probes == 2 and shipper.stats.probe_recoveries == 1
+
+
+def test_a_reading_the_server_is_too_slow_to_answer_doubles_the_wait() -> None:
+    policy = InsertPolicy(PolicySettings(PolicyMode.FLEET, batch_wait_max_s=30.0))
+    policy.observe(0.0, LoadSample(ENDPOINTS, 0, 0, 150, slow=True))
+    policy.observe(10.0, LoadSample(ENDPOINTS, 0, 0, 150, slow=True))
+    assert policy.wait_s == 4.0 and policy.adjustments[Adjustment.SLOW_SERVER] == 2
+    assert policy.server_inserts_per_s is None  # a slow reading has no figures to keep
+
+
+def test_the_adjustment_reasons_the_metrics_initialise_are_the_policys() -> None:
+    assert set(POLICY_ADJUSTMENTS) == {a.value for a in Adjustment}

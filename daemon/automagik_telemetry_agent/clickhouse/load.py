@@ -36,6 +36,9 @@ class LoadSample:
     inserts: int  # InsertQuery events summed over them
     max_parts: int  # most active parts in one partition of the table, on any of them
     parts_to_delay: int  # the server's parts_to_delay_insert
+    #: a server of the shard did not answer this light query within LOAD_TIMEOUT_S: it is overloaded (the
+    #: other fields are then those of the servers that answered, or zero)
+    slow: bool = False
 
 
 def load_sql(database: str, table: str) -> str:
@@ -65,13 +68,17 @@ def _domain_sinks(sink: Sink) -> list[ClickHouseHttpSink]:
 
 def sample_load(sink: Sink) -> LoadSample | None:
     """A reading of the servers ``sink`` inserts into; None for a sink without a server (the embedded store)
-    or when one of them does not answer (the policy then keeps its wait: a failure is the retry loop's)."""
+    or when one of them is unreachable (refused, an error: a failure is the retry loop's). One that takes
+    longer than LOAD_TIMEOUT_S to answer gives a reading marked ``slow``: a server that cannot answer a
+    trivial system query in two seconds is too busy for more inserts."""
     sinks = _domain_sinks(sink)
     if not sinks:
         return None
     try:
         readings = [_read(s) for s in sinks]
-    except SinkError:
+    except SinkError as exc:
+        if exc.result.status is None and not exc.result.unsent:  # sent, and no answer in time
+            return LoadSample(tuple(s.endpoint for s in sinks), 0, 0, DEFAULT_PARTS_TO_DELAY, slow=True)
         return None
     return LoadSample(
         tuple(s.endpoint for s in sinks),

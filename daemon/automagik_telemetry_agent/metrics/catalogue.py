@@ -38,7 +38,13 @@ OTLP_STATUSES = (200, 400, 413, 503)  # otlp_requests_total series initialised p
 OTLP_REFUSALS = ("not_an_object", "unsupported_metric_type", "item_too_large")  # ingest.otlp.export.Refusal
 FAILURE_CLASSES = ("transient", "config", "bad_data")
 RETRY_CLASSES = ("transient", "config")
-POLICY_ADJUSTMENTS = ("busy", "quiet", "parts_pressure", "too_many_parts")  # shipper.insert_policy.Adjustment
+POLICY_ADJUSTMENTS = (
+    "busy",
+    "quiet",
+    "parts_pressure",
+    "slow_server",
+    "too_many_parts",
+)  # shipper.insert_policy.Adjustment
 CLIENT_DROP_COUNTERS = {
     "dropped_queue_full": "queue_full",
     "dropped_oversized": "oversized",
@@ -257,7 +263,8 @@ CATALOGUE: dict[str, MetricDef] = _defs(
     MetricDef(
         P + "shipper_policy_adjustments_total",
         C,
-        "Changes of the insert policy's batch_wait, by reason (busy, quiet, parts_pressure, too_many_parts).",
+        "Changes of the insert policy's batch_wait, by reason (busy, quiet, parts_pressure, slow_server, "
+        "too_many_parts).",
         ("reason",),
     ),
     # ---- per signal (spans, log records, metric data points: each has its own table and shipper)

@@ -14,6 +14,8 @@ but every agent can see the shard: :class:`InsertPolicy` reads the shard's inser
   ``batch_wait_s``: a single agent on its own server keeps the latency of ``batch_wait``;
 * **parts pressure** (the table's worst partition holds more than half of ``parts_to_delay_insert`` active
   parts): ``wait *= 2``;
+* **a slow server** (the reading got no answer within two seconds: an overloaded server, whose figures
+  cannot be had): ``wait *= 2``;
 * **TOO_MANY_PARTS** (the server refused an insert with 252): ``wait = batch_wait_max_s``.
 
 Between 70 % and 100 % of the target the wait stays (a dead band: no oscillation). With ``fixed`` the wait
@@ -57,6 +59,7 @@ class Adjustment(enum.Enum):
     BUSY = "busy"
     QUIET = "quiet"
     PARTS_PRESSURE = "parts_pressure"
+    SLOW_SERVER = "slow_server"
     TOO_MANY_PARTS = "too_many_parts"
 
 
@@ -155,6 +158,9 @@ class InsertPolicy:
 
     # ------------------------------------------------------------------ the rules
     def _observe_locked(self, now: float, reading: LoadSample) -> None:
+        if reading.slow:  # no figures, but an answer in itself: the shard is too busy
+            self._set(self._wait * MAX_STEP, Adjustment.SLOW_SERVER)
+            return
         last, self._last = self._last, (now, reading)
         self.max_parts = reading.max_parts
         rate = self._rate(last, now, reading)
@@ -184,7 +190,7 @@ class InsertPolicy:
         new = self._clamp(wait)
         if new == self._wait:
             return
-        level = logging.INFO if why in (Adjustment.TOO_MANY_PARTS, Adjustment.PARTS_PRESSURE) else logging.DEBUG
+        level = logging.DEBUG if why in (Adjustment.BUSY, Adjustment.QUIET) else logging.INFO
         log.log(
             level,
             "insert policy: batch_wait %.2f s -> %.2f s (%s; shard at %s inserts/s, target %g; %d active parts)",
