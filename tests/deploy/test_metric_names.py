@@ -31,6 +31,8 @@ from metrics.traffic import scrape, send_known_traffic
 from prometheus_client.parser import text_string_to_metric_families
 from shipper.shipper_helpers import ShipperThread, apply_schema, fast_options, make_sink, span, write_wal
 
+from automagik_telemetry_agent.clickhouse.failover import FailoverSink
+from automagik_telemetry_agent.clickhouse.load import sample_load
 from automagik_telemetry_agent.ingest.metrics import collect_ingest
 from automagik_telemetry_agent.ingest.otlp.dedup import DurableParts
 from automagik_telemetry_agent.ingest.otlp.forward import IngestLink
@@ -40,6 +42,7 @@ from automagik_telemetry_agent.ingest.otlp.receiver import Receiver
 from automagik_telemetry_agent.ingest.server import IngestOptions, IngestServer
 from automagik_telemetry_agent.metrics.catalogue import CATALOGUE
 from automagik_telemetry_agent.metrics.exposition import AgentMetrics
+from automagik_telemetry_agent.shipper.insert_policy import InsertPolicy, PolicyMode, PolicySettings
 from automagik_telemetry_agent.shipper.loop import Shipper
 from automagik_telemetry_agent.shipper.metrics import collect_shipper
 from automagik_telemetry_agent.wal import WalOptions, WalWriter, read_cursor
@@ -142,11 +145,19 @@ def exposition(clickhouse: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     clickhouse.query(f"CREATE DATABASE IF NOT EXISTS {database}")
     try:
         apply_schema(clickhouse, database)
-        shipper = Shipper(str(wal_dir), make_sink(clickhouse, database), fast_options(tmp))
+        # Through a failover sink (its endpoint metrics) and under the fleet policy fed two real readings of
+        # the server (its gauges appear from the second one on).
+        sink = FailoverSink([make_sink(clickhouse, database)])
+        policy = InsertPolicy(PolicySettings(PolicyMode.FLEET))
+        shipper = Shipper(str(wal_dir), sink, fast_options(tmp), policy=policy)
         with ShipperThread(shipper) as t:
             wait_until(lambda: read_cursor(str(wal_dir)).seq == last, 30, message="the WAL shipped")
             t.stop()
-        metrics.observe("shipper", 1002, collect_shipper(shipper))
+        for at in (0.0, 1.0):
+            reading = sample_load(sink)
+            assert reading is not None and not reading.slow
+            policy.observe(at, reading)
+        metrics.observe("shipper", 1002, collect_shipper(shipper, sink))
         http = HttpServer(HttpOptions(), Receiver(IngestLink(server.options.socket_path), DurableParts()))
         metrics.observe("otlp", 1003, collect_otlp(http, http.handler, DurableParts()))  # type: ignore[arg-type]
         yield metrics.exposition()

@@ -97,6 +97,8 @@ def collect_shipper(group: ShipperGroup | Shipper, endpoints: FailoverSink | Non
             out["info"]["last_error"] = s.last_error if signal == "traces" else f"{signal}: {s.last_error}"
     g[P + "shipper_consecutive_failures"] = failures_worst
     _policy_metrics(out, group)
+    out["counters"][P + "shipper_failovers_total"] = 0  # one endpoint: never (with several, below)
+    out["counters"][P + "shipper_stalled_inserts_total"] = 0
     if endpoints is not None:
         _endpoint_metrics(out, endpoints)
     if histogram is not None:
