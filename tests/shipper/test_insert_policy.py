@@ -166,11 +166,12 @@ def test_fixed_never_moves_and_starts_at_once() -> None:
     assert policy.wait_s == 1.5 and policy.start_delay() == 0.0
 
 
-def test_starts_are_jittered_over_one_wait() -> None:
-    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=2.0)
-    delays = [InsertPolicy(settings, rand=random.Random(i)).start_delay() for i in range(200)]
-    assert all(0 <= d < 2.0 for d in delays)
-    assert max(delays) - min(delays) > 1.5  # spread over the wait, not in lockstep
+def test_a_restart_at_a_stretched_wait_is_jittered_over_it_and_a_fresh_start_is_not() -> None:
+    settings = PolicySettings(PolicyMode.FLEET, batch_wait_s=1.0, batch_wait_max_s=30.0)
+    delays = [InsertPolicy(settings, rand=random.Random(i), initial_wait_s=8.0).start_delay() for i in range(200)]
+    assert all(0 <= d < 8.0 for d in delays)
+    assert max(delays) - min(delays) > 6.0  # spread over the wait, not in lockstep
+    assert InsertPolicy(settings).start_delay() == 0.0  # at batch_wait: the first spans go at once
 
 
 def test_sampling_happens_once_per_interval_with_jitter() -> None:

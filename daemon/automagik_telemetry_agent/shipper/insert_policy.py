@@ -19,8 +19,9 @@ but every agent can see the shard: :class:`InsertPolicy` reads the shard's inser
 * **TOO_MANY_PARTS** (the server refused an insert with 252): ``wait = batch_wait_max_s``.
 
 Between 70 % and 100 % of the target the wait stays (a dead band: no oscillation). With ``fixed`` the wait
-is always ``batch_wait_s``. :meth:`InsertPolicy.start_delay` jitters the first insert after a start over
-``[0, wait)``, so that a fleet restarted at once does not insert in lockstep.
+is always ``batch_wait_s``. :meth:`InsertPolicy.start_delay` jitters the first insert after a restart over
+``[0, wait)`` when the kept wait is a stretched one, so that a busy fleet restarted at once does not insert
+in lockstep.
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ class InsertPolicy:
         return self._wait
 
     def start_delay(self) -> float:
-        """How long after a start the first partial batch waits: uniform in [0, wait) under the fleet policy,
-        0 under ``fixed`` (today's: the first spans go at once)."""
-        if self._settings.mode is PolicyMode.FIXED:
+        """How long after a start the first partial batch waits: uniform in [0, wait) when the fleet policy
+        starts with a wait it had stretched (kept from before a restart: a busy fleet restarted at once must
+        not insert in lockstep), else 0 (the first spans go at once, as under ``fixed``)."""
+        if self._settings.mode is PolicyMode.FIXED or self.wait_s <= self._settings.batch_wait_s:
             return 0.0
         return self._rand.uniform(0, self.wait_s)
 
