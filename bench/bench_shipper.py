@@ -206,11 +206,17 @@ class ShipperProcess:
         return Path(self.log_path).read_text(errors="replace")
 
     def final_stats(self) -> dict[str, Any]:
-        """The counters of the "shipper stopped: {...}" line it logs on exit."""
-        for line in reversed(self.log_text().splitlines()):
+        """The counters of the "shipper stopped: {...}" lines it logs on exit (one per signal: traces,
+        logs, metrics), numbers summed over the signals."""
+        total: dict[str, Any] = {}
+        for line in self.log_text().splitlines():
             if "shipper stopped: " in line:
-                return ast.literal_eval(line.split("shipper stopped: ", 1)[1])
-        return {}
+                for key, value in ast.literal_eval(line.split("shipper stopped: ", 1)[1]).items():
+                    if type(value) in (int, float) and type(total.get(key, 0)) in (int, float):
+                        total[key] = total.get(key, 0) + value
+                    else:
+                        total.setdefault(key, value)
+        return total
 
 
 def problems_of(shipper: ShipperProcess, stats: dict[str, Any], rows: int) -> list[str]:
