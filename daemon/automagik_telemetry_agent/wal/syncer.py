@@ -1,7 +1,9 @@
 """Group commit: one fsync covers every record written since the last one.
 
-Mode ``interval`` (the default): a background thread fsyncs when the oldest unsynced write is
-``interval`` old or ``max_bytes`` are unsynced, whichever comes first, then calls ``on_durable``.
+Mode ``interval`` (the default): a background thread fsyncs at the next tick of an ``interval`` grid
+after a write (so within ``interval`` of it) or as soon as ``max_bytes`` are unsynced, whichever comes
+first, then calls ``on_durable``. With nothing written it sleeps without a timeout: an idle agent
+does not wake 20 times a second for nothing.
 Mode ``always``: the caller syncs inline after each batch of appends (see ingest).
 Mode ``off``: never fsync; records count as durable once handed to the OS (lost on power loss).
 
@@ -12,7 +14,9 @@ the agent stops acknowledging and exits, so recovery re-reads what really is on 
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable
 
 from .writer import WalWriter
@@ -25,7 +29,9 @@ class GroupCommitter:
         self._max_bytes = max_bytes
         self._on_durable = on_durable
         self._unsynced_bytes = 0
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # max_bytes reached, or stop: sync now
+        self._pending = threading.Event()  # something was written since the last sync started
+        self._grid_origin = time.monotonic()
         self._stop = False
         self.error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="wal-group-commit", daemon=True)
@@ -40,13 +46,28 @@ class GroupCommitter:
     def written(self, nbytes: int) -> None:
         """Called by the appending thread after bytes reached the OS."""
         self._unsynced_bytes += nbytes
+        if not self._pending.is_set():
+            self._pending.set()
         if self._unsynced_bytes >= self._max_bytes:
             self._wake.set()
 
+    def _until_next_tick(self) -> float:
+        """Seconds to the next tick of the interval grid (ticks where the old fixed timer fired)."""
+        if self._interval <= 0:
+            return 0.0
+        elapsed = time.monotonic() - self._grid_origin
+        return max(0.0, math.floor(elapsed / self._interval + 1) * self._interval - elapsed)
+
     def _run(self) -> None:
         while not self._stop:
-            self._wake.wait(self._interval)
+            self._pending.wait()  # idle: no timeout, written() or stop() wakes us
+            if self._stop:
+                break
+            self._wake.wait(self._until_next_tick())
+            # Cleared before the sync reads written_seq: a write after this point sets them again and
+            # is synced now or in the next round, never left waiting.
             self._wake.clear()
+            self._pending.clear()
             if self._writer.written_seq <= self._writer.durable_seq:
                 continue
             self._unsynced_bytes = 0
@@ -61,6 +82,7 @@ class GroupCommitter:
     def stop(self) -> None:
         """Stop the thread; the caller does the final sync itself."""
         self._stop = True
+        self._pending.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)

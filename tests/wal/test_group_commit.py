@@ -1,0 +1,108 @@
+"""The group committer (``wal/syncer.py``): every write is made durable within one interval (or at once
+past ``max_bytes``), and an idle committer sleeps instead of ticking."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from automagik_telemetry_agent.wal import WalOptions, WalWriter
+from automagik_telemetry_agent.wal.syncer import GroupCommitter
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.durable: list[int] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, seq: int) -> None:
+        with self.changed:
+            self.durable.append(seq)
+            self.changed.notify_all()
+
+    def wait_for(self, seq: int, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: bool(self.durable) and self.durable[-1] >= seq, timeout)
+
+
+def _writer(tmp_path: Path) -> WalWriter:
+    return WalWriter(str(tmp_path / "wal"), WalOptions(min_free_bytes=0)).open()
+
+
+def _append(writer: WalWriter, committer: GroupCommitter) -> int:
+    payload = b'{"resource":{}}\n{"name":"x"}\n'
+    seq = writer.append(payload, 1)
+    writer.flush()
+    committer.written(len(payload))
+    return seq
+
+
+def test_every_write_becomes_durable_within_one_interval(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    durable = Recorder()
+    committer = GroupCommitter(writer, 0.05, 1 << 30, durable)
+    committer.start()
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            seq = _append(writer, committer)
+            assert durable.wait_for(seq, 2.0), f"seq {seq} never reported durable"
+            assert time.monotonic() - started < 0.05 + 0.5  # one interval plus scheduling slack
+            assert writer.durable_seq >= seq
+            time.sleep(0.12)  # let it go idle between writes
+    finally:
+        committer.stop()
+        writer.close()
+
+
+def test_an_idle_committer_neither_syncs_nor_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = _writer(tmp_path)
+    committer = GroupCommitter(writer, 0.01, 1 << 30, Recorder())
+    ticks = []
+    real_tick = committer._until_next_tick
+    monkeypatch.setattr(committer, "_until_next_tick", lambda: ticks.append(1) or real_tick())
+    syncs = []
+    real_sync = writer.sync
+    monkeypatch.setattr(writer, "sync", lambda: syncs.append(1) or real_sync())
+    committer.start()
+    try:
+        time.sleep(0.3)  # 30 intervals with nothing written
+        assert ticks == [] and syncs == []
+        _append(writer, committer)
+        deadline = time.monotonic() + 2
+        while not syncs and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert syncs == [1]
+        time.sleep(0.3)  # idle again: no further rounds after the one that synced
+        assert len(ticks) == 1 and syncs == [1]
+    finally:
+        committer.stop()
+        writer.close()
+
+
+def test_max_bytes_syncs_at_once_without_waiting_for_the_interval(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    durable = Recorder()
+    committer = GroupCommitter(writer, 30.0, 1, durable)  # a 30 s interval: only max_bytes can explain a sync
+    committer.start()
+    try:
+        seq = _append(writer, committer)
+        assert durable.wait_for(seq, 2.0)
+    finally:
+        committer.stop()
+        writer.close()
+
+
+def test_stop_wakes_an_idle_committer_promptly(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    committer = GroupCommitter(writer, 30.0, 1 << 30, Recorder())
+    committer.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    committer.stop()
+    assert time.monotonic() - started < 2.0
+    assert not committer._thread.is_alive()
+    writer.close()
