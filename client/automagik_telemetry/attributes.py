@@ -93,3 +93,35 @@ def key_values(attributes: Mapping[Any, object] | None, max_length: int, _depth:
             name = key if isinstance(key, str) else safe_str(key)
             out.append('{"key":' + quote(name) + ',"value":' + encoded + "}")
     return "[" + ",".join(out) + "]"
+
+
+def flat_values(attributes: Mapping[Any, object] | None, max_length: int) -> str:
+    """Attributes as one JSON object for a compact span line: ``{"key": value, ...}``, ``None`` left out.
+
+    Strings, int64 integers, finite floats and bools are written as plain JSON values; anything else
+    as its ``AnyValue`` object (:func:`any_value`), which the agent stores exactly as the OTLP spelling.
+    """
+    if not attributes:
+        return "{}"
+    try:
+        items = list(attributes.items())
+    except Exception:
+        return "{}"
+    out = []
+    for key, value in items:
+        if value is None:
+            continue
+        name = quote(key if isinstance(key, str) else safe_str(key))
+        if isinstance(value, str):
+            out.append(name + ":" + quote(value[:max_length]))
+        elif isinstance(value, bool):
+            out.append(name + (":true" if value else ":false"))
+        elif type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+            out.append(name + ":" + str(value))
+        elif type(value) is float and math.isfinite(value):
+            out.append(name + ":" + repr(value))
+        else:
+            encoded = any_value(value, max_length)
+            if encoded is not None:
+                out.append(name + ":" + encoded)
+    return "{" + ",".join(out) + "}"

@@ -38,10 +38,13 @@ class Message:
     ``lines`` (the serialized records) are dropped once the message is sent or settled.
     """
 
-    __slots__ = ("count", "end", "kind", "lines", "seq", "settled", "start")
+    __slots__ = ("compact", "count", "end", "kind", "lines", "seq", "settled", "start")
 
-    def __init__(self, start: int, end: int, lines: list[bytes], kind: RecordKind = RecordKind.SPAN) -> None:
+    def __init__(
+        self, start: int, end: int, lines: list[bytes], kind: RecordKind = RecordKind.SPAN, compact: bool = False
+    ) -> None:
         self.kind = kind  # every record of a message is of one kind (the header says which)
+        self.compact = compact  # span lines in the compact format (sent after the compact resource line)
         self.start = start
         self.end = end
         self.lines: list[bytes] | None = lines
@@ -100,11 +103,13 @@ class DeliveryLedger:
         self._claimed += count
         return start
 
-    def add_message(self, start: int, end: int, lines: list[bytes], kind: RecordKind = RecordKind.SPAN) -> None:
+    def add_message(
+        self, start: int, end: int, lines: list[bytes], kind: RecordKind = RecordKind.SPAN, compact: bool = False
+    ) -> None:
         """A message of ``lines`` (records of ``kind``) covering [start, end), sent after those waiting."""
         if not lines:
             return
-        message = Message(start, end, lines, kind)
+        message = Message(start, end, lines, kind, compact)
         self._inflight.append(message)
         self._unsent.append(message)
 

@@ -52,6 +52,14 @@ class MessageType(enum.IntEnum):
     STATS = 0x90  # payload: one JSON object of agent counters
 
 
+#: The span line formats of a RECORDS payload (docs/protocol.md, "Compact span lines"): OTLP/JSON span
+#: objects, which every agent reads, and compact positional arrays, which an agent that lists
+#: ``compact-1`` in its STATS ``line_formats`` reads (marked by ``"lineFormat"`` in the resource line).
+OTLP_SPANS = "otlp"
+COMPACT_SPANS = "compact-1"
+LINE_FORMATS = (OTLP_SPANS, COMPACT_SPANS)
+
+
 class RecordKind(enum.IntEnum):
     SPAN = 1
     LOG = 2  # OTLP logRecord lines (accepted from agent 0.2 on; older agents answer unsupported_kind)
@@ -163,3 +171,51 @@ def split_records(payload: bytes) -> tuple[bytes, list[bytes]]:
     lines = payload.split(b"\n")
     lines.pop()  # the empty string after the final newline
     return lines[0], lines[1:]
+
+
+def _any_value(value: object) -> object:
+    """A compact attribute value as its OTLP/JSON ``AnyValue``."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, int):
+        return {"intValue": value}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if value is None:
+        return {}
+    return value  # already an AnyValue object
+
+
+def _key_values(attributes: object) -> list[dict[str, object]]:
+    if not isinstance(attributes, dict):
+        return []
+    return [{"key": key, "value": _any_value(value)} for key, value in attributes.items()]
+
+
+def expand_compact_span(line: object) -> dict[str, object] | None:
+    """A decoded compact span line (``[traceId, spanId, parentSpanId, name, kind, startTimeUnixNano,
+    endTimeUnixNano, attributes, statusCode, statusMessage, events]``) in its OTLP/JSON spelling, for
+    tools that show spans (``wal dump``); ``None`` if it is not such an array. No checks beyond that:
+    the shipper's are authoritative."""
+    if not isinstance(line, list) or len(line) < 11:
+        return None
+    trace_id, span_id, parent, name, kind, start, end, attributes, code, message, events = line[:11]
+    span: dict[str, object] = {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "parentSpanId": parent,
+        "name": name,
+        "kind": kind,
+        "startTimeUnixNano": start,
+        "endTimeUnixNano": end,
+        "attributes": _key_values(attributes),
+        "status": {"code": code, "message": message},
+        "events": [
+            {"name": ev[0], "timeUnixNano": ev[1], "attributes": _key_values(ev[2])}
+            for ev in (events if isinstance(events, list) else [])
+            if isinstance(ev, list) and len(ev) >= 3
+        ],
+    }
+    return span

@@ -10,6 +10,7 @@ child.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Generic, Protocol, TypeAlias, TypeVar
 from .connection import AgentConnection
 from .ledger import DeliveryLedger
 from .protocol import (
+    COMPACT_SPANS,
     HEADER_SIZE,
     MAX_PAYLOAD_SIZE,
     MessageType,
@@ -91,6 +93,10 @@ class Transport(Generic[R]):
         self._flush_interval = config.flush_interval
         self._resource_line_factory = resource_line
         self._resource_line = b""
+        self._compact_resource_line = b""
+        #: The agent on this connection announced compact span lines (its STATS reply to the request sent
+        #: on connecting); until then, and with an older agent, spans go as OTLP/JSON lines.
+        self._compact = False
         pid = os.getpid()
         #: Names this client instance in CLIENT_STATS (the agent keeps the latest report per instance);
         #: a forked child gets a new transport, hence a new instance with its own counters.
@@ -214,6 +220,7 @@ class Transport(Generic[R]):
         except Exception:
             self.internal_errors += 1
             self._resource_line = _FALLBACK_RESOURCE_LINE
+        self._compact_resource_line = compact_resource_line(self._resource_line)
         self._next_stats = time.monotonic() + STATS_INTERVAL
         while not self._stopping:
             try:
@@ -228,9 +235,11 @@ class Transport(Generic[R]):
 
     def _step(self) -> None:
         connection, ledger, queue = self.connection, self.ledger, self.queue
-        if not connection.connected and not connection.connect():
-            self._stop.wait(min(max(0.0, connection.next_attempt - time.monotonic()), self._flush_interval))
-            return
+        if not connection.connected:
+            if not connection.connect():
+                self._stop.wait(min(max(0.0, connection.next_attempt - time.monotonic()), self._flush_interval))
+                return
+            self._ask_line_formats()
         self._read_replies()
         self._maybe_send_stats()
         self._maybe_collect_metrics()
@@ -285,6 +294,15 @@ class Transport(Generic[R]):
             elif header.type == MessageType.REJECT:
                 reason = bytes(data[HEADER_SIZE:]).decode("ascii", "replace") or "unknown"
                 ledger.rejected(header.seq, reason)
+            elif header.type == MessageType.STATS:
+                self._compact = COMPACT_SPANS in line_formats(bytes(data[HEADER_SIZE:]))
+
+    def _ask_line_formats(self) -> None:
+        """On a new connection: spans as OTLP/JSON lines until the agent's STATS says it reads compact ones."""
+        self._compact = False
+        # No room or gone: this connection keeps the OTLP/JSON lines (any agent reads them).
+        with contextlib.suppress(OSError):
+            self.connection.send(encode(MessageType.STATS_REQUEST, seq=self.connection.next_seq))
 
     def _build_messages(self) -> None:
         """Take up to BATCH_SPANS records off the queue and pack them into messages."""
@@ -296,11 +314,14 @@ class Transport(Generic[R]):
         lines: list[bytes] = []
         size = 0
         kind = records[0].record_kind if records else RecordKind.SPAN
+        compact = self._compact
+        budget -= len(self._compact_resource_line) - len(self._resource_line) if compact else 0
         for index, record in enumerate(records, start):
             try:
                 if self._privacy is not None:
                     scrub_record(record, self._privacy)
-                line = record.to_line(self._max_length)
+                to_compact = getattr(record, "to_compact_line", None) if compact else None
+                line = to_compact(self._max_length) if to_compact is not None else record.to_line(self._max_length)
             except Exception:
                 self.internal_errors += 1
                 ledger.fail(index, index + 1)
@@ -309,11 +330,11 @@ class Transport(Generic[R]):
                 ledger.drop_oversized_record(index)
                 continue
             if size + len(line) > budget or record.record_kind is not kind:
-                ledger.add_message(start, index, lines, kind)
+                ledger.add_message(start, index, lines, kind, compact and kind is RecordKind.SPAN)
                 start, lines, size, kind = index, [], 0, record.record_kind
             lines.append(line)
             size += len(line)
-        ledger.add_message(start, end, lines, kind)
+        ledger.add_message(start, end, lines, kind, compact and kind is RecordKind.SPAN)
 
     def _send_unsent(self) -> bool:
         """Send built messages in order; False if blocked (after waiting a little) or disconnected."""
@@ -321,7 +342,8 @@ class Transport(Generic[R]):
         while (message := ledger.next_unsent) is not None and ledger.unacked_messages < MAX_UNACKED_MESSAGES:
             seq = connection.next_seq
             try:
-                connection.send(encode_records(self._resource_line, message.lines or [], seq=seq, kind=message.kind))
+                resource_line = self._compact_resource_line if message.compact else self._resource_line
+                connection.send(encode_records(resource_line, message.lines or [], seq=seq, kind=message.kind))
             except OSError as exc:
                 if exc.errno in _RETRY_ERRNOS:
                     self._wait_writable(exc.errno)
@@ -373,3 +395,20 @@ class Transport(Generic[R]):
         self._maybe_send_stats(force=True)
         self._disconnect()
         self.ledger.release_waiters()  # nothing will settle any more: release flush callers now
+
+
+def compact_resource_line(resource_line: bytes) -> bytes:
+    """The resource line of a message of compact span lines: the same object with ``lineFormat`` first."""
+    if resource_line.startswith(b"{"):
+        rest = resource_line[1:].lstrip()
+        return b'{"lineFormat":"' + COMPACT_SPANS.encode() + (b'"' if rest.startswith(b"}") else b'",') + rest
+    return resource_line  # not an object: leave it, the agent refuses it either way
+
+
+def line_formats(stats: bytes) -> list[str]:
+    """The ``line_formats`` an agent's STATS reply announces (``[]`` for an older agent or a bad reply)."""
+    try:
+        found = json.loads(stats).get("line_formats")
+    except (ValueError, AttributeError):
+        return []
+    return [f for f in found if isinstance(f, str)] if isinstance(found, list) else []

@@ -9,6 +9,7 @@ from pathlib import Path
 from agent_process import AgentProcess
 
 from automagik_telemetry import AutomagikTelemetry, TelemetryConfig
+from automagik_telemetry_agent.wal import WalReader
 
 P999_BOUND_S = 0.005  # generous: the hot path is ~2 µs; a blocking send would take seconds here
 
@@ -91,3 +92,29 @@ def test_client_never_blocks_when_the_agent_is_down_and_reconnects_when_it_retur
     finally:
         client.shutdown()
         agent.cleanup()
+
+
+def test_the_client_sends_compact_span_lines_once_the_agent_announces_them(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path).start()
+    try:
+        client = _client(agent)
+        for round_ in range(3):  # the STATS reply arrives while the first round is sent
+            for i in range(200):
+                with client.span(f"r{round_}", attributes={"i": i, "ok": True, "ratio": 0.5}):
+                    pass
+            assert client.flush(timeout=10) is True
+        client.shutdown()
+    finally:
+        agent.cleanup()
+    reader = WalReader(agent.wal_dir)
+    payloads = [entry.payload for entry in reader.read(max_records=10_000)]
+    reader.close()
+    compact = [p for p in payloads if p.startswith(b'{"lineFormat":"compact-1",')]
+    assert compact, "the client never switched to compact span lines"
+    assert all(line.startswith(b"[") for p in compact for line in p.split(b"\n")[1:-1])
+    # wal dump shows every span in the OTLP/JSON spelling, whichever line format it travelled in.
+    items = agent.dump()
+    assert len(items) == 600
+    assert sorted(
+        int(a["value"]["intValue"]) for x in items for a in x["record"]["attributes"] if a["key"] == "i"
+    ) == sorted(list(range(200)) * 3)

@@ -140,7 +140,7 @@ def test_reconnects_after_the_agent_restarts_at_the_same_path(sock_path: str, ma
         stats = client.stats()
         assert stats["reconnects"] == 1 and stats["unconfirmed_records"] == 0
         assert stats["acked_records"] == 12
-        assert second.messages[0].seq == 1  # seq restarts at 1 on the new connection
+        assert second.messages[0].seq == 2  # seq restarts on the new connection (1: the STATS_REQUEST on connecting)
     assert len(first.spans()) == 5
 
 
@@ -215,7 +215,8 @@ def test_many_spans_are_split_into_valid_messages_with_consecutive_seqs(
         assert len(agent.spans()) == 3000 and agent.errors == []
         assert len(agent.messages) > 3  # 3000 * ~450 bytes do not fit in one 64 KiB message
         assert all(len(m.records) >= 1 for m in agent.messages)
-        assert [m.seq for m in agent.messages] == list(range(1, len(agent.messages) + 1))
+        # Consecutive from 2: seq 1 is the STATS_REQUEST the client sends on connecting (line formats).
+        assert [m.seq for m in agent.messages] == list(range(2, len(agent.messages) + 2))
         assert client.stats()["sent_messages"] == len(agent.messages)
 
 

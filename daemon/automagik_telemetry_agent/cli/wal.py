@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from automagik_telemetry.protocol import COMPACT_SPANS, expand_compact_span
+
 from .. import exitcodes
 from ..wal.inspect import dump, verify
 from .options import Subparsers
@@ -31,10 +33,14 @@ def cmd_wal_dump(args: argparse.Namespace) -> int:
         for seq, kind, payload in dump(args.dir, start_after=args.after):
             # Strip only the final newline: an empty record line is a record (the shipper dead-letters it).
             resource, *records = (payload[:-1] if payload.endswith(b"\n") else payload).split(b"\n")
+            compact = b'"lineFormat":"' + COMPACT_SPANS.encode() + b'"' in resource
             for index, record in enumerate(records):
                 line: dict[str, object] = {"seq": seq, "index": index, "kind": kind}
                 try:
-                    line["record"] = json.loads(record)
+                    decoded = json.loads(record)
+                    # A compact span line is shown in its OTLP/JSON spelling (docs/protocol.md).
+                    expanded = expand_compact_span(decoded) if compact else None
+                    line["record"] = decoded if expanded is None else expanded
                     line["resource"] = json.loads(resource)
                 except ValueError:
                     line["raw"] = record.decode("utf-8", "replace")

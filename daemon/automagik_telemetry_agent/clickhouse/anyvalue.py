@@ -172,3 +172,39 @@ def render_attributes(attrs: object, what: str) -> dict[str, str]:
                 continue
         _key_value(kv, what)  # raises the precise reason
     return out
+
+
+def render_flat_attributes(attrs: object, what: str) -> dict[str, str]:
+    """A compact span line's attributes, ``{key: value}``, rendered like :func:`render_attributes`.
+
+    A value is a JSON string, integer (int64), float, ``true``/``false``, ``null`` (stored as ``""``, as
+    an empty AnyValue is), or an OTLP ``AnyValue`` object for anything else (arrays, kvlists, bytes,
+    out-of-range numbers). So ``{"k": 5}`` stores what ``[{"key": "k", "value": {"intValue": 5}}]`` does.
+    """
+    if type(attrs) is not dict:
+        if attrs is None or attrs == 0:
+            return {}
+        raise TransformError(f"invalid {what}: not an object")
+    out: dict[str, str] = {}
+    for key, value in attrs.items():
+        t = type(value)
+        if t is str:
+            out[key] = value
+        elif t is int:
+            if not I64_MIN <= value <= I64_MAX:
+                raise TransformError(f"{what}[{shown(key)}]: integer out of the int64 range")
+            out[key] = str(value)
+        elif t is bool:
+            out[key] = "true" if value else "false"
+        elif t is float:
+            out[key] = double_str(value)
+        elif value is None:
+            out[key] = ""
+        elif t is dict:
+            try:
+                out[key] = _render(value)
+            except TransformError as e:
+                raise TransformError(f"{what}[{shown(key)}]: {e.reason}") from None
+        else:
+            raise TransformError(f"{what}[{shown(key)}]: a list is not a value (use an arrayValue AnyValue)")
+    return out

@@ -39,7 +39,9 @@ from typing import Any
 
 import orjson
 
-from .anyvalue import render_attributes
+from automagik_telemetry.protocol import COMPACT_SPANS, OTLP_SPANS
+
+from .anyvalue import render_attributes, render_flat_attributes
 from .scalars import (
     MAX_START_NS,
     MIN_START_NS,
@@ -61,6 +63,7 @@ from .scalars import (
 
 __all__ = [
     "LIFTED_RESOURCE_ATTRIBUTES",
+    "LineFormat",
     "Profile",
     "Resource",
     "TransformError",
@@ -76,6 +79,19 @@ class Profile(enum.Enum):
     MODERN = "modern"
     LEGACY = "legacy"
 
+
+class LineFormat(enum.Enum):
+    """How the span lines of a record are written (the resource line's ``lineFormat`` member).
+
+    ``OTLP``: each line one OTLP/JSON span object (no ``lineFormat``: every client and the OTLP receiver).
+    ``COMPACT``: each line a positional JSON array (``"lineFormat": "compact-1"``, see
+    ``docs/protocol.md``): cheaper to write in a client and to read here, and the same row."""
+
+    OTLP = OTLP_SPANS
+    COMPACT = COMPACT_SPANS
+
+
+_LINE_FORMATS = {f.value: f for f in LineFormat}
 
 #: Resource attributes that become columns of their own; the rest go to ``resource_attributes``.
 LIFTED_RESOURCE_ATTRIBUTES: dict[str, str] = {
@@ -135,6 +151,8 @@ class Resource:
     #: The same, sorted by key, for the legacy profile's parallel arrays.
     keys: list[str]
     values: list[str]
+    #: How this record's span lines are written.
+    line_format: LineFormat = LineFormat.OTLP
     #: Per profile (index ``profile is Profile.LEGACY``: no Enum hashing per span), a row with every
     #: column in output order, the resource's already filled in (:func:`_row_template`; ``None`` until
     #: built); each span copies it. Not part of the value.
@@ -154,6 +172,13 @@ def parse_resource(line: bytes) -> Resource:
         raise TransformError("resource: invalid JSON") from None
     if type(obj) is not dict:
         raise TransformError("resource: not a JSON object")
+    line_format = LineFormat.OTLP
+    named = obj.get("lineFormat")
+    if named is not None:
+        found = _LINE_FORMATS.get(named) if type(named) is str else None
+        if found is None:
+            raise TransformError(f"resource: unknown lineFormat {str(named)[:40]!r} (this agent reads compact-1)")
+        line_format = found
     attrs = render_attributes(obj.get("attributes"), "resource.attributes")
     columns = dict.fromkeys(LIFTED_RESOURCE_ATTRIBUTES.values(), "")
     rest: dict[str, str] = {}
@@ -166,7 +191,12 @@ def parse_resource(line: bytes) -> Resource:
     keys = sorted(rest)
     span_columns = {column: attrs.get(key, "") for key, column in V014_RESOURCE_COLUMNS.items()}
     return Resource(
-        columns=columns, span_columns=span_columns, attributes=rest, keys=keys, values=[rest[k] for k in keys]
+        columns=columns,
+        span_columns=span_columns,
+        attributes=rest,
+        keys=keys,
+        values=[rest[k] for k in keys],
+        line_format=line_format,
     )
 
 
@@ -253,8 +283,11 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     """One OTLP span line as one row of the ``profile`` table shape; raises :class:`TransformError`.
 
     Rows share the resource's dicts and lists (``resource_attributes``, ``resource_keys`` ...): treat
-    them as read-only.
+    them as read-only. A record whose resource says ``lineFormat: compact-1`` has compact lines
+    (:func:`_compact_span`): the same row from fewer bytes.
     """
+    if resource.line_format is LineFormat.COMPACT:
+        return _compact_span(line, resource, profile)
     try:
         span = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -331,7 +364,41 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     scope_name, scope_version = scope_of(span)
     links = get("links")
     links = "[]" if links is None or links == [] else _links(links)
+    return _row(
+        resource,
+        profile,
+        trace_id,
+        span_id,
+        parent,
+        name,
+        span_kind,
+        start_ns,
+        end_ns,
+        status_code,
+        status_message,
+        attributes,
+        events,
+        (scope_name, scope_version, links),
+    )
 
+
+def _row(
+    resource: Resource,
+    profile: Profile,
+    trace_id: str,
+    span_id: str,
+    parent: str,
+    name: str,
+    span_kind: str,
+    start_ns: int,
+    end_ns: int,
+    status_code: str,
+    status_message: str,
+    attributes: dict[str, str],
+    events: str,
+    v014: tuple[str, str, str],
+) -> dict[str, Any]:
+    """The row of checked span fields: the resource's template copied, the span's columns set."""
     sec, frac = divmod(start_ns, 1_000_000_000)
     second = cached_second(sec)
     if second is None:
@@ -359,7 +426,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
             attributes,
             second,
             frac,
-            (scope_name, scope_version, links),
+            v014,
         )
     assert type(template) is dict  # not None (built above), not False (the slow path above)
     row = template.copy()
@@ -374,9 +441,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     row["status_code"] = status_code
     row["status_message"] = status_message
     row["events"] = events
-    row["instrumentation_library_name"] = scope_name
-    row["instrumentation_library_version"] = scope_version
-    row["links"] = links
+    row["instrumentation_library_name"], row["instrumentation_library_version"], row["links"] = v014
     if legacy:
         row["timestamp"] = second
         if len(attributes) > 1:
@@ -390,6 +455,97 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         row["timestamp"] = f"{second}.{frac:09d}"
         row["attributes"] = attributes
     return row
+
+
+#: A compact line's elements (docs/protocol.md, "Compact span lines"); later elements are ignored.
+_COMPACT_FIELDS = 11
+_NO_SCOPE = ("", "", "[]")
+
+
+def _compact_span(line: bytes, resource: Resource, profile: Profile) -> dict[str, Any]:
+    """One compact span line, ``[traceId, spanId, parentSpanId, name, kind, startTimeUnixNano,
+    endTimeUnixNano, attributes, statusCode, statusMessage, events]``, as the row its OTLP/JSON
+    spelling gives (same checks, same reasons)."""
+    try:
+        span = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise TransformError("invalid JSON") from None
+    if type(span) is not list or len(span) < _COMPACT_FIELDS:
+        raise TransformError(f"compact span: not an array of {_COMPACT_FIELDS} elements")
+    trace_id, span_id, parent, name, kind, start_ns, end_ns, attrs, code, message, events = span[:_COMPACT_FIELDS]
+    valid = known_id(trace_id) if type(trace_id) is str else None
+    if valid is not None and len(valid) == 32:
+        trace_id = valid
+    elif is_hex(trace_id, 32) and trace_id != ZERO_TRACE:
+        trace_id = remember_id(trace_id)
+    else:
+        trace_id = checked_id({"traceId": trace_id}, "traceId", 32, ZERO_TRACE)
+    if is_hex(span_id, 16) and span_id != ZERO_SPAN:
+        span_id = span_id.lower()
+    else:
+        span_id = checked_id({"spanId": span_id}, "spanId", 16, ZERO_SPAN)
+    if parent is None or parent == "" or parent == ZERO_SPAN:
+        parent = ""
+    else:
+        valid = known_id(parent) if type(parent) is str else None
+        if valid is not None and len(valid) == 16:
+            parent = valid
+        elif is_hex(parent, 16):
+            parent = remember_id(parent)
+        else:
+            raise TransformError("invalid parentSpanId: not 16 hex characters")
+    if type(name) is not str or name == "":
+        raise TransformError("missing name" if name is None or name == "" else "invalid name: not a string")
+    if type(start_ns) is not int or start_ns < MIN_START_NS or start_ns > MAX_START_NS:
+        start_ns = checked_start_ns(start_ns)
+    if type(end_ns) is not int or end_ns < start_ns or end_ns > U64_MAX:
+        end_ns = checked_end_ns(end_ns, start_ns)
+    span_kind = _KIND.get(kind) if type(kind) is int or type(kind) is str else None
+    if span_kind is None:
+        raise TransformError("invalid kind")
+    status_code = _STATUS.get(code) if type(code) is int or type(code) is str else None
+    if status_code is None:
+        raise TransformError("invalid status.code")
+    if type(message) is not str:
+        raise TransformError("invalid status.message: not a string")
+    attributes = render_flat_attributes(attrs, "attributes")
+    rendered_events = "[]" if events == 0 or events is None or events == [] else _compact_events(events)
+    return _row(
+        resource,
+        profile,
+        trace_id,
+        span_id,
+        parent,
+        name,
+        span_kind,
+        start_ns,
+        end_ns,
+        status_code,
+        message,
+        attributes,
+        rendered_events,
+        _NO_SCOPE,
+    )
+
+
+def _compact_events(events: object) -> str:
+    """A compact line's events, ``[[name, timeUnixNano, attributes], ...]``, as the ``events`` column."""
+    if type(events) is not list:
+        raise TransformError("invalid events: not a list")
+    out = []
+    for i, ev in enumerate(events):
+        if type(ev) is not list or len(ev) < 3:
+            raise TransformError(f"invalid events[{i}]: not an array [name, timeUnixNano, attributes]")
+        name, t, attrs = ev[0], ev[1], ev[2]
+        ts = uint64(t)
+        if ts is None:
+            raise TransformError(f"invalid events[{i}].timeUnixNano")
+        if type(name) is not str:
+            raise TransformError(f"invalid events[{i}].name")
+        out.append(
+            {"time_unix_nano": ts, "name": name, "attributes": render_flat_attributes(attrs, f"events[{i}].attributes")}
+        )
+    return orjson.dumps(out).decode()
 
 
 def _slow_row(

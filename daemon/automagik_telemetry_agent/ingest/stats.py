@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from automagik_telemetry.protocol import LINE_FORMATS
+
 from ..wal import WalWriter
 from .client_counters import ClientCounters
 
@@ -38,6 +40,8 @@ def stats_snapshot(
     oldest = w.oldest_unconsumed_seq()
     return {
         "uptime_seconds": round(time.time() - started_at, 3),
+        # The span line formats this agent's shipper reads: a client sends compact lines once it sees them.
+        "line_formats": list(LINE_FORMATS),
         "messages_received": s.messages_received,
         "records_received": s.records_received,
         "items_received": s.items_received,
