@@ -37,6 +37,8 @@ ENV_PRIVACY = "AUTOMAGIK_TELEMETRY_PRIVACY"
 ENV_DO_NOT_TRACK = "DO_NOT_TRACK"
 #: The opt-out marker shared by every Automagik tool (0.1.4's), in the user's home directory.
 OPT_OUT_FILE_NAME = ".automagik-no-telemetry"
+#: ``max_queue_size`` by default (see the field).
+DEFAULT_MAX_QUEUE_SIZE = 32_768
 
 logger = logging.getLogger("automagik_telemetry")
 
@@ -195,8 +197,9 @@ class TelemetryConfig:
     socket_path: str = DEFAULT_SOCKET_PATH
     enabled: bool = True
     #: Spans buffered in memory while the sender is behind or the agent is away; newer spans are
-    #: dropped (and counted) beyond this.
-    max_queue_size: int = 10_000
+    #: dropped (and counted) beyond this. About 470 bytes per queued span (bench_client), so the default
+    #: bounds the queue near 15 MiB and holds a burst of 25 000 spans recorded faster than any sender.
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     #: Upper bound, in seconds, of the flush performed when the interpreter exits.
     exit_flush_timeout: float = 1.0
     #: Longer string attribute values are truncated to this many characters.
@@ -240,7 +243,7 @@ class TelemetryConfig:
         service_name: str | None = None,
         socket_path: str | None = None,
         enabled: bool | None = None,
-        max_queue_size: int = 10_000,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         exit_flush_timeout: float = 1.0,
         max_attribute_length: int = 4096,
         resource_attributes: dict[str, Any] = _NO_RESOURCE_ATTRIBUTES,

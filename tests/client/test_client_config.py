@@ -33,7 +33,7 @@ def test_defaults_without_environment() -> None:
         True,
     )
     assert (c.max_queue_size, c.flush_interval, c.exit_flush_timeout, c.max_attribute_length) == (
-        10_000,
+        32_768,
         0.2,
         1.0,
         4096,
