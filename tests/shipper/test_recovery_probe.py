@@ -177,7 +177,9 @@ def test_after_an_outage_the_shipper_writes_within_two_seconds_of_the_server_ans
     # Exactly once: every acknowledged span, none twice.
     assert unique == sent and stored == sent, (sent, stored, unique)
     # Prompt: within ~1 s of the server answering (the probe interval), not at the end of a long backoff.
-    assert probed is not None and accepted is not None, "\n".join(ln.message for ln in after[:40])
+    # (The probe usually sees the server first; when a backoff happens to end within the same probe interval
+    # the batch's own retry does, and there is no probe line: the bound on the first success is what counts.)
+    assert accepted is not None, "\n".join(ln.message for ln in after[:40])
     assert accepted < RECOVERY_BOUND_S, accepted
     if rows_s is not None:
         assert rows_s < RECOVERY_BOUND_S + VISIBLE_MARGIN_S, rows_s
@@ -187,7 +189,9 @@ def test_after_an_outage_the_shipper_writes_within_two_seconds_of_the_server_ans
     assert len(connections) <= down_s * 1.0 + 2 * len(failed_inserts) + 3, (len(connections), down_s)
     # One warning for the outage, not one per attempt.
     assert len(warnings) <= 3, warnings
-    # The shipper's own count (its stats, logged as it stops): about one probe per second of outage, and the
-    # one that answered ended the backoff.
+    # The shipper's own count (its stats, logged as it stops): about one probe per second of outage (at
+    # least one per three seconds: it probed rather than waited), and the one that answered, if it was a
+    # probe that saw the server first, ended the backoff.
     stats = final_stats(lines)
-    assert stats["probes"] <= down_s + 2 and stats["probe_recoveries"] >= 1, stats
+    assert down_s / 3 <= stats["probes"] <= down_s + 2, stats
+    assert stats["probe_recoveries"] >= (1 if probed is not None else 0), stats
