@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import statistics
 import sys
@@ -31,11 +32,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from _harness import Agent, CpuMeter, machine_line, percentile
+from _harness import Agent, CpuMeter, free_port, machine_line, percentile
 
 TARGET_MEDIAN_US = 2.0
 TARGET_SPEEDUP = 10.0
+TARGET_PROCESS_RATIO = 15.0  # issue 15: the whole process <= 1/15 of OTel's with its OTLP/HTTP exporter
 SPAN_NAME = "GET /api/items/{id}"
 ATTRIBUTES = [
     {"http.method": method, "http.route": route, "http.status_code": status}
@@ -235,6 +238,186 @@ def measure(
     return results
 
 
+# ------------------------------------------------------------------------------------------ whole process
+# CPU time of the whole application process (every thread: the hot path and the library's background
+# thread), per span, each library in a fresh forked process; and bursts (a process recording spans as
+# fast as it can, nothing waiting for the background thread): how many spans its queue dropped.
+PROCESS_SPANS = 60_000
+BURST_SPANS = 25_000
+BURST_PROCESSES = 4
+
+
+def _ours_process_cpu(socket_path: str, n: int, otlp_lines: bool = False) -> dict[str, Any]:
+    if otlp_lines:  # as with an agent that predates compact span lines (this is a forked child: only it)
+        import automagik_telemetry.transport as transport
+
+        transport.line_formats = lambda _stats: []
+    ours = Ours(socket_path)
+    span_loop(ours.client.span, 2_000)  # warm-up (connect, first STATS reply, caches)
+    assert ours.client.flush(30.0)
+    cpu0 = time.process_time()
+    in_bursts(lambda k: span_loop(ours.client.span, k), n, 1000, ours.catch_up)
+    flushed = ours.client.flush(30.0)
+    cpu = time.process_time() - cpu0
+    stats = ours.client.stats()
+    ours.client.shutdown()
+    return {"cpu_s": cpu, "flushed": flushed, "dropped": stats["dropped_queue_full"], "acked": stats["acked_records"]}
+
+
+def _otel_process_cpu(endpoint: str, n: int) -> dict[str, Any]:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    tracer = provider.get_tracer("bench")
+    span_loop(tracer.start_as_current_span, 2_000)
+    provider.force_flush()
+    cpu0 = time.process_time()
+    in_bursts(lambda k: span_loop(tracer.start_as_current_span, k), n, 1000, provider.force_flush)
+    flushed = provider.force_flush()
+    cpu = time.process_time() - cpu0
+    provider.shutdown()
+    return {"cpu_s": cpu, "flushed": flushed, "dropped": 0, "acked": 0}
+
+
+def _burst(socket_path: str, n: int, go: Any) -> dict[str, Any]:
+    ours = Ours(socket_path)
+    span_loop(ours.client.span, 1_000)
+    assert ours.client.flush(30.0)
+    go.wait()
+    start = time.perf_counter()
+    span_loop(ours.client.span, n)  # as fast as it can: nothing waits for the sender thread
+    elapsed = time.perf_counter() - start
+    depth = ours.client.stats()["queue_depth"]
+    flushed = ours.client.flush(60.0)
+    stats = ours.client.stats()
+    ours.client.shutdown()
+    return {
+        "rate": n / elapsed,
+        "depth_after": depth,
+        "dropped": stats["dropped_queue_full"],
+        "acked": stats["acked_records"] - 1_000,
+        "flushed": flushed,
+    }
+
+
+def _queue_bytes_per_span(n: int) -> dict[str, Any]:
+    """Memory a queued span holds (tracemalloc): a client whose agent is absent keeps what it records."""
+    import tracemalloc
+
+    from automagik_telemetry import AutomagikTelemetry, TelemetryConfig
+
+    with tempfile.TemporaryDirectory() as nowhere:
+        client = AutomagikTelemetry(
+            config=TelemetryConfig(project_name="q", version="1", socket_path=os.path.join(nowhere, "none.sock"))
+        )
+        span_loop(client.span, 10)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        span_loop(client.span, n)
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        queued = client.stats()["queue_depth"]
+        limit = client.config.max_queue_size
+        client.shutdown(timeout=0.1)
+    return {"bytes_per_span": (held - n * 8) / max(1, queued), "queued": queued, "max_queue_size": limit}
+
+
+def _in_child(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def main() -> None:
+        try:
+            child.send(target(*args))
+        except Exception as exc:
+            child.send({"error": repr(exc)})
+
+    proc = ctx.Process(target=main, daemon=True)
+    proc.start()
+    result = parent.recv() if parent.poll(300) else {"error": "timed out"}
+    proc.join(10)
+    if "error" in result:
+        raise RuntimeError(f"{target.__name__}: {result['error']}")
+    return result
+
+
+def _bursts(socket_path: str, processes: int, n: int) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    pipes, procs = [], []
+    for _ in range(processes):
+        parent, child = ctx.Pipe()
+
+        def main(child: Any = child) -> None:
+            try:
+                child.send(_burst(socket_path, n, go))
+            except Exception as exc:
+                child.send({"error": repr(exc)})
+
+        proc = ctx.Process(target=main, daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    time.sleep(1.0)  # every process connected and warmed up
+    go.set()
+    results = [p.recv() if p.poll(300) else {"error": "timed out"} for p in pipes]
+    for proc in procs:
+        proc.join(10)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(f"burst: {errors[0]}")
+    return results
+
+
+def measure_process(socket_path: str, otlp_endpoint: str, args: argparse.Namespace) -> list[str]:
+    """The whole-process and burst measurements, as report lines."""
+    out: list[str] = []
+    n = args.process_spans
+    ours, otlp_lines, otel = [], [], []
+    for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits all three
+        ours.append(_in_child(_ours_process_cpu, socket_path, n))
+        otlp_lines.append(_in_child(_ours_process_cpu, socket_path, n, True))
+        otel.append(_in_child(_otel_process_cpu, otlp_endpoint, n))
+    ours_us = statistics.median(1e6 * r["cpu_s"] / n for r in ours)
+    otlp_lines_us = statistics.median(1e6 * r["cpu_s"] / n for r in otlp_lines)
+    otel_us = statistics.median(1e6 * r["cpu_s"] / n for r in otel)
+    out.append(
+        f"\nwhole application process, CPU per span (all threads, {n:,} spans in bursts of 1000, each library "
+        f"in a fresh process, median of {args.repeats}):"
+    )
+    out.append(f"  OpenTelemetry SDK + BatchSpanProcessor + OTLP/HTTP exporter (to the agent): {otel_us:.1f} us")
+    out.append(
+        f"  ours, OTLP/JSON span lines (an agent without compact lines): {otlp_lines_us:.1f} us  -> OTel/x "
+        f"{otel_us / otlp_lines_us:.1f}x"
+    )
+    out.append(
+        f"  ours: client.span to the agent's socket (compact span lines): {ours_us:.1f} us  -> OTel/ours "
+        f"{otel_us / ours_us:.1f}x "
+        f"(target >= {TARGET_PROCESS_RATIO:.0f}x: {_verdict(otel_us / ours_us >= TARGET_PROCESS_RATIO)}); "
+        f"dropped {sum(r['dropped'] for r in ours)}, flush {'ok' if all(r['flushed'] for r in ours) else 'FAILED'}"
+    )
+    memory = _in_child(_queue_bytes_per_span, 5_000)
+    out.append(
+        f"queue memory: {memory['bytes_per_span']:.0f} bytes per queued span (tracemalloc), so a full queue of "
+        f"max_queue_size={memory['max_queue_size']:,} holds about "
+        f"{memory['bytes_per_span'] * memory['max_queue_size'] / 2**20:.0f} MiB"
+    )
+    for processes in (1, args.burst_processes):
+        results = _bursts(socket_path, processes, args.burst_spans)
+        dropped = sum(r["dropped"] for r in results)
+        total = processes * args.burst_spans
+        rates = ", ".join(f"{r['rate']:,.0f}" for r in results)
+        out.append(
+            f"burst: {processes} process(es) x {args.burst_spans:,} spans as fast as they can (spans/s each: "
+            f"{rates}): dropped {dropped:,} of {total:,} ({100 * dropped / total:.1f}%), queue depth at the "
+            f"end of the burst {max(r['depth_after'] for r in results):,}, acked {sum(r['acked'] for r in results):,}"
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------------ report
 def report(results: dict[str, list[Summary]], args: argparse.Namespace) -> None:
     medians = {label: Summary.median_of(s) for label, s in results.items()}
@@ -301,8 +484,11 @@ def _verdict(met: bool) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 @contextlib.contextmanager
-def running_agent() -> Iterator[Agent]:
-    with tempfile.TemporaryDirectory(prefix="bench-client-") as workdir, Agent(workdir) as agent:
+def running_agent(otlp_port: int) -> Iterator[Agent]:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-client-") as workdir,
+        Agent(workdir, extra_args=["--otlp-listen", f"127.0.0.1:{otlp_port}"]) as agent,
+    ):
         yield agent
     if agent.returncode != 0:
         print(f"warning: the agent exited with {agent.returncode}: {agent.log_text()[-2000:]}")
@@ -316,22 +502,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--burst", type=int, default=1000, help="spans per burst between catch-up pauses; 0 = one continuous run"
     )
     parser.add_argument("--repeats", type=int, default=3, help="repetitions; the median is reported")
-    parser.add_argument("--quick", action="store_true", help="a ~10 s version (fewer spans)")
+    parser.add_argument("--process-spans", type=int, default=PROCESS_SPANS, help="spans per whole-process measurement")
+    parser.add_argument("--burst-spans", type=int, default=BURST_SPANS, help="spans per process in a burst")
+    parser.add_argument("--burst-processes", type=int, default=BURST_PROCESSES, help="processes bursting at once")
+    parser.add_argument("--quick", action="store_true", help="a ~20 s version (fewer spans)")
     args = parser.parse_args(argv)
     if args.quick:
         args.spans, args.warmup = min(args.spans, 20_000), min(args.warmup, 3_000)
+        args.process_spans = min(args.process_spans, 20_000)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     meter = CpuMeter()
-    with running_agent() as agent:
+    otlp_port = free_port()
+    with running_agent(otlp_port) as agent:
+        # The whole-process measurements fork: run them before this process starts threads of its own.
+        process_lines = measure_process(agent.socket_path, f"http://127.0.0.1:{otlp_port}/v1/traces", args)
         ours, otel, disabled = Ours(agent.socket_path), OTel(), Disabled()
         runs = variants(ours, otel, disabled, args.burst)
         results = measure(runs, args.spans, args.warmup, args.repeats)
         report(results, args)
         report_delivery(ours, otel, agent, args.warmup + args.spans * args.repeats)
+        print("\n".join(process_lines))
         ours.client.shutdown()
     print(meter.summary())
     return 0

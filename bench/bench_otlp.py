@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import multiprocessing as mp
-import os
 import random
 import socket
 import statistics
@@ -36,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from _harness import Agent, CpuMeter, machine_line, process_cpu_seconds, protocol
+from _harness import Agent, CpuMeter, machine_line, protocol, tree_cpu_seconds
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from automagik_telemetry_agent.ingest.otlp.export import messages
@@ -141,14 +140,6 @@ class Run:
         return 1e6 * self.agent_cpu_s / self.spans
 
 
-def _tree_cpu(pid: int) -> float:
-    pids = [pid]
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-    return sum(process_cpu_seconds(p) for p in pids)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +173,7 @@ def run(kind: str, requests: int, in_flight: int = 1) -> Run:
             for p in pipes:
                 assert p.poll(120) and p.recv() == "built"
             assert agent.proc is not None
-            cpu0 = _tree_cpu(agent.proc.pid)
+            cpu0 = tree_cpu_seconds(agent.proc.pid)
             t0 = time.monotonic()
             start.set()
             results = []
@@ -190,7 +181,7 @@ def run(kind: str, requests: int, in_flight: int = 1) -> Run:
                 assert p.poll(300), "a sender did not finish"
                 results.append(p.recv())
             seconds = max(r["done"] for r in results) - t0
-            cpu = _tree_cpu(agent.proc.pid) - cpu0
+            cpu = tree_cpu_seconds(agent.proc.pid) - cpu0
             for proc in procs:
                 proc.join(10)
             failures = sum(r["failures"] for r in results)
