@@ -180,31 +180,33 @@ def render_flat_attributes(attrs: object, what: str) -> dict[str, str]:
     A value is a JSON string, integer (int64), float, ``true``/``false``, ``null`` (stored as ``""``, as
     an empty AnyValue is), or an OTLP ``AnyValue`` object for anything else (arrays, kvlists, bytes,
     out-of-range numbers). So ``{"k": 5}`` stores what ``[{"key": "k", "value": {"intValue": 5}}]`` does.
+    The object (freshly decoded, the caller's to give away) is rendered in place and returned.
     """
     if type(attrs) is not dict:
         if attrs is None or attrs == 0:
             return {}
         raise TransformError(f"invalid {what}: not an object")
-    out: dict[str, str] = {}
     for key, value in attrs.items():
-        t = type(value)
-        if t is str:
-            out[key] = value
-        elif t is int:
-            if not I64_MIN <= value <= I64_MAX:
-                raise TransformError(f"{what}[{shown(key)}]: integer out of the int64 range")
-            out[key] = str(value)
-        elif t is bool:
-            out[key] = "true" if value else "false"
-        elif t is float:
-            out[key] = double_str(value)
-        elif value is None:
-            out[key] = ""
-        elif t is dict:
-            try:
-                out[key] = _render(value)
-            except TransformError as e:
-                raise TransformError(f"{what}[{shown(key)}]: {e.reason}") from None
-        else:
-            raise TransformError(f"{what}[{shown(key)}]: a list is not a value (use an arrayValue AnyValue)")
-    return out
+        if type(value) is not str:  # replacing a value while iterating is safe: the keys do not change
+            attrs[key] = _flat_value(key, value, what)
+    return attrs
+
+
+def _flat_value(key: str, value: object, what: str) -> str:
+    """One non-string compact attribute value (values are as orjson decoded them: exact types)."""
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not I64_MIN <= value <= I64_MAX:
+            raise TransformError(f"{what}[{shown(key)}]: integer out of the int64 range")
+        return str(value)
+    if isinstance(value, float):
+        return double_str(value)
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        try:
+            return _render(value)
+        except TransformError as e:
+            raise TransformError(f"{what}[{shown(key)}]: {e.reason}") from None
+    raise TransformError(f"{what}[{shown(key)}]: a list is not a value (use an arrayValue AnyValue)")
