@@ -173,14 +173,13 @@ class AgentProcess:
             "-m",
             "automagik_telemetry_agent",
             "agent",
-            "--config",
-            self.config_path,
-            "--socket",
-            self.socket_path,
-            "--wal-dir",
-            self.wal_dir,
+            *self._location_flags(),
             *settings_to_flags(self.settings),
         ]
+
+    def _location_flags(self) -> list[str]:
+        """Where this agent's config file, socket and WAL are: for the agent and for operator commands."""
+        return ["--config", self.config_path, "--socket", self.socket_path, "--wal-dir", self.wal_dir]
 
     @property
     def pid(self) -> int:
@@ -362,12 +361,7 @@ class AgentProcess:
         """The flags that make an operator's command (``status``, ``doctor``, ``send-test`` ...) find this
         agent: its config file, socket and WAL, and the settings the harness changes from the defaults."""
         return [
-            "--config",
-            self.config_path,
-            "--socket",
-            self.socket_path,
-            "--wal-dir",
-            self.wal_dir,
+            *self._location_flags(),
             "--wal-min-free",
             "0",
             "--otlp-listen",  # as the agent was started (off unless a test turns it on)
