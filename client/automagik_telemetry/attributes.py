@@ -74,20 +74,24 @@ def _any_value(value: object, max_length: int, depth: int) -> str | None:
     return _string(safe_str(value), max_length)
 
 
+def _items(attributes: Mapping[Any, object] | None) -> list[tuple[Any, object]]:
+    """The attributes' (key, value) pairs; none for an empty mapping or one whose ``items()`` fails."""
+    if not attributes:
+        return []
+    try:
+        return list(attributes.items())
+    except Exception:
+        return []
+
+
 def key_values(attributes: Mapping[Any, object] | None, max_length: int, _depth: int = 0) -> str:
     """An OTLP ``KeyValue`` list as JSON text: ``[{"key":k,"value":AnyValue},...]``, ``None`` left out.
 
     Keys are typed ``Any`` because ``Mapping`` is invariant in its key type: a ``dict[str, int]``
     must be accepted, and so must a nested mapping with non-str keys (they are stringified).
     """
-    if not attributes:
-        return "[]"
-    try:
-        items = list(attributes.items())
-    except Exception:
-        return "[]"
     out = []
-    for key, value in items:
+    for key, value in _items(attributes):
         encoded = any_value(value, max_length, _depth)
         if encoded is not None:
             name = key if isinstance(key, str) else safe_str(key)
@@ -101,14 +105,8 @@ def flat_values(attributes: Mapping[Any, object] | None, max_length: int) -> str
     Strings, int64 integers, finite floats and bools are written as plain JSON values; anything else
     as its ``AnyValue`` object (:func:`any_value`), which the agent stores exactly as the OTLP spelling.
     """
-    if not attributes:
-        return "{}"
-    try:
-        items = list(attributes.items())
-    except Exception:
-        return "{}"
     out = []
-    for key, value in items:
+    for key, value in _items(attributes):
         if value is None:
             continue
         name = quote(key if isinstance(key, str) else safe_str(key))

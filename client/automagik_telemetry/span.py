@@ -21,7 +21,7 @@ from json.encoder import encode_basestring
 from random import getrandbits
 from time import time_ns
 from types import TracebackType
-from typing import ClassVar, Literal, Protocol, TypeAlias
+from typing import Any, ClassVar, Literal, Protocol, TypeAlias
 
 from .attributes import UNREPRESENTABLE, flat_values, key_values, safe_str
 from .protocol import RecordKind
@@ -280,61 +280,41 @@ class Span:
         thread and, holding the GIL, competes with the application. Strings still go through the
         stdlib JSON escaper.
         """
-        kind = self.kind if isinstance(self.kind, int) and 1 <= self.kind <= 5 else 1
-        name = self.name if isinstance(self.name, str) else safe_str(self.name)
-        events = "[]"
-        if self._events:
-            events = (
-                "["
-                + ",".join(
-                    _EVENT
-                    % (
-                        _quote(event_name if isinstance(event_name, str) else safe_str(event_name)),
-                        event_time,
-                        key_values(event_attributes, max_length),
-                    )
-                    for event_name, event_time, event_attributes in self._events
-                )
-                + "]"
-            )
-        parent = "%016x" % self._parent_id if self._parent_id else ""  # noqa: UP031 (faster than format)
-        text = _LINE % (
-            self._trace_id,
-            self._span_id,
-            parent,
-            _quote(name[:max_length]),
-            kind,
-            self._start,
-            self._end,
-            key_values(self._attributes, max_length),
-            self._status,
-            _quote(self._status_message[:max_length]),
-            events,
-        )
-        return text.encode("utf-8", "replace")
+        return self._render(max_length, _LINE, _EVENT, "[]", key_values)
 
     def to_compact_line(self, max_length: int) -> bytes:
         """The span as one compact line (a positional JSON array; the agent stores the same row as from
         :meth:`to_line`). Only for an agent that announced ``compact-1`` (see the transport)."""
+        return self._render(max_length, _COMPACT_LINE, _COMPACT_EVENT, "0", flat_values)
+
+    def _render(
+        self,
+        max_length: int,
+        line: str,
+        event: str,
+        no_events: str,
+        attributes: Callable[[Mapping[Any, object] | None, int], str],
+    ) -> bytes:
+        """The span through ``line`` (the fields in protocol order), its events through ``event``."""
         kind = self.kind if isinstance(self.kind, int) and 1 <= self.kind <= 5 else 1
         name = self.name if isinstance(self.name, str) else safe_str(self.name)
-        events = "0"
+        events = no_events
         if self._events:
             events = (
                 "["
                 + ",".join(
-                    _COMPACT_EVENT
+                    event
                     % (
                         _quote(event_name if isinstance(event_name, str) else safe_str(event_name)),
                         event_time,
-                        flat_values(event_attributes, max_length),
+                        attributes(event_attributes, max_length),
                     )
                     for event_name, event_time, event_attributes in self._events
                 )
                 + "]"
             )
         parent = "%016x" % self._parent_id if self._parent_id else ""  # noqa: UP031 (faster than format)
-        text = _COMPACT_LINE % (
+        text = line % (
             self._trace_id,
             self._span_id,
             parent,
@@ -342,7 +322,7 @@ class Span:
             kind,
             self._start,
             self._end,
-            flat_values(self._attributes, max_length),
+            attributes(self._attributes, max_length),
             self._status,
             _quote(self._status_message[:max_length]),
             events,

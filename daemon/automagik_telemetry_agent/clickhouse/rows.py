@@ -279,6 +279,34 @@ def _row_template(resource: Resource, profile: Profile) -> dict[str, Any] | bool
     return row
 
 
+def _ids(trace_id: object, span_id: object, parent: object) -> tuple[str, str, str]:
+    """A span's trace, span and parent ids, lower-cased and checked (``""`` for no parent).
+
+    Inline fast paths for valid ids (fromhex skips whitespace, but n//2 bytes from n characters means
+    all are hex digits); checked_id gives the precise reason otherwise. Trace and parent ids repeat
+    across the spans of a trace: valid ones are remembered.
+    """
+    valid = known_id(trace_id) if type(trace_id) is str else None
+    if valid is not None and len(valid) == 32:
+        trace = valid
+    elif is_hex(trace_id, 32) and trace_id != ZERO_TRACE:
+        trace = remember_id(trace_id)
+    else:
+        trace = checked_id(trace_id, "traceId", 32, ZERO_TRACE)
+    if is_hex(span_id, 16) and span_id != ZERO_SPAN:
+        span = span_id.lower()
+    else:
+        span = checked_id(span_id, "spanId", 16, ZERO_SPAN)
+    if parent is None or parent == "" or parent == ZERO_SPAN:
+        return trace, span, ""
+    valid = known_id(parent) if type(parent) is str else None
+    if valid is not None and len(valid) == 16:
+        return trace, span, valid
+    if not is_hex(parent, 16):
+        raise TransformError("invalid parentSpanId: not 16 hex characters")
+    return trace, span, remember_id(parent)
+
+
 def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[str, Any]:
     """One OTLP span line as one row of the ``profile`` table shape; raises :class:`TransformError`.
 
@@ -296,34 +324,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         raise TransformError("span is not a JSON object")
     get = span.get
 
-    # Inline fast paths for valid ids (fromhex skips whitespace, but n//2 bytes from n characters means
-    # all are hex digits); checked_id gives the precise reason otherwise.
-    # Trace and parent ids repeat across the spans of a trace: valid ones are remembered.
-    trace_id = get("traceId")
-    valid = known_id(trace_id) if type(trace_id) is str else None
-    if valid is not None and len(valid) == 32:
-        trace_id = valid
-    else:
-        if is_hex(trace_id, 32) and trace_id != ZERO_TRACE:
-            trace_id = remember_id(trace_id)
-        else:
-            trace_id = checked_id(span, "traceId", 32, ZERO_TRACE)
-    span_id = get("spanId")
-    if is_hex(span_id, 16) and span_id != ZERO_SPAN:
-        span_id = span_id.lower()
-    else:
-        span_id = checked_id(span, "spanId", 16, ZERO_SPAN)
-    parent = get("parentSpanId")
-    if parent is None or parent == "" or parent == ZERO_SPAN:
-        parent = ""
-    else:
-        valid = known_id(parent) if type(parent) is str else None
-        if valid is not None and len(valid) == 16:
-            parent = valid
-        else:
-            if not is_hex(parent, 16):
-                raise TransformError("invalid parentSpanId: not 16 hex characters")
-            parent = remember_id(parent)
+    trace_id, span_id, parent = _ids(get("traceId"), get("spanId"), get("parentSpanId"))
 
     name = get("name")
     if type(name) is not str or name == "":
@@ -364,18 +365,15 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
     scope_name, scope_version = scope_of(span)
     links = get("links")
     links = "[]" if links is None or links == [] else _links(links)
+    ids, status = (trace_id, span_id, parent), (status_code, status_message)
     return _row(
         resource,
         profile,
-        trace_id,
-        span_id,
-        parent,
+        ids,
         name,
         span_kind,
-        start_ns,
-        end_ns,
-        status_code,
-        status_message,
+        (start_ns, end_ns),
+        status,
         attributes,
         events,
         (scope_name, scope_version, links),
@@ -385,20 +383,22 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
 def _row(
     resource: Resource,
     profile: Profile,
-    trace_id: str,
-    span_id: str,
-    parent: str,
+    ids: tuple[str, str, str],
     name: str,
     span_kind: str,
-    start_ns: int,
-    end_ns: int,
-    status_code: str,
-    status_message: str,
+    times: tuple[int, int],
+    status: tuple[str, str],
     attributes: dict[str, str],
     events: str,
     v014: tuple[str, str, str],
 ) -> dict[str, Any]:
-    """The row of checked span fields: the resource's template copied, the span's columns set."""
+    """The row of checked span fields: the resource's template copied, the span's columns set.
+
+    ``ids``: trace, span and parent ids; ``times``: start and end (ns); ``status``: code and message;
+    ``v014``: the scope's name and version and the links (migration 0004's span columns)."""
+    trace_id, span_id, parent = ids
+    start_ns, end_ns = times
+    status_code, status_message = status
     sec, frac = divmod(start_ns, 1_000_000_000)
     second = cached_second(sec)
     if second is None:
@@ -473,27 +473,7 @@ def _compact_span(line: bytes, resource: Resource, profile: Profile) -> dict[str
     if type(span) is not list or len(span) < _COMPACT_FIELDS:
         raise TransformError(f"compact span: not an array of {_COMPACT_FIELDS} elements")
     trace_id, span_id, parent, name, kind, start_ns, end_ns, attrs, code, message, events = span[:_COMPACT_FIELDS]
-    valid = known_id(trace_id) if type(trace_id) is str else None
-    if valid is not None and len(valid) == 32:
-        trace_id = valid
-    elif is_hex(trace_id, 32) and trace_id != ZERO_TRACE:
-        trace_id = remember_id(trace_id)
-    else:
-        trace_id = checked_id({"traceId": trace_id}, "traceId", 32, ZERO_TRACE)
-    if is_hex(span_id, 16) and span_id != ZERO_SPAN:
-        span_id = span_id.lower()
-    else:
-        span_id = checked_id({"spanId": span_id}, "spanId", 16, ZERO_SPAN)
-    if parent is None or parent == "" or parent == ZERO_SPAN:
-        parent = ""
-    else:
-        valid = known_id(parent) if type(parent) is str else None
-        if valid is not None and len(valid) == 16:
-            parent = valid
-        elif is_hex(parent, 16):
-            parent = remember_id(parent)
-        else:
-            raise TransformError("invalid parentSpanId: not 16 hex characters")
+    trace_id, span_id, parent = _ids(trace_id, span_id, parent)
     if type(name) is not str or name == "":
         raise TransformError("missing name" if name is None or name == "" else "invalid name: not a string")
     if type(start_ns) is not int or start_ns < MIN_START_NS or start_ns > MAX_START_NS:
@@ -510,21 +490,9 @@ def _compact_span(line: bytes, resource: Resource, profile: Profile) -> dict[str
         raise TransformError("invalid status.message: not a string")
     attributes = render_flat_attributes(attrs, "attributes")
     rendered_events = "[]" if events == 0 or events is None or events == [] else _compact_events(events)
+    ids, status = (trace_id, span_id, parent), (status_code, message)
     return _row(
-        resource,
-        profile,
-        trace_id,
-        span_id,
-        parent,
-        name,
-        span_kind,
-        start_ns,
-        end_ns,
-        status_code,
-        message,
-        attributes,
-        rendered_events,
-        _NO_SCOPE,
+        resource, profile, ids, name, span_kind, (start_ns, end_ns), status, attributes, rendered_events, _NO_SCOPE
     )
 
 

@@ -125,9 +125,8 @@ def double_str(v: float) -> str:
 # ------------------------------------------------------------------------------------------------ ids
 
 
-def checked_id(span: dict[str, Any], field: str, length: int, zero: str) -> str:
-    """The span's ``field`` id, lower-cased, or the precise reason it is missing or invalid."""
-    x = span.get(field)
+def checked_id(x: object, field: str, length: int, zero: str) -> str:
+    """The id ``x`` (a span's ``field``), lower-cased, or the precise reason it is missing or invalid."""
     if x is None or x == "":
         raise TransformError(f"missing {field}")
     if type(x) is not str or len(x) != length or not _HEX.issuperset(x):
