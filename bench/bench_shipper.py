@@ -116,8 +116,8 @@ class Databases:
         self.made.append(name)
         return name
 
-    def count(self, database: str) -> int:
-        return int(self.ch.query(f"SELECT count() FROM {database}.{TABLE}").strip())
+    def count(self, database: str, table: str = TABLE) -> int:
+        return int(self.ch.query(f"SELECT count() FROM {database}.{table}").strip())
 
     def drop_all(self) -> None:
         for name in self.made:
@@ -247,6 +247,7 @@ class Backlog:
     spans: int
     nbytes: int  # payload bytes
     batches: int
+    table: str = TABLE  # where its rows go: traces, or logs for a backlog of log records
 
 
 def compact_span(otlp_line: bytes) -> bytes:
@@ -306,17 +307,48 @@ def backlog_records(rng: random.Random, compact: bool) -> Iterator[tuple[bytes, 
             size += len(line)
 
 
-def write_backlog(wal_dir: str, target_spans: int, options: ShipperOptions, compact: bool = False) -> Backlog:
+def log_records(rng: random.Random) -> Iterator[tuple[bytes, int]]:
+    """(payload, records) of WAL records of log records as our client sends them (``track_log``'s lines:
+    a message, a severity, two attributes) behind the same resource lines, up to 64 KiB each."""
+    from automagik_telemetry.logs import LogRecord
+
+    resources = [resource_line(sender) for sender in range(4)]
+    record = 0
+    while True:
+        resource = resources[record % len(resources)]
+        lines, size = [], len(resource)
+        while True:
+            status = rng.choice((200, 200, 201, 404, 500))
+            log = LogRecord(
+                f"request {rng.getrandbits(32):08x} done in {rng.randrange(1, 900)} ms",
+                17 if status >= 500 else 9,
+                "ERROR" if status >= 500 else "INFO",
+                {"http.route": rng.choice(("/api/items", "/api/cart", "/healthz")), "http.status_code": status},
+            )
+            line = log.to_line(4096)
+            if size + len(line) > protocol.MAX_PAYLOAD_SIZE:
+                break
+            lines.append(line)
+            size += len(line)
+        record += 1
+        yield resource + b"".join(lines), len(lines)
+
+
+def write_backlog(
+    wal_dir: str, target_spans: int, options: ShipperOptions, compact: bool = False, logs: bool = False
+) -> Backlog:
     """Records like the agent stores them (resource line + spans of ~450 bytes, 64 KiB messages; with
     ``compact``, the same spans as compact lines of ~200 bytes, more per message), until at least
-    ``target_spans`` and the last batch is full (no partial batch waiting batch_wait)."""
+    ``target_spans`` and the last batch is full (no partial batch waiting batch_wait). With ``logs``, log
+    records instead of spans (record kind 2, for the ``logs`` table)."""
     rng = random.Random(7)
     writer = WalWriter(wal_dir, WalOptions(min_free_bytes=0)).open()
     records = spans = nbytes = batches = 0
     batch_items = batch_bytes = 0
+    kind = 2 if logs else 1
     try:
-        for payload, count in backlog_records(rng, compact):
-            writer.append(payload, count)
+        for payload, count in log_records(rng) if logs else backlog_records(rng, compact):
+            writer.append(payload, count, kind)
             records += 1
             spans += count
             nbytes += len(payload)
@@ -331,7 +363,7 @@ def write_backlog(wal_dir: str, target_spans: int, options: ShipperOptions, comp
         writer.sync()
     finally:
         writer.close()
-    return Backlog(wal_dir, records, spans, nbytes, batches)
+    return Backlog(wal_dir, records, spans, nbytes, batches, "logs" if logs else TABLE)
 
 
 def collect(reader: WalReader, options: ShipperOptions) -> list[WalEntry]:
@@ -436,7 +468,12 @@ def run_reference(ch: Any, dbs: Databases, prepared: Prepared) -> Run:
 
 
 def wait_for_rows(
-    dbs: Databases, database: str, expected: int, shipper: ShipperProcess, others: tuple[int, ...] = ()
+    dbs: Databases,
+    database: str,
+    expected: int,
+    shipper: ShipperProcess,
+    others: tuple[int, ...] = (),
+    table: str = TABLE,
 ) -> tuple[float, dict[int, int]]:
     """Poll count() and the processes every 50 ms until ``expected`` rows are visible; (time, peak RSS)."""
     peaks = dict.fromkeys(others, 0)
@@ -445,11 +482,11 @@ def wait_for_rows(
         shipper.poll()
         for pid in others:
             peaks[pid] = max(peaks[pid], proc_kb(pid, "VmRSS"))
-        if dbs.count(database) >= expected:
+        if dbs.count(database, table) >= expected:
             return time.monotonic(), peaks
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"only {dbs.count(database)} of {expected} rows visible after "
+                f"only {dbs.count(database, table)} of {expected} rows visible after "
                 f"{RESULT_TIMEOUT_S}s: {shipper.log_text()[-2000:]}"
             )
         time.sleep(POLL_S)
@@ -465,7 +502,7 @@ def run_drain(ch: Any, dbs: Databases, backlog: Backlog) -> Run:
         cpu0 = server_cpu(ch)
         shipper.start()
         try:
-            end, _ = wait_for_rows(dbs, database, backlog.spans, shipper)
+            end, _ = wait_for_rows(dbs, database, backlog.spans, shipper, table=backlog.table)
             cpu1 = server_cpu(ch)
             shipper_cpu = shipper.cpu_seconds()
             hwm = shipper.hwm_kb()
@@ -473,7 +510,7 @@ def run_drain(ch: Any, dbs: Databases, backlog: Backlog) -> Run:
             shipper.stop()
         stats = shipper.final_stats()
         problems = problems_of(shipper, stats, backlog.spans)
-        rows = dbs.count(database)
+        rows = dbs.count(database, backlog.table)
         if rows != backlog.spans:
             problems.append(f"{rows} rows in the table, {backlog.spans} in the WAL")
         if problems:
@@ -775,6 +812,7 @@ def report(
     profile: str | None,
     compact_backlog: Backlog,
     prepared_compact: Prepared,
+    log_backlog: Backlog,
 ) -> None:
     ref = median_run(runs["reference"])
     print(machine_line())
@@ -791,7 +829,9 @@ def report(
         f"backlog: {backlog.spans:,} spans, {backlog.records} records, {backlog.nbytes / 1e6:.0f} MB, "
         f"{backlog.batches} batches of ~{backlog.spans / backlog.batches:,.0f} rows (shipper defaults: 20 000 rows "
         f"or 8 MiB of WAL bytes per INSERT); compact: {compact_backlog.spans:,} spans, {compact_backlog.records} "
-        f"records, {compact_backlog.nbytes / 1e6:.0f} MB"
+        f"records, {compact_backlog.nbytes / 1e6:.0f} MB; logs: {log_backlog.spans:,} log records of "
+        f"~{log_backlog.nbytes / log_backlog.spans:.0f} bytes, {log_backlog.records} records (no reference: "
+        "the ratio column is for spans)"
     )
     print(
         f"end to end: {args.clients} client processes x {args.client_spans:,} spans; shipper "
@@ -806,13 +846,15 @@ def report(
         "reference": "reference: direct POST of pre-encoded bodies",
         "drain": "drain: shipper, WAL of OTLP/JSON span lines",
         "drain_compact": "drain: shipper, WAL of compact span lines",
+        "drain_logs": "drain: shipper, WAL of log records (logs)",
         "e2e": f"end to end: {args.clients} clients -> agent -> shipper",
     }
     for name, variant_runs in runs.items():
         run = median_run(variant_runs)
         steady = None if run.shipper_cpu_s is None else run.shipper_cpu_s - run.startup_cpu_s
+        ratio = "-" if name == "drain_logs" else f"{run.rows_per_s / ref.rows_per_s:.2f}"  # other rows: no ratio
         print(
-            f"{labels[name]:<46}{run.rows_per_s:>10,.0f}{run.rows_per_s / ref.rows_per_s:>7.2f}"
+            f"{labels[name]:<46}{run.rows_per_s:>10,.0f}{ratio:>7}"
             f"{run.seconds:>9.2f}{run.rows:>10,}{_fmt(run.shipper_cpu_s, '.2f'):>11}{_us(steady, run.rows):>12}"
             f"{_us(run.server_cpu_s, run.rows):>10}{_fmt(run.shipper_rss_mb, '.0f'):>12}"
         )
@@ -926,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
         version = ch.version
         backlog = write_backlog(os.path.join(scratch, "wal"), args.spans, options)
         compact_backlog = write_backlog(os.path.join(scratch, "wal-compact"), args.spans, options, compact=True)
+        log_backlog = write_backlog(os.path.join(scratch, "wal-logs"), args.spans, options, logs=True)
         sink = ClickHouseHttpSink(ch.url, dbs.new("prep"), TABLE)
         sink.detect()
         prepared = prepare_reference(backlog, sink, options)
@@ -937,13 +980,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        runs: dict[str, list[Run]] = {"reference": [], "drain": [], "drain_compact": []}
+        runs: dict[str, list[Run]] = {"reference": [], "drain": [], "drain_compact": [], "drain_logs": []}
         if not args.skip_e2e:
             runs["e2e"] = []
         for rep in range(1, args.repeats + 1):
             runs["reference"].append(run_reference(ch, dbs, prepared))
             runs["drain"].append(run_drain(ch, dbs, backlog))
             runs["drain_compact"].append(run_drain(ch, dbs, compact_backlog))
+            runs["drain_logs"].append(run_drain(ch, dbs, log_backlog))
             if not args.skip_e2e:
                 runs["e2e"].append(run_e2e(ch, dbs, args.clients, args.client_spans))
             summary = ", ".join(f"{name} {r[-1].rows_per_s / 1e3:,.1f}k" for name, r in runs.items())
@@ -962,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         dbs.drop_all()
         ch.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    report(args, version, backlog, prepared, runs, profile, compact_backlog, prepared_compact)
+    report(args, version, backlog, prepared, runs, profile, compact_backlog, prepared_compact, log_backlog)
     print(meter.summary() + (" (the ClickHouse server is counted as this benchmark)" if not args.external else ""))
     return 0
 
