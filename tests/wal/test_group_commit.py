@@ -1,8 +1,10 @@
-"""The group committer (``wal/syncer.py``): every write is made durable within one interval (or at once
-past ``max_bytes``), and an idle committer sleeps instead of ticking."""
+"""The group committer (``wal/syncer.py``): every write is made durable within one interval (at once after a
+quiet spell or past ``max_bytes``), a stream of writes gets at most one fsync per interval, and an idle
+committer sleeps instead of ticking."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -58,29 +60,58 @@ def test_every_write_becomes_durable_within_one_interval(tmp_path: Path) -> None
         writer.close()
 
 
-def test_an_idle_committer_neither_syncs_nor_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    writer = _writer(tmp_path)
-    committer = GroupCommitter(writer, 0.01, 1 << 30, Recorder())
-    ticks = []
-    real_tick = committer._until_next_tick
-    monkeypatch.setattr(committer, "_until_next_tick", lambda: ticks.append(1) or real_tick())
-    syncs = []
+def _counting_syncs(writer: WalWriter, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The monotonic times at which ``writer.sync`` was called."""
+    calls: list[float] = []
     real_sync = writer.sync
-    monkeypatch.setattr(writer, "sync", lambda: syncs.append(1) or real_sync())
+    monkeypatch.setattr(writer, "sync", lambda: calls.append(time.monotonic()) or real_sync())
+    return calls
+
+
+def test_an_idle_committer_does_not_sync_and_a_write_after_a_quiet_spell_is_synced_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = _writer(tmp_path)
+    durable = Recorder()
+    committer = GroupCommitter(writer, 5.0, 1 << 30, durable)  # a 5 s interval: "at once" is far below it
+    syncs = _counting_syncs(writer, monkeypatch)
     committer.start()
     try:
-        time.sleep(0.3)  # 30 intervals with nothing written
-        assert ticks == [] and syncs == []
-        _append(writer, committer)
-        deadline = time.monotonic() + 2
-        while not syncs and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert syncs == [1]
-        time.sleep(0.3)  # idle again: no further rounds after the one that synced
-        assert len(ticks) == 1 and syncs == [1]
+        time.sleep(0.3)  # nothing written
+        assert syncs == []
+        started = time.monotonic()
+        seq = _append(writer, committer)
+        assert durable.wait_for(seq, 2.0)
+        assert time.monotonic() - started < 0.5, "a write after a quiet spell waited for a timer"
+        time.sleep(0.3)  # idle again: no further syncs
+        assert len(syncs) == 1
     finally:
         committer.stop()
         writer.close()
+
+
+def test_a_continuous_stream_is_synced_at_most_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = _writer(tmp_path)
+    durable = Recorder()
+    interval = 0.1
+    committer = GroupCommitter(writer, interval, 1 << 30, durable)
+    syncs = _counting_syncs(writer, monkeypatch)
+    committer.start()
+    try:
+        started = time.monotonic()
+        seq = 0
+        while time.monotonic() - started < 0.6:  # a write every ~2 ms
+            seq = _append(writer, committer)
+            time.sleep(0.002)
+        assert durable.wait_for(seq, 2.0)
+    finally:
+        committer.stop()
+        writer.close()
+    gaps = [b - a for a, b in itertools.pairwise(syncs)]
+    assert 3 <= len(syncs) <= 0.6 / interval + 2, syncs
+    assert min(gaps) >= interval * 0.9, gaps  # grouped: never two fsyncs within one interval
 
 
 def test_max_bytes_syncs_at_once_without_waiting_for_the_interval(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Group commit: one fsync covers every record written since the last one.
 
-Mode ``interval`` (the default): a background thread fsyncs at the next tick of an ``interval`` grid
-after a write (so within ``interval`` of it) or as soon as ``max_bytes`` are unsynced, whichever comes
-first, then calls ``on_durable``. With nothing written it sleeps without a timeout: an idle agent
-does not wake 20 times a second for nothing.
+Mode ``interval`` (the default): a background thread fsyncs a write at once if the last fsync began at
+least ``interval`` ago, else ``interval`` after that one -- at most one fsync per ``interval`` however
+busy, and none held back after a quiet spell -- or as soon as ``max_bytes`` are unsynced; then it calls
+``on_durable``. With nothing written it sleeps without a timeout: an idle agent does not wake 20 times
+a second for nothing, and a trickle of messages is acknowledged after one fsync, not at a timer.
 Mode ``always``: the caller syncs inline after each batch of appends (see ingest).
 Mode ``off``: never fsync; records count as durable once handed to the OS (lost on power loss).
 
@@ -14,7 +15,6 @@ the agent stops acknowledging and exits, so recovery re-reads what really is on 
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +31,7 @@ class GroupCommitter:
         self._unsynced_bytes = 0
         self._wake = threading.Event()  # max_bytes reached, or stop: sync now
         self._pending = threading.Event()  # something was written since the last sync started
-        self._grid_origin = time.monotonic()
+        self._last_sync = -float("inf")  # monotonic time the last fsync began
         self._stop = False
         self.error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="wal-group-commit", daemon=True)
@@ -51,19 +51,18 @@ class GroupCommitter:
         if self._unsynced_bytes >= self._max_bytes:
             self._wake.set()
 
-    def _until_next_tick(self) -> float:
-        """Seconds to the next tick of the interval grid (ticks where the old fixed timer fired)."""
-        if self._interval <= 0:
-            return 0.0
-        elapsed = time.monotonic() - self._grid_origin
-        return max(0.0, math.floor(elapsed / self._interval + 1) * self._interval - elapsed)
+    def _until_due(self) -> float:
+        """Seconds until an fsync may begin: ``interval`` after the last one began (0: now)."""
+        return max(0.0, self._last_sync + self._interval - time.monotonic())
 
     def _run(self) -> None:
         while not self._stop:
             self._pending.wait()  # idle: no timeout, written() or stop() wakes us
             if self._stop:
                 break
-            self._wake.wait(self._until_next_tick())
+            delay = self._until_due()
+            if delay > 0:
+                self._wake.wait(delay)  # writes keep coming: group them (max_bytes or stop cut it short)
             # Cleared before the sync reads written_seq: a write after this point sets them again and
             # is synced now or in the next round, never left waiting.
             self._wake.clear()
@@ -71,6 +70,7 @@ class GroupCommitter:
             if self._writer.written_seq <= self._writer.durable_seq:
                 continue
             self._unsynced_bytes = 0
+            self._last_sync = time.monotonic()
             try:
                 seq = self._writer.sync()
             except OSError as exc:
