@@ -92,7 +92,8 @@ SETTINGS: tuple[Setting, ...] = (
         "wal.fsync_interval_ms",
         50,
         parse_int(1),
-        "Group commit: fsync at most this long after a write.",
+        "Group commit: fsync at most this long after a write, and at most once per this interval "
+        "(a write after a quiet spell is synced at once).",
         env="AUTOMAGIK_TELEMETRY_FSYNC_INTERVAL_MS",
         flag="--fsync-interval-ms",
     ),
