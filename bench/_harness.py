@@ -25,6 +25,16 @@ from automagik_telemetry import protocol  # noqa: E402  (needs the source dirs o
 READY_TIMEOUT_S = 20.0
 
 
+#: (method, route, status) of the HTTP-server spans the benches make: names and attributes derive from it.
+HTTP_SPAN_SHAPES = (
+    ("GET", "/api/items/{id}", 200),
+    ("POST", "/api/items", 201),
+    ("GET", "/api/search", 200),
+    ("PUT", "/api/items/{id}", 204),
+    ("GET", "/healthz", 200),
+)
+
+
 def agent_env() -> dict[str, str]:
     """The environment of an agent subprocess: this checkout's sources first on the path."""
     env = dict(os.environ)

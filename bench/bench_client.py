@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from _harness import Agent, CpuMeter, free_port, machine_line, percentile
+from _harness import HTTP_SPAN_SHAPES, Agent, CpuMeter, free_port, machine_line, percentile
 
 TARGET_MEDIAN_US = 2.0
 TARGET_SPEEDUP = 10.0
@@ -42,13 +42,7 @@ TARGET_PROCESS_RATIO = 15.0  # issue 15: the whole process <= 1/15 of OTel's wit
 SPAN_NAME = "GET /api/items/{id}"
 ATTRIBUTES = [
     {"http.method": method, "http.route": route, "http.status_code": status}
-    for method, route, status in (
-        ("GET", "/api/items/{id}", 200),
-        ("POST", "/api/items", 201),
-        ("GET", "/api/search", 200),
-        ("PUT", "/api/items/{id}", 204),
-        ("GET", "/healthz", 200),
-    )
+    for method, route, status in HTTP_SPAN_SHAPES
 ]
 CATCH_UP_TIMEOUT_S = 30.0
 FLOOR = "empty with-block (timer floor)"

@@ -74,7 +74,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from _harness import ROOT, CpuMeter, machine_line, proc_kb, process_cpu_seconds
+from _harness import HTTP_SPAN_SHAPES, ROOT, CpuMeter, machine_line, proc_kb, process_cpu_seconds
 
 TESTS = str(ROOT / "tests")
 if TESTS not in sys.path:
@@ -96,16 +96,7 @@ REPORT_EVERY_S = 10.0
 ACK_TIMEOUT_S = 60.0
 AGENT_READY_TIMEOUT_S = 240.0
 EVENTS = ("InsertQuery", "InsertedRows", "RejectedInserts", "DelayedInserts", "ReplicatedPartFetches")
-SPAN_SHAPES = [
-    (f"{method} {route}", method, route, status)
-    for method, route, status in (
-        ("GET", "/api/items/{id}", 200),
-        ("POST", "/api/items", 201),
-        ("GET", "/api/search", 200),
-        ("PUT", "/api/items/{id}", 204),
-        ("GET", "/healthz", 200),
-    )
-]
+SPAN_SHAPES = [(f"{method} {route}", method, route, status) for method, route, status in HTTP_SPAN_SHAPES]
 
 
 # ------------------------------------------------------------------------------------------ settings

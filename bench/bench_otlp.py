@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from _harness import Agent, CpuMeter, machine_line, protocol, tree_cpu_seconds
+from _harness import Agent, CpuMeter, free_port, machine_line, protocol, tree_cpu_seconds
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from automagik_telemetry_agent.ingest.otlp.export import messages
@@ -138,12 +138,6 @@ class Run:
     @property
     def cpu_us_per_span(self) -> float:
         return 1e6 * self.agent_cpu_s / self.spans
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(kind: str, requests: int, in_flight: int = 1) -> Run:

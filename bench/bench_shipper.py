@@ -50,6 +50,7 @@ from typing import Any
 
 import orjson
 from _harness import (
+    HTTP_SPAN_SHAPES,
     ROOT,
     Agent,
     CpuMeter,
@@ -79,13 +80,7 @@ RESULT_TIMEOUT_S = 300.0
 PYSPY_CANDIDATES = ("/tmp/pyspy/bin/py-spy", shutil.which("py-spy") or "")
 CLIENT_SPANS = [
     (f"{method} {route}", {"http.method": method, "http.route": route, "http.status_code": status})
-    for method, route, status in (
-        ("GET", "/api/items/{id}", 200),
-        ("POST", "/api/items", 201),
-        ("GET", "/api/search", 200),
-        ("PUT", "/api/items/{id}", 204),
-        ("GET", "/healthz", 200),
-    )
+    for method, route, status in HTTP_SPAN_SHAPES
 ]
 
 

@@ -175,3 +175,9 @@ def test_the_client_reads_the_line_formats_an_agent_announces() -> None:
     assert line_formats(b'{"line_formats":["otlp","compact-1"],"uptime_seconds":1}') == ["otlp", "compact-1"]
     assert line_formats(b'{"uptime_seconds":1}') == []  # an agent from before compact lines
     assert line_formats(b"not json") == [] and line_formats(b"[1]") == []
+
+
+def test_elements_after_the_eleventh_are_ignored() -> None:
+    resource = parse_resource(compact_resource_line(RESOURCE))
+    longer = compact()[:-1] + b',"a later addition",[1,2]]'
+    assert transform_span(longer, resource, Profile.LEGACY) == transform_span(compact(), resource, Profile.LEGACY)

@@ -472,7 +472,9 @@ def _compact_span(line: bytes, resource: Resource, profile: Profile) -> dict[str
         raise TransformError("invalid JSON") from None
     if type(span) is not list or len(span) < _COMPACT_FIELDS:
         raise TransformError(f"compact span: not an array of {_COMPACT_FIELDS} elements")
-    trace_id, span_id, parent, name, kind, start_ns, end_ns, attrs, code, message, events = span[:_COMPACT_FIELDS]
+    if len(span) > _COMPACT_FIELDS:
+        span = span[:_COMPACT_FIELDS]  # later elements are ignored (room for additions)
+    trace_id, span_id, parent, name, kind, start_ns, end_ns, attrs, code, message, events = span
     trace_id, span_id, parent = _ids(trace_id, span_id, parent)
     if type(name) is not str or name == "":
         raise TransformError("missing name" if name is None or name == "" else "invalid name: not a string")
