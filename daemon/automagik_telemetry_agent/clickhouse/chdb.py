@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import ErrorClass, class_of_code, error_text
-from .schema import quote
 from .sink import InsertResult
+from .sql import quote
 
 __all__ = [
     "INSTALL_HINT",

@@ -32,7 +32,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from .rows import Profile
+from .resource import Profile
 
 __all__ = [
     "BOOKKEEPING_ZOOKEEPER_PATH",

@@ -21,7 +21,7 @@ from .errors import ErrorClass
 from .explain import SinkKind, Target, explain
 from .http import count_present_sql, count_rows_sql, lacks_optional_columns, profile_row_keys, require_row_shape
 from .query_server import QueryServer
-from .rows import Profile
+from .resource import Profile
 from .schema import apply, identifier, render_migrations, table_columns
 from .sink import Capabilities, DetectResult, InsertResult, RowKeys, SinkError, Tables
 

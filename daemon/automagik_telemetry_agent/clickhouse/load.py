@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from .failover import FailoverSink
 from .http import ClickHouseHttpSink
-from .schema import quote
 from .sink import Sink, SinkError
+from .sql import quote
 
 __all__ = ["LOAD_TIMEOUT_S", "LoadSample", "load_sql", "sample_load"]
 

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from .anyvalue import render_attributes
-from .rows import Profile, Resource, parse_resource
+from .resource import Profile, Resource, parse_resource
 from .scalars import MAX_START_NS, MIN_START_NS, TransformError, is_hex, scope_of, second_str, uint64
 
 __all__ = ["LIFTED_LOG_ATTRIBUTES", "log_row_keys", "transform_log"]

@@ -29,7 +29,7 @@ import orjson
 
 from .anyvalue import render_attributes
 from .log_rows import put_attributes, timestamp_of
-from .rows import Profile, Resource, parse_resource
+from .resource import Profile, Resource, parse_resource
 from .scalars import MAX_START_NS, MIN_START_NS, TransformError, double, int64, scope_of, uint64
 
 __all__ = ["metric_row_keys", "transform_metric"]

@@ -27,42 +27,52 @@ ints in decimal, doubles as ``repr(float)`` (``NaN``/``Inf``/``-Inf`` for non-fi
 values take their natural JSON types (non-finite doubles nested become the strings above, an empty
 AnyValue ``null``). Duplicate keys: the last one wins. The same input bytes always give the same row.
 
-Here the row is assembled; :mod:`.anyvalue` renders attributes, :mod:`.scalars` checks ids, times and
-numbers and defines :class:`TransformError` (re-exported here).
+Here the row is assembled; :mod:`.resource` parses the record's first line and defines
+:class:`Profile`, :mod:`.span_fields` checks ids, kinds, status codes, events and links,
+:mod:`.anyvalue` renders attributes, :mod:`.scalars` checks times and numbers and defines
+:class:`TransformError` (all re-exported here).
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from automagik_telemetry.protocol import COMPACT_SPANS, OTLP_SPANS
-
 from .anyvalue import render_attributes, render_flat_attributes
+from .resource import (
+    LIFTED_RESOURCE_ATTRIBUTES,
+    OPTIONAL_SPAN_COLUMNS,
+    V014_RESOURCE_COLUMNS,
+    LineFormat,
+    Profile,
+    Resource,
+    parse_resource,
+)
 from .scalars import (
     MAX_START_NS,
     MIN_START_NS,
     U64_MAX,
-    ZERO_SPAN,
-    ZERO_TRACE,
     TransformError,
     cached_second,
     checked_end_ns,
-    checked_id,
     checked_start_ns,
-    is_hex,
-    known_id,
-    remember_id,
     scope_of,
     second_str,
-    uint64,
+)
+from .span_fields import (
+    SPAN_KINDS,
+    STATUS_CODES,
+    checked_ids,
+    compact_events_column,
+    events_column,
+    links_column,
 )
 
 __all__ = [
     "LIFTED_RESOURCE_ATTRIBUTES",
+    "OPTIONAL_SPAN_COLUMNS",
+    "V014_RESOURCE_COLUMNS",
     "LineFormat",
     "Profile",
     "Resource",
@@ -71,172 +81,6 @@ __all__ = [
     "parse_resource",
     "transform_span",
 ]
-
-
-class Profile(enum.Enum):
-    """The table shape rows are produced for (see ``deploy/clickhouse/README.md``)."""
-
-    MODERN = "modern"
-    LEGACY = "legacy"
-
-
-class LineFormat(enum.Enum):
-    """How the span lines of a record are written (the resource line's ``lineFormat`` member).
-
-    ``OTLP``: each line one OTLP/JSON span object (no ``lineFormat``: every client and the OTLP receiver).
-    ``COMPACT``: each line a positional JSON array (``"lineFormat": "compact-1"``, see
-    ``docs/protocol.md``): cheaper to write in a client and to read here, and the same row."""
-
-    OTLP = OTLP_SPANS
-    COMPACT = COMPACT_SPANS
-
-
-_LINE_FORMATS = {f.value: f for f in LineFormat}
-
-#: Resource attributes that become columns of their own; the rest go to ``resource_attributes``.
-LIFTED_RESOURCE_ATTRIBUTES: dict[str, str] = {
-    "service.name": "service_name",
-    "project.name": "project_name",
-    "project.version": "project_version",
-    "deployment.environment": "environment",
-    "host.name": "hostname",
-    "os.type": "os_type",
-    "os.version": "os_version",
-    "process.runtime.name": "runtime_name",
-    "process.runtime.version": "runtime_version",
-    "telemetry.sdk.version": "sdk_version",
-}
-
-#: Columns of 0.1.4's traces table (migration 0004), filled from resource attributes that stay in
-#: ``resource_attributes`` too: a table not migrated yet loses nothing (the insert skips unknown keys).
-V014_RESOURCE_COLUMNS: dict[str, str] = {
-    "user.id": "user_id",
-    "session.id": "session_id",
-    "cloud.provider": "cloud_provider",
-    "cloud.region": "cloud_region",
-    "cloud.availability_zone": "cloud_availability_zone",
-}
-#: The columns of migration 0004: rows fill them, a table may lack them (``shipper`` keeps working and
-#: ``doctor``/``schema apply`` say what to run). The scope's are filled from a span line's ``scope``
-#: member, ``links`` from its ``links`` (the OTLP receiver writes both).
-OPTIONAL_SPAN_COLUMNS = frozenset(
-    {*V014_RESOURCE_COLUMNS.values(), "instrumentation_library_name", "instrumentation_library_version", "links"}
-)
-
-_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
-_KIND: dict[Any, str] = {}
-for _i, _k in enumerate(_KINDS):
-    _KIND[_i] = _k
-    _KIND[_k] = _k
-    _KIND["SPAN_KIND_" + _k] = _k
-
-_STATUSES = ("UNSET", "OK", "ERROR")
-_STATUS: dict[Any, str] = {}
-for _i, _k in enumerate(_STATUSES):
-    _STATUS[_i] = _k
-    _STATUS[_k] = _k
-    _STATUS["STATUS_CODE_" + _k] = _k
-
-
-@dataclass(frozen=True, slots=True)
-class Resource:
-    """The resource shared by the spans of one record, pre-split into lifted columns and the rest."""
-
-    #: Lifted columns by column name (``service_name`` ...), always all of them ("" when absent).
-    columns: dict[str, str]
-    #: The span rows' 0.1.4 columns from resource attributes (:data:`V014_RESOURCE_COLUMNS`), all of them.
-    span_columns: dict[str, str]
-    #: The remaining attributes, rendered, in first-seen key order.
-    attributes: dict[str, str]
-    #: The same, sorted by key, for the legacy profile's parallel arrays.
-    keys: list[str]
-    values: list[str]
-    #: How this record's span lines are written.
-    line_format: LineFormat = LineFormat.OTLP
-    #: Per profile (index ``profile is Profile.LEGACY``: no Enum hashing per span), a row with every
-    #: column in output order, the resource's already filled in (:func:`_row_template`; ``None`` until
-    #: built); each span copies it. Not part of the value.
-    templates: list[dict[str, Any] | bool | None] = field(
-        default_factory=lambda: [None, None], repr=False, compare=False
-    )
-
-
-# ---------------------------------------------------------------------------------------------- public
-
-
-def parse_resource(line: bytes) -> Resource:
-    """Parse a record's first line, the OTLP resource object, into a :class:`Resource`."""
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        raise TransformError("resource: invalid JSON") from None
-    if type(obj) is not dict:
-        raise TransformError("resource: not a JSON object")
-    line_format = LineFormat.OTLP
-    named = obj.get("lineFormat")
-    if named is not None:
-        found = _LINE_FORMATS.get(named) if type(named) is str else None
-        if found is None:
-            raise TransformError(f"resource: unknown lineFormat {str(named)[:40]!r} (this agent reads compact-1)")
-        line_format = found
-    attrs = render_attributes(obj.get("attributes"), "resource.attributes")
-    columns = dict.fromkeys(LIFTED_RESOURCE_ATTRIBUTES.values(), "")
-    rest: dict[str, str] = {}
-    for key, value in attrs.items():
-        column = LIFTED_RESOURCE_ATTRIBUTES.get(key)
-        if column is None:
-            rest[key] = value
-        else:
-            columns[column] = value
-    keys = sorted(rest)
-    span_columns = {column: attrs.get(key, "") for key, column in V014_RESOURCE_COLUMNS.items()}
-    return Resource(
-        columns=columns,
-        span_columns=span_columns,
-        attributes=rest,
-        keys=keys,
-        values=[rest[k] for k in keys],
-        line_format=line_format,
-    )
-
-
-def _events(events: object) -> str:
-    if events is None or events == []:
-        return "[]"
-    if type(events) is not list:
-        raise TransformError("invalid events: not a list")
-    out = []
-    for i, ev in enumerate(events):
-        if type(ev) is not dict:
-            raise TransformError(f"invalid events[{i}]: not an object")
-        t = ev.get("timeUnixNano", 0)
-        ts = uint64(t)
-        if ts is None:
-            raise TransformError(f"invalid events[{i}].timeUnixNano")
-        name = ev.get("name", "")
-        if type(name) is not str:
-            raise TransformError(f"invalid events[{i}].name")
-        attrs = render_attributes(ev.get("attributes"), f"events[{i}].attributes")
-        out.append({"time_unix_nano": ts, "name": name, "attributes": attrs})
-    return orjson.dumps(out).decode()
-
-
-def _links(links: object) -> str:
-    """A span's ``links`` as the ``links`` column's JSON array: trace and span ids, trace state, attributes."""
-    if type(links) is not list:
-        raise TransformError("invalid links: not a list")
-    out = []
-    for i, link in enumerate(links):
-        if type(link) is not dict:
-            raise TransformError(f"invalid links[{i}]: not an object")
-        trace_id, span_id, state = link.get("traceId", ""), link.get("spanId", ""), link.get("traceState", "")
-        if not (type(trace_id) is str and type(span_id) is str and type(state) is str):
-            raise TransformError(f"invalid links[{i}]: traceId, spanId and traceState must be strings")
-        attrs = render_attributes(link.get("attributes"), f"links[{i}].attributes")
-        out.append(
-            {"trace_id": trace_id.lower(), "span_id": span_id.lower(), "trace_state": state, "attributes": attrs}
-        )
-    return orjson.dumps(out).decode()
 
 
 _SPAN_COLUMNS = (
@@ -279,34 +123,6 @@ def _row_template(resource: Resource, profile: Profile) -> dict[str, Any] | bool
     return row
 
 
-def _ids(trace_id: object, span_id: object, parent: object) -> tuple[str, str, str]:
-    """A span's trace, span and parent ids, lower-cased and checked (``""`` for no parent).
-
-    Inline fast paths for valid ids (fromhex skips whitespace, but n//2 bytes from n characters means
-    all are hex digits); checked_id gives the precise reason otherwise. Trace and parent ids repeat
-    across the spans of a trace: valid ones are remembered.
-    """
-    valid = known_id(trace_id) if type(trace_id) is str else None
-    if valid is not None and len(valid) == 32:
-        trace = valid
-    elif is_hex(trace_id, 32) and trace_id != ZERO_TRACE:
-        trace = remember_id(trace_id)
-    else:
-        trace = checked_id(trace_id, "traceId", 32, ZERO_TRACE)
-    if is_hex(span_id, 16) and span_id != ZERO_SPAN:
-        span = span_id.lower()
-    else:
-        span = checked_id(span_id, "spanId", 16, ZERO_SPAN)
-    if parent is None or parent == "" or parent == ZERO_SPAN:
-        return trace, span, ""
-    valid = known_id(parent) if type(parent) is str else None
-    if valid is not None and len(valid) == 16:
-        return trace, span, valid
-    if not is_hex(parent, 16):
-        raise TransformError("invalid parentSpanId: not 16 hex characters")
-    return trace, span, remember_id(parent)
-
-
 def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[str, Any]:
     """One OTLP span line as one row of the ``profile`` table shape; raises :class:`TransformError`.
 
@@ -324,7 +140,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         raise TransformError("span is not a JSON object")
     get = span.get
 
-    trace_id, span_id, parent = _ids(get("traceId"), get("spanId"), get("parentSpanId"))
+    trace_id, span_id, parent = checked_ids(get("traceId"), get("spanId"), get("parentSpanId"))
 
     name = get("name")
     if type(name) is not str or name == "":
@@ -340,7 +156,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         end_ns = checked_end_ns(end_ns, start_ns)
 
     kind = get("kind", 0)
-    span_kind = _KIND.get(kind) if type(kind) is int or type(kind) is str else None
+    span_kind = SPAN_KINDS.get(kind) if type(kind) is int or type(kind) is str else None
     if span_kind is None:
         raise TransformError("invalid kind")
 
@@ -352,7 +168,7 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
         if type(status) is not dict:
             raise TransformError("invalid status: not an object")
         code = status.get("code", 0)
-        status_code = _STATUS.get(code) if type(code) is int or type(code) is str else None
+        status_code = STATUS_CODES.get(code) if type(code) is int or type(code) is str else None
         if status_code is None:
             raise TransformError("invalid status.code")
         status_message = status.get("message", "")
@@ -361,10 +177,10 @@ def transform_span(line: bytes, resource: Resource, profile: Profile) -> dict[st
 
     attributes = render_attributes(get("attributes"), "attributes")
     events = get("events")
-    events = "[]" if events is None or events == [] else _events(events)
+    events = "[]" if events is None or events == [] else events_column(events)
     scope_name, scope_version = scope_of(span)
     links = get("links")
-    links = "[]" if links is None or links == [] else _links(links)
+    links = "[]" if links is None or links == [] else links_column(links)
     ids, status = (trace_id, span_id, parent), (status_code, status_message)
     return _row(
         resource,
@@ -475,47 +291,27 @@ def _compact_span(line: bytes, resource: Resource, profile: Profile) -> dict[str
     if len(span) > _COMPACT_FIELDS:
         span = span[:_COMPACT_FIELDS]  # later elements are ignored (room for additions)
     trace_id, span_id, parent, name, kind, start_ns, end_ns, attrs, code, message, events = span
-    trace_id, span_id, parent = _ids(trace_id, span_id, parent)
+    trace_id, span_id, parent = checked_ids(trace_id, span_id, parent)
     if type(name) is not str or name == "":
         raise TransformError("missing name" if name is None or name == "" else "invalid name: not a string")
     if type(start_ns) is not int or start_ns < MIN_START_NS or start_ns > MAX_START_NS:
         start_ns = checked_start_ns(start_ns)
     if type(end_ns) is not int or end_ns < start_ns or end_ns > U64_MAX:
         end_ns = checked_end_ns(end_ns, start_ns)
-    span_kind = _KIND.get(kind) if type(kind) is int or type(kind) is str else None
+    span_kind = SPAN_KINDS.get(kind) if type(kind) is int or type(kind) is str else None
     if span_kind is None:
         raise TransformError("invalid kind")
-    status_code = _STATUS.get(code) if type(code) is int or type(code) is str else None
+    status_code = STATUS_CODES.get(code) if type(code) is int or type(code) is str else None
     if status_code is None:
         raise TransformError("invalid status.code")
     if type(message) is not str:
         raise TransformError("invalid status.message: not a string")
     attributes = render_flat_attributes(attrs, "attributes")
-    rendered_events = "[]" if events == 0 or events is None or events == [] else _compact_events(events)
+    rendered_events = "[]" if events == 0 or events is None or events == [] else compact_events_column(events)
     ids, status = (trace_id, span_id, parent), (status_code, message)
     return _row(
         resource, profile, ids, name, span_kind, (start_ns, end_ns), status, attributes, rendered_events, _NO_SCOPE
     )
-
-
-def _compact_events(events: object) -> str:
-    """A compact line's events, ``[[name, timeUnixNano, attributes], ...]``, as the ``events`` column."""
-    if type(events) is not list:
-        raise TransformError("invalid events: not a list")
-    out = []
-    for i, ev in enumerate(events):
-        if type(ev) is not list or len(ev) < 3:
-            raise TransformError(f"invalid events[{i}]: not an array [name, timeUnixNano, attributes]")
-        name, t, attrs = ev[0], ev[1], ev[2]
-        ts = uint64(t)
-        if ts is None:
-            raise TransformError(f"invalid events[{i}].timeUnixNano")
-        if type(name) is not str:
-            raise TransformError(f"invalid events[{i}].name")
-        out.append(
-            {"time_unix_nano": ts, "name": name, "attributes": render_flat_attributes(attrs, f"events[{i}].attributes")}
-        )
-    return orjson.dumps(out).decode()
 
 
 def _slow_row(

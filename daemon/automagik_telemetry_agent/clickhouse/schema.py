@@ -9,7 +9,7 @@ there). This module owns everything between those files and a server:
   ``{ttl_days}`` (a line using ``{ttl_days}`` is dropped when it is 0: no TTL);
 * :func:`apply` runs the pending ones through an ``execute(sql) -> str`` callable and records them in
   ``{database}.schema_migrations``, so the same code drives a server over HTTP and chDB in process; with
-  ``cluster=NAME`` it first checks the cluster (:func:`verify_cluster`) and runs the statements'
+  ``cluster=NAME`` it first checks the cluster (:func:`.cluster_check.verify_cluster`) and runs the statements'
   ON CLUSTER form (replicated ``<table>_local`` tables under Distributed ones: :mod:`.cluster_schema`);
 * :func:`detect_table_profile` tells which row shape an existing table takes.
 
@@ -25,13 +25,13 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import cluster_schema
-from .cluster_schema import ClusterHost
-from .rows import Profile
+from .cluster_check import cluster_hosts, verify_cluster
+from .resource import Profile
+from .sql import Executor, SchemaError, identifier, one_line, quote, split_statements, tsv_rows
 
 __all__ = [
     "MIGRATIONS_ENV",
@@ -53,15 +53,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``execute(sql) -> text``: runs one statement and returns its output (the SQL names the format).
-Executor = Callable[[str], str]
 #: Environment variable naming the directory holding ``modern/`` and ``legacy/`` (overrides lookup).
 MIGRATIONS_ENV = "AUTOMAGIK_TELEMETRY_MIGRATIONS"
 #: First version with ``insert_deduplication_token``, which the shipper's exactly-once inserts need.
 MODERN_MIN_VERSION = (22, 2)
 BOOKKEEPING_TABLE = "schema_migrations"
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FILE_NAME = re.compile(r"(\d{4})_([A-Za-z0-9_]+)\.sql")
 _SERVER_VERSION = re.compile(r"\s*v?(\d+)\.(\d+)")
 
@@ -76,10 +73,6 @@ _BOOKKEEPING_DDL = """CREATE TABLE IF NOT EXISTS {database}.schema_migrations
 )
 ENGINE = MergeTree()
 ORDER BY version"""
-
-
-class SchemaError(RuntimeError):
-    """The schema cannot be brought up to date safely (changed migration, mixed profiles, bad files)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,75 +116,13 @@ def table_columns(execute: Executor, database: str, table: str) -> dict[str, str
         "FORMAT TabSeparated"
     )
     columns: dict[str, str] = {}
-    for row in _tsv(out):
+    for row in tsv_rows(out):
         if len(row) == 2:
             columns[row[0]] = row[1]
     return columns
 
 
 # ------------------------------------------------------------------------------------------ rendering
-
-
-def split_statements(sql: str) -> list[str]:
-    """Split SQL text on top-level ``;``, dropping comments; quotes and comments may contain ``;``.
-
-    Understands ``'...'`` strings (``\\`` escapes and doubled quotes), ``"..."`` and backquoted
-    identifiers, ``--`` and ``#`` line comments and nestable ``/* */`` block comments. Returns the
-    non-empty statements without their ``;``, surrounding whitespace and blank lines removed.
-    """
-    statements: list[str] = []
-    buf: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c in "'\"`":
-            j = i + 1
-            while j < n:
-                d = sql[j]
-                if d == "\\":
-                    j += 2
-                    continue
-                if d == c:
-                    if j + 1 < n and sql[j + 1] == c:  # doubled quote
-                        j += 2
-                        continue
-                    break
-                j += 1
-            if j >= n:
-                raise SchemaError(f"unterminated {c}-quoted text in SQL")
-            buf.append(sql[i : j + 1])
-            i = j + 1
-        elif (c == "-" and sql.startswith("--", i)) or c == "#":
-            j = sql.find("\n", i)
-            i = n if j < 0 else j  # keep the newline
-        elif c == "/" and sql.startswith("/*", i):
-            depth, j = 1, i + 2
-            while depth and j < n:
-                if sql.startswith("/*", j):
-                    depth, j = depth + 1, j + 2
-                elif sql.startswith("*/", j):
-                    depth, j = depth - 1, j + 2
-                else:
-                    j += 1
-            if depth:
-                raise SchemaError("unterminated /* comment in SQL")
-            buf.append(" ")
-            i = j
-        elif c == ";":
-            statements.append("".join(buf))
-            buf = []
-            i += 1
-        else:
-            buf.append(c)
-            i += 1
-    statements.append("".join(buf))
-    out = []
-    for s in statements:
-        lines = [line.rstrip() for line in s.splitlines()]
-        text = "\n".join(line for line in lines if line.strip()).strip()
-        if text:
-            out.append(text)
-    return out
 
 
 def migrations_root() -> Path:
@@ -347,7 +278,7 @@ def _run_again(execute: Executor, statement: str, dropped: set[str], cluster: st
         execute(statement)
     except Exception as exc:  # the executor's error, with the hint an operator needs
         raise SchemaError(
-            f"creating {', '.join(sorted(dropped))} again on cluster {cluster} failed: {_one_line(exc)} "
+            f"creating {', '.join(sorted(dropped))} again on cluster {cluster} failed: {one_line(exc)} "
             "(a table dropped on some hosts only: create it there by hand from SHOW CREATE TABLE on a host "
             "that has it, or drop it ON CLUSTER and run schema apply again: docs/schema.md#clusters)"
         ) from None
@@ -401,80 +332,6 @@ def _on_cluster(migration: Migration, cluster: str) -> Migration:
     return Migration(migration.version, migration.name, migration.profile, statements, migration.checksum)
 
 
-# -------------------------------------------------------------------------------------------- clusters
-
-
-def verify_cluster(execute: Executor, cluster: str, database: str, tables: tuple[str, ...]) -> list[ClusterHost]:
-    """Check, before anything is created, that ``cluster`` can take the cluster layout; its hosts.
-
-    * ``cluster`` is in the server's ``system.clusters`` (else the error names the clusters there);
-    * every host of it has the ``shard`` and ``replica`` macros, consistent over the cluster
-      (:func:`.cluster_schema.macro_problems`);
-    * no host has, under the names the layout uses, a table that ``schema apply`` without ``--cluster``
-      made (:func:`.cluster_schema.mixed_table_problems`): the layouts are never mixed.
-
-    Each host is read with ``remote('host:port', system, ...)`` as the cluster's user of
-    ``system.clusters`` (no password): ``system.clusters`` names the hosts by their native port, which an
-    HTTP endpoint list need not cover, and ``remote()`` reaches each one itself (``cluster()`` would pick
-    one replica per shard). A host that is down or refuses that user fails the check, naming the host:
-    ON CLUSTER statements would wait for it (``distributed_ddl_task_timeout``, 180 s) and fail anyway.
-    """
-    hosts = cluster_hosts(execute, cluster)
-    macros: dict[ClusterHost, dict[str, str]] = {}
-    mixed: list[str] = []
-    for host in hosts:
-        macros[host] = dict(_remote_pairs(execute, host, "macros", "macro, substitution", ""))
-        engines = dict(_remote_pairs(execute, host, "tables", "name, engine", f"WHERE database = {quote(database)}"))
-        mixed += cluster_schema.mixed_table_problems(host.address, engines, database, tables)
-    problems = cluster_schema.macro_problems(macros) + mixed
-    if problems:
-        hint = (
-            " (a database set up without --cluster cannot be converted in place: use another --database, "
-            "or move its data: docs/schema.md#clusters)"
-            if mixed
-            else ""
-        )
-        raise SchemaError(f"cluster {cluster}: " + "; ".join(problems) + hint)
-    return hosts
-
-
-def cluster_hosts(execute: Executor, cluster: str) -> list[ClusterHost]:
-    """The hosts of ``cluster`` in the server's ``system.clusters``, shard-major; SchemaError if it has none."""
-    out = execute(
-        "SELECT shard_num, replica_num, host_name, port, user FROM system.clusters "
-        f"WHERE cluster = {quote(identifier(cluster))} ORDER BY shard_num, replica_num FORMAT TabSeparated"
-    )
-    hosts = [
-        ClusterHost(int(row[0]), int(row[1]), row[2], int(row[3]), row[4])
-        for row in _tsv(out)
-        if len(row) == 5 and row[0].isdigit() and row[1].isdigit() and row[3].isdigit()
-    ]
-    if not hosts:
-        known = [row[0] for row in _tsv(execute("SELECT DISTINCT cluster FROM system.clusters FORMAT TabSeparated"))]
-        raise SchemaError(
-            f"no cluster {cluster!r} on this server: its system.clusters has "
-            + (", ".join(sorted(known)) if known else "none")
-            + " (clusters are defined in <remote_servers> of the servers' configuration)"
-        )
-    return hosts
-
-
-def _remote_pairs(execute: Executor, host: ClusterHost, table: str, columns: str, where: str) -> list[tuple[str, str]]:
-    """Two columns of ``system.<table>`` on ``host``, read through ``remote()``; SchemaError naming the host."""
-    sql = (
-        f"SELECT {columns} FROM remote({quote(host.address)}, system, {table}, {quote(host.user or 'default')}) "
-        f"{where} FORMAT TabSeparated"
-    )
-    try:
-        out = execute(sql)
-    except Exception as exc:  # the executor's own error (SinkError over HTTP, chDB's): one line, naming the host
-        raise SchemaError(
-            f"cannot read system.{table} of host {host} through remote() as user {host.user!r}: {_one_line(exc)} "
-            "(every host of the cluster must be up, and accept the cluster's user from this server)"
-        ) from None
-    return [(row[0], row[1]) for row in _tsv(out) if len(row) == 2]
-
-
 _ADD_COLUMN = re.compile(
     r"\s*ALTER\s+TABLE\s+(\w+)\.(\w+)\s+(?:ON\s+CLUSTER\s+\w+\s+)?ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\b", re.I
 )
@@ -495,41 +352,8 @@ def _recorded(execute: Executor, database: str) -> list[tuple[int, str, str, str
         "ORDER BY version FORMAT TabSeparated"
     )
     rows = []
-    for row in _tsv(out):
+    for row in tsv_rows(out):
         if len(row) != 4 or not row[0].isdigit():
             raise SchemaError(f"unexpected row in {database}.schema_migrations: {row!r}")
         rows.append((int(row[0]), row[1], row[2], row[3]))
-    return rows
-
-
-# -------------------------------------------------------------------------------------------- helpers
-
-
-def identifier(name: str) -> str:
-    """``name`` if it is a plain ClickHouse identifier (safe to splice into SQL), else ValueError."""
-    if type(name) is not str or not _IDENTIFIER.fullmatch(name):
-        raise ValueError(f"not a plain identifier ([A-Za-z_][A-Za-z0-9_]*): {name!r}")
-    return name
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    """``exc``'s text on one line, cut to ``limit`` characters (18.16 repeats the cause of a failed remote())."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def quote(value: str) -> str:
-    """``value`` as a single-quoted ClickHouse string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-_TSV_ESCAPES = {"t": "\t", "n": "\n", "\\": "\\", "'": "'", "0": "\0", "r": "\r", "b": "\b", "f": "\f"}
-
-
-def _tsv(text: str) -> list[list[str]]:
-    rows = []
-    for line in text.splitlines():
-        if not line:
-            continue
-        rows.append([re.sub(r"\\(.)", lambda m: _TSV_ESCAPES.get(m.group(1), m.group(1)), f) for f in line.split("\t")])
     return rows

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import Classified, ErrorClass, Finding
-from .rows import Profile
+from .resource import Profile
 
 __all__ = ["Capabilities", "DetectResult", "InsertResult", "RowKeys", "Sink", "SinkError", "Tables"]
 

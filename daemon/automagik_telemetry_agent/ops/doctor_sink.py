@@ -25,7 +25,7 @@ from ..clickhouse.cluster_schema import REQUIRED_MACROS, local_table
 from ..clickhouse.errors import ErrorClass, Finding
 from ..clickhouse.factory import endpoint_sinks, ordered_endpoints, sink_from_config
 from ..clickhouse.http import ClickHouseHttpSink
-from ..clickhouse.rows import Profile
+from ..clickhouse.resource import Profile
 from ..clickhouse.schema import quote, render_migrations
 from ..clickhouse.sink import Capabilities, SinkError
 from ..config import ConfigError, split_urls

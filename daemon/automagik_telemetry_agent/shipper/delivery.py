@@ -26,7 +26,7 @@ from collections.abc import Callable
 import orjson
 
 from ..clickhouse.errors import ErrorClass
-from ..clickhouse.rows import Profile
+from ..clickhouse.resource import Profile
 from ..clickhouse.sink import InsertResult, Sink, SinkError
 from ..wal.signals import Signal
 from .batch import FrozenBatch
