@@ -142,3 +142,41 @@ def test_a_missing_logs_table_holds_up_only_the_logs_and_they_all_arrive_once_it
     bodies = [row["body"] for row in select_rows(clickhouse, clickhouse_db, "logs")]
     assert sorted(bodies) == sorted(f"log {i}" for i in range(300) if i % 3 == 1)  # exactly once each
     assert count(clickhouse, clickhouse_db) == 100 and count(clickhouse, clickhouse_db, "metrics") == 100
+
+
+def test_the_logs_table_dropped_while_three_signals_flow_holds_up_only_the_logs_until_schema_apply(
+    supervised: Callable[..., AgentProcess], clickhouse: Any, clickhouse_db: str
+) -> None:
+    """The table goes away under a running shipper (its insert fails with 60, not at start-up): spans and
+    metrics sent afterwards keep arriving, the logs wait in the WAL, and after ``schema apply`` every log
+    sent after the drop arrives exactly once (the ones before it went with the dropped table)."""
+    apply_schema(clickhouse, clickhouse_db)
+    agent = supervised(**_settings(clickhouse, clickhouse_db)).start()
+    lines = ((1, span), (LOG, _log), (METRIC, _metric))
+    with RawClient(agent.socket_path) as client:
+        seq = 0
+
+        def send(first: int, last: int) -> None:
+            nonlocal seq
+            for i in range(first, last):
+                seq += 1
+                kind, make = lines[i % 3]
+                client.send_records([make(i)], seq=seq, resource=RESOURCE, kind=kind)
+            assert client.wait_ack(seq, timeout=20)
+
+        send(0, 300)
+        wait_until(lambda: count(clickhouse, clickhouse_db, "logs") == 100, 30, message="the first logs")
+        clickhouse.query(f"DROP TABLE {clickhouse_db}.logs")
+        for chunk in range(300, 900, 60):  # still flowing: 20 of each signal per chunk
+            send(chunk, chunk + 60)
+            time.sleep(0.1)
+        wait_until(lambda: count(clickhouse, clickhouse_db) == 300, 30, message="every span, logs table gone")
+        wait_until(lambda: count(clickhouse, clickhouse_db, "metrics") == 300, 30, message="every data point")
+        wait_until(lambda: "schema apply" in agent.stderr_text and ".logs" in agent.stderr_text, 10, message="fix")
+        apply_schema(clickhouse, clickhouse_db)
+        send(900, 960)  # and the flow goes on after the fix
+        wait_until(lambda: count(clickhouse, clickhouse_db, "logs") == 220, 30, message="the held-up logs")
+        time.sleep(1.0)  # a duplicate would show up now
+    bodies = [row["body"] for row in select_rows(clickhouse, clickhouse_db, "logs")]
+    assert sorted(bodies) == sorted(f"log {i}" for i in range(300, 960) if i % 3 == 1)  # exactly once each
+    assert count(clickhouse, clickhouse_db) == 320 and count(clickhouse, clickhouse_db, "metrics") == 320
