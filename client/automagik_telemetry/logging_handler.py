@@ -15,6 +15,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from .attributes import key_values
 from .logs import LogRecord, LogSeverity
 from .span import current_span, exception_attributes
 
@@ -49,12 +50,13 @@ class _HandledRecord(LogRecord):
     """A log record from ``logging``: the message and the span are taken at once (in the app's thread), the
     attributes (source, ``extra=``, the exception's text) only when the sender thread writes the line."""
 
-    __slots__ = ("source",)
+    __slots__ = ("rendered", "source")
 
     def __init__(self, source: logging.LogRecord, message: str, severity: LogSeverity) -> None:
         # LogRecord's fields set here, cheaply: the times come from the logging record (its creation is
         # when it was observed too), the rest is read from it in the sender thread (to_line).
         self.source: logging.LogRecord | None = source
+        self.rendered: str | None = None  # the attributes as KeyValue JSON text, once written
         self.body = message
         self.severity_number = severity.value
         span = current_span()
@@ -68,8 +70,14 @@ class _HandledRecord(LogRecord):
         if source is not None:
             self.time_ns = self.observed_ns = int(source.created * 1_000_000_000)
             self.severity_text = source.levelname
-            self.attributes = _attributes(source, max_length)
+            if _only_its_site(source):
+                # The usual record: just the call site's attributes, rendered once per site and thread.
+                self.rendered = "[" + _site_attributes(source, max_length) + "]"
+            else:
+                self.attributes = _attributes(source, max_length)
             self.source = None  # let the logging record (and its traceback) go
+        if self.rendered is not None:
+            return self.line_with(self.rendered, max_length)
         return super().to_line(max_length)
 
 
@@ -109,14 +117,42 @@ def _message(record: logging.LogRecord) -> str:
         return str(record.msg)
 
 
-def _attributes(record: logging.LogRecord, max_length: int) -> dict[str, object]:
-    attributes: dict[str, object] = {
+#: Rendered call-site attributes by (logger, file, line, function, thread, max_length); cleared when full.
+_SITES: dict[tuple[str, str, int, str, str | None, int], str] = {}
+_MAX_SITES = 4096
+
+
+def _site_attributes(record: logging.LogRecord, max_length: int) -> str:
+    """The call site's attributes (logger, source location, thread) as ``KeyValue`` JSON text without the
+    brackets: the same text :func:`key_values` writes for them, cached, since a site logs many records."""
+    site = (record.name, record.pathname, record.lineno, record.funcName, record.threadName, max_length)
+    text = _SITES.get(site)
+    if text is None:
+        if len(_SITES) >= _MAX_SITES:
+            _SITES.clear()
+        text = _SITES[site] = key_values(_site(record), max_length)[1:-1]
+    return text
+
+
+def _only_its_site(record: logging.LogRecord) -> bool:
+    """True when the record has nothing but its call site to add: no ``extra=`` field, no exception."""
+    if (record.exc_info and record.exc_info[1] is not None) or record.exc_text:
+        return False
+    return not (record.__dict__.keys() - _STANDARD)
+
+
+def _site(record: logging.LogRecord) -> dict[str, object]:
+    return {
         "logger.name": record.name,
         "code.filepath": record.pathname,
         "code.lineno": record.lineno,
         "code.function": record.funcName,
         "thread.name": record.threadName,
     }
+
+
+def _attributes(record: logging.LogRecord, max_length: int) -> dict[str, object]:
+    attributes = _site(record)
     for key, value in record.__dict__.items():
         if key not in _STANDARD and not key.startswith("_"):
             attributes[key] = value

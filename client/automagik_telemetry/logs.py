@@ -95,6 +95,10 @@ class LogRecord:
             self.trace_id = self.span_id = 0
 
     def to_line(self, max_length: int) -> bytes:
+        return self.line_with(key_values(self.attributes, max_length), max_length)
+
+    def line_with(self, attributes: str, max_length: int) -> bytes:
+        """The record's line with ``attributes`` already rendered (an OTLP ``KeyValue`` list as JSON text)."""
         body = any_value(self.body, max_length) or "{}"  # None: an empty AnyValue
         return (
             _LINE
@@ -104,7 +108,7 @@ class LogRecord:
                 self.severity_number,
                 _quote(self.severity_text[:64]),
                 body,
-                key_values(self.attributes, max_length),
+                attributes,
                 "%032x" % self.trace_id if self.trace_id else "",
                 "%016x" % self.span_id if self.span_id else "",
             )

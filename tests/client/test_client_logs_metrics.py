@@ -5,6 +5,7 @@ track_metric, and the export cadence."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 from fake_agent import FakeAgent
 
-from automagik_telemetry import AutomagikTelemetry, LoggingHandler, LogSeverity, MetricType
+from automagik_telemetry import AutomagikTelemetry, LoggingHandler, LogSeverity, MetricType, logging_handler
+from automagik_telemetry.logging_handler import severity_of_level
+from automagik_telemetry.logs import LogRecord
 
 LOG, METRIC = 2, 3
 MakeClient = Callable[..., AutomagikTelemetry]
@@ -254,3 +257,44 @@ def test_spans_logs_and_metrics_travel_in_messages_of_one_kind_each(sock_path: s
             assert message.kind != 1 or not any("severityNumber" in r or "sum" in r for r in message.records)
         assert [len(agent.records(kind)) for kind in (1, 2, 3)] == [5, 5, 5]
         assert [r["body"]["stringValue"] for r in agent.records(LOG)] == [f"l{i}" for i in range(5)]
+
+
+def _reference_line(record: logging.LogRecord, max_length: int) -> bytes:
+    """The line the handler's record must write: every attribute in one dict, rendered by ``key_values``."""
+    ref = LogRecord(record.getMessage(), severity_of_level(record.levelno).value, record.levelname)
+    ref.attributes = logging_handler._attributes(record, max_length)
+    ref.time_ns = ref.observed_ns = int(record.created * 1_000_000_000)
+    ref.trace_id = ref.span_id = 0
+    return ref.to_line(max_length)
+
+
+def test_the_handler_writes_the_same_line_with_or_without_its_call_site_cache() -> None:
+    log = logging.getLogger("app.orders")
+    try:
+        raise ValueError("card declined")
+    except ValueError:
+        exc_info = sys.exc_info()
+    records = [
+        log.makeRecord("app.orders", logging.INFO, "/srv/orders.py", 42, "order %s paid", (7,), None, "pay"),
+        log.makeRecord("app.orders", logging.INFO, "/srv/orders.py", 42, "order %s paid", (8,), None, "pay"),
+        log.makeRecord("app.orders", logging.WARNING, "/srv/orders.py", 43, "slow", (), None, "pay", {"ms": 912}),
+        log.makeRecord("app.orders", logging.ERROR, "/srv/orders.py", 44, "failed", (), exc_info, "pay"),
+        log.makeRecord("app.x", logging.DEBUG, "/srv/x.py", 1, "x" * 300, (), None, "f", {"_private": 1}),
+    ]
+    records[1].threadName = "worker-2"  # another thread at the same site: its own cached text
+    records[4].exc_text = "Traceback: formatted by another handler"
+    for max_length in (4096, 16):
+        for record in records:
+            handled = logging_handler._HandledRecord(record, record.getMessage(), severity_of_level(record.levelno))
+            handled.trace_id = handled.span_id = 0
+            line = handled.to_line(max_length)
+            assert line == _reference_line(record, max_length)
+            assert handled.to_line(max_length) == line  # written again: the same line
+
+
+def test_the_call_site_cache_is_bounded() -> None:
+    log = logging.getLogger("app.many")
+    for i in range(logging_handler._MAX_SITES + 10):
+        record = log.makeRecord("app.many", logging.INFO, "/srv/many.py", i, "m", (), None, "f")
+        logging_handler._HandledRecord(record, "m", LogSeverity.INFO).to_line(4096)
+        assert len(logging_handler._SITES) <= logging_handler._MAX_SITES
