@@ -7,9 +7,10 @@ the shipper's job.
 
 * Auth: exactly one method, HTTP basic auth (never URL parameters: they land in logs). Credentials
   are never logged, and an endpoint URL carrying ``user:password@`` is refused.
-* ``detect()``: ``SELECT version()`` gives the capabilities (zstd request bodies from 21.1,
-  ``insert_deduplication_token`` from 22.2); ``system.columns`` gives the target table's columns and
-  so the row :class:`~.rows.Profile` (:func:`.schema.detect_table_profile`).
+* ``detect()``: ``SELECT version()`` gives the capabilities (:mod:`.versions`: zstd request bodies from
+  21.1, ``insert_deduplication_token`` from 22.2); ``system.columns`` gives the target table's columns and
+  so the row :class:`~.rows.Profile` (:func:`.table_checks.require_row_shape`, the checks both sinks
+  make; :mod:`.table_checks` also holds the restart probe's SQL, re-exported here).
 * ``insert()``: ``POST ?query=INSERT INTO db.table FORMAT JSONEachRow&wait_end_of_query=1`` (plus
   ``insert_deduplication_token`` when supported); a 2xx carrying an exception is a failure.
 """
@@ -18,33 +19,34 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import itertools
 import logging
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import requests
 
 from .errors import Classified, ErrorClass, Finding, classify_exception, classify_response
 from .explain import SinkKind, Target, explain
-from .rows import OPTIONAL_SPAN_COLUMNS, Profile, parse_resource, transform_span
-from .schema import detect_table_profile, identifier, pick_profile, quote, table_columns
+from .rows import Profile
+from .schema import identifier, pick_profile, quote, table_columns
 from .sink import Capabilities, DetectResult, InsertResult, RowKeys, SinkError
+from .table_checks import count_present_sql, count_rows_sql, lacks_optional_columns, profile_row_keys, require_row_shape
+from .versions import server_capabilities, version_parts, version_tuple
 
-__all__ = ["ClickHouseHttpSink", "count_present_sql", "count_rows_sql", "profile_row_keys", "require_row_shape"]
+__all__ = [
+    "ClickHouseHttpSink",
+    "count_present_sql",
+    "count_rows_sql",
+    "lacks_optional_columns",
+    "profile_row_keys",
+    "require_row_shape",
+]
 
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = ("auto", "zstd", "gzip", "none")
 ZSTD_LEVEL = 1
 GZIP_LEVEL = 3
-ZSTD_MIN_VERSION = (21, 1)
-DEDUP_TOKEN_MIN_VERSION = (22, 2)
-ASYNC_INSERT_MIN_VERSION = (21, 11)
-#: Async inserts with tokens registered them against the wrong partition (silent loss) before 26.3.17.65.
-ASYNC_INSERT_TOKEN_MIN_VERSION = (26, 3, 17, 65)
 ASYNC_INSERTS = ("off", "on")
 PROBE_TIMEOUT_S = 1.0
 #: Keeper trouble: NO_ZOOKEEPER, TABLE_IS_READ_ONLY, UNKNOWN_STATUS_OF_INSERT (the keeper connection was lost
@@ -53,114 +55,8 @@ PROBE_TIMEOUT_S = 1.0
 KEEPER_CODES = frozenset({225, 242, 319, 999})
 
 
-def _version_parts(version: str) -> tuple[int, ...]:
-    """``"26.3.17.65"`` -> (26, 3, 17, 65); the numbers up to the first non-digit ("24.8.1.2-lts" -> (24, 8, 1, 2))."""
-    parts: list[int] = []
-    for part in version.strip().split("."):
-        digits = "".join(itertools.takewhile(str.isdigit, part))
-        if not digits:
-            break
-        parts.append(int(digits))
-        if len(digits) != len(part):
-            break
-    return tuple(parts)
-
-
-def _version_tuple(version: str) -> tuple[int, int]:
-    parts = version.strip().split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return 0, 0
-
-
-@cache
-def profile_row_keys(profile: Profile) -> frozenset[str]:
-    """The columns a row of ``profile`` must find in the target table: every column it fills but those of
-    migration 0004 (:data:`~.rows.OPTIONAL_SPAN_COLUMNS`), which an older table may lack: inserts skip the
-    keys a table has no column for (``input_format_skip_unknown_fields``)."""
-    resource = parse_resource(b'{"attributes":[]}')
-    span = (
-        b'{"traceId":"0123456789abcdef0123456789abcdef","spanId":"0123456789abcdef","name":"x",'
-        b'"startTimeUnixNano":"1700000000000000000"}'
-    )
-    return frozenset(transform_span(span, resource, profile)) - OPTIONAL_SPAN_COLUMNS
-
-
-def require_row_shape(
-    target: str,
-    columns: dict[str, str],
-    explain: Callable[[InsertResult], str],
-    row_keys: RowKeys = profile_row_keys,
-) -> Profile:
-    """The profile of an existing table from its ``{column: type}``; :class:`SinkError` (CONFIG) when rows
-    of neither shape fit it (both sinks check the table they find the same way). ``row_keys``: the columns
-    the table's rows fill, by profile (spans' by default)."""
-    profile = detect_table_profile(columns)
-    if profile is None:
-        result = InsertResult(
-            False,
-            ErrorClass.CONFIG,
-            message=f"table {target} has neither a Map `attributes` nor `attribute_keys`",
-            finding=Finding.TABLE_UNKNOWN_SHAPE,
-        )
-        raise SinkError(result, explain(result))
-    missing = sorted(row_keys(profile) - set(columns))
-    if missing:
-        result = InsertResult(
-            False,
-            ErrorClass.CONFIG,
-            message=f"table {target} lacks columns {', '.join(missing)}",
-            finding=Finding.TABLE_LACKS_COLUMNS,
-        )
-        raise SinkError(result, explain(result))
-    return profile
-
-
-def lacks_optional_columns(target: str, columns: dict[str, str], row_keys: RowKeys) -> bool:
-    """Whether a traces table lacks migration 0004's columns (logged once per detection, with the fix): the
-    sink then lets the server skip those keys. Only then: on a table that has them, a column dropped
-    while shipping must stay an error, not silent loss."""
-    if row_keys is not profile_row_keys:
-        return False
-    missing = sorted(OPTIONAL_SPAN_COLUMNS - set(columns))
-    if missing:
-        log.warning(
-            "table %s lacks the columns of migration 0004 (%s): their values are left out of its rows (the "
-            "resource attributes and the otel.scope.* attributes still carry them); run `automagik-telemetry "
-            "schema apply` to add them",
-            target,
-            ", ".join(missing),
-        )
-    return bool(missing)
-
-
-def count_present_sql(target: str, span_ids: list[str], min_ns: int, max_ns: int) -> str:
-    """The restart probe's query for spans: how many of ``span_ids``, started within ``[min_ns, max_ns]``,
-    ``target`` holds (:func:`count_rows_sql` with the one column ``span_id``)."""
-    return count_rows_sql(target, ("span_id",), [(s,) for s in span_ids], min_ns, max_ns)
-
-
-def _literal(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"the restart probe compares strings and integers, not {type(value).__name__}")
-    return str(value) if isinstance(value, int) else quote(value)
-
-
-def count_rows_sql(
-    target: str, columns: tuple[str, ...], keys: list[tuple[object, ...]], min_ns: int, max_ns: int
-) -> str:
-    """The restart probe's query: how many rows of ``target`` within ``[min_ns, max_ns]`` (the time range
-    prunes partitions) have one of ``keys`` in ``columns`` (strings are quoted, so any value is safe)."""
-    for column in columns:
-        identifier(column)
-    tuples = ", ".join("(" + ", ".join(_literal(v) for v in key) + ")" for key in keys)
-    lo, hi = min_ns // 1_000_000_000, max_ns // 1_000_000_000 + 1
-    return (
-        f"SELECT count() FROM {target} WHERE timestamp >= toDateTime({lo}) AND timestamp <= toDateTime({hi}) "
-        f"AND ({', '.join(columns)}) IN ({tuples or '(' + ', '.join(['NULL'] * len(columns)) + ')'}) "
-        "FORMAT TabSeparated"
-    )
+#: Re-exported under its former name (tests import it from here).
+_version_parts = version_parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,14 +239,7 @@ class ClickHouseHttpSink:
         Raises :class:`SinkError` (CONFIG) when the table is missing or lacks columns the rows need.
         """
         version = self.query("SELECT version()").strip()
-        vt = _version_tuple(version)
-        caps = Capabilities(
-            version,
-            vt >= ZSTD_MIN_VERSION,
-            vt >= DEDUP_TOKEN_MIN_VERSION,
-            async_insert=vt >= ASYNC_INSERT_MIN_VERSION,
-            async_insert_with_token=_version_parts(version) >= ASYNC_INSERT_TOKEN_MIN_VERSION,
-        )
+        caps = server_capabilities(version)
         self.capabilities = caps
         columns = table_columns(self.query, self.database, self.table)
         if not columns:
@@ -361,7 +250,7 @@ class ClickHouseHttpSink:
         profile = require_row_shape(self.target, columns, self.explain, self.row_keys)
         self.columns, self.profile = columns, profile
         self.skip_unknown = lacks_optional_columns(self.target, columns, self.row_keys)
-        with_server = pick_profile(version) if vt != (0, 0) else profile
+        with_server = pick_profile(version) if version_tuple(version) != (0, 0) else profile
         if with_server is not profile:
             log.info(
                 "ClickHouse %s: writing the %s row shape of the existing table %s", version, profile.value, self.target
