@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from automagik_telemetry_agent.wal import WalOptions, WalReader, WalWriter, writ
 from automagik_telemetry_agent.wal.format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
+    encode_segment_header,
+    new_salt,
     parse_segment_name,
 )
 from automagik_telemetry_agent.wal.inspect import verify
@@ -292,3 +295,32 @@ def test_cursor_commit_needs_no_free_space_after_the_first(tmp_path) -> None:
         writer.close()
     finally:
         subprocess.run(["umount", "-l", str(tmp_path)])
+
+
+@pytest.mark.parametrize("written", [0, 5])
+def test_a_segment_the_writer_is_still_creating_is_not_ready_yet_rather_than_unreadable(
+    tmp_path, caplog, written: int
+) -> None:
+    """The writer creates a segment (O_CREAT) before it writes its header: a reader that lists the
+    directory in between must wait for it quietly, and read its records once they are there."""
+    wal = str(tmp_path)
+    _fill(wal, 3).close()
+    seqs, reader = _read_all(wal)
+    assert seqs == [1, 2, 3]
+    header = encode_segment_header(new_salt(), 4, 1)
+    path = os.path.join(wal, "00000000000000000004.seg")
+    with open(path, "wb") as f:
+        f.write(header[:written])
+    caplog.set_level(logging.DEBUG, logger="automagik_telemetry_agent")
+    assert reader.read(500) == [] and reader.at_end
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    with open(path, "ab") as f:
+        f.write(header[written:])
+    assert reader.read(500) == []  # the header alone: a ready segment with no record yet
+    os.unlink(path)
+    writer = WalWriter(wal, OPTIONS).open()  # a real writer takes the name and appends
+    writer.append(b"x" * PAYLOAD, 1)
+    writer.flush()
+    assert [e.seq for e in reader.read(500)] == [4]
+    writer.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

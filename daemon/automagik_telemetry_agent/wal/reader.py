@@ -87,8 +87,12 @@ class WalReader:
         except FileNotFoundError:
             return []
 
-    def _open(self, first_seq: int, path: str) -> _OpenSegment | None:
-        """Open and share-lock a segment; None if it vanished or is unreadable."""
+    def _open(self, first_seq: int, path: str, newest: bool = False) -> _OpenSegment | None:
+        """Open and share-lock a segment; None if it vanished or is unreadable.
+
+        ``newest``: the last segment of the directory, which the writer may be creating right now
+        (``O_CREAT`` comes before the header's write): shorter than a header, it is not ready yet (None,
+        quietly: the next read looks again), not damaged."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -96,6 +100,9 @@ class WalReader:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             if os.fstat(fd).st_nlink == 0:  # dropped between open and lock
+                os.close(fd)
+                return None
+            if newest and os.fstat(fd).st_size < SEGMENT_HEADER_SIZE:
                 os.close(fd)
                 return None
             header = read_segment_header(fd)
@@ -117,7 +124,7 @@ class WalReader:
             while chosen + 1 < len(candidates) and candidates[chosen + 1][0] <= want:
                 chosen += 1
             for first, path in candidates[chosen:]:
-                seg = self._open(first, path)
+                seg = self._open(first, path, newest=first == candidates[-1][0])
                 if seg is not None:
                     self._held.append(seg)
                     return seg
@@ -143,7 +150,7 @@ class WalReader:
         if seg.scanner.file_size <= SEGMENT_HEADER_SIZE:
             self._pass_emptied(seg, newer[0][0] - 1)
         for first, path in newer:
-            nxt = self._open(first, path)
+            nxt = self._open(first, path, newest=first == newer[-1][0])
             if nxt is not None:
                 self._held.append(nxt)
                 self._release_passed()
