@@ -68,13 +68,8 @@ def events_column(events: object) -> str:
     for i, ev in enumerate(events):
         if type(ev) is not dict:
             raise TransformError(f"invalid events[{i}]: not an object")
-        t = ev.get("timeUnixNano", 0)
-        ts = uint64(t)
-        if ts is None:
-            raise TransformError(f"invalid events[{i}].timeUnixNano")
         name = ev.get("name", "")
-        if type(name) is not str:
-            raise TransformError(f"invalid events[{i}].name")
+        ts = _event_time(i, ev.get("timeUnixNano", 0), name)
         attrs = render_attributes(ev.get("attributes"), f"events[{i}].attributes")
         out.append({"time_unix_nano": ts, "name": name, "attributes": attrs})
     return orjson.dumps(out).decode()
@@ -107,12 +102,18 @@ def compact_events_column(events: object) -> str:
         if type(ev) is not list or len(ev) < 3:
             raise TransformError(f"invalid events[{i}]: not an array [name, timeUnixNano, attributes]")
         name, t, attrs = ev[0], ev[1], ev[2]
-        ts = uint64(t)
-        if ts is None:
-            raise TransformError(f"invalid events[{i}].timeUnixNano")
-        if type(name) is not str:
-            raise TransformError(f"invalid events[{i}].name")
+        ts = _event_time(i, t, name)
         out.append(
             {"time_unix_nano": ts, "name": name, "attributes": render_flat_attributes(attrs, f"events[{i}].attributes")}
         )
     return orjson.dumps(out).decode()
+
+
+def _event_time(i: int, t: object, name: object) -> int:
+    """Event ``i``'s time in ns, its time and name checked (the same reasons in both spellings)."""
+    ts = uint64(t)
+    if ts is None:
+        raise TransformError(f"invalid events[{i}].timeUnixNano")
+    if type(name) is not str:
+        raise TransformError(f"invalid events[{i}].name")
+    return ts

@@ -99,10 +99,9 @@ class WalReader:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            if os.fstat(fd).st_nlink == 0:  # dropped between open and lock
-                os.close(fd)
-                return None
-            if newest and os.fstat(fd).st_size < SEGMENT_HEADER_SIZE:
+            st = os.fstat(fd)
+            # Dropped between open and lock, or (the newest) not given its header yet.
+            if st.st_nlink == 0 or (newest and st.st_size < SEGMENT_HEADER_SIZE):
                 os.close(fd)
                 return None
             header = read_segment_header(fd)
