@@ -11,6 +11,7 @@ shipping while its records wait in the WAL.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from ..clickhouse.sink import Sink
 from ..lifecycle.liveness import Liveness
 from ..wal.signals import Signal
+from ..wal.watch import WalWatch
 from .insert_policy import InsertPolicy
 from .loop import Shipper
 from .options import ShipperOptions
@@ -39,6 +41,8 @@ class ShipperGroup:
         policy: InsertPolicy | None = None,
     ) -> None:
         self.policy = policy  # shared: the three signals' inserts reach the same servers
+        self.wal_dir = wal_dir
+        self.watch: WalWatch | None = None  # shared too: one inotify instance per process, opened by run()
         self.shippers: dict[Signal, Shipper] = {
             signal: Shipper(wal_dir, sink, options, SHIPMENTS[signal], policy) for signal, sink in sinks.items()
         }
@@ -63,6 +67,17 @@ class ShipperGroup:
 
     def run(self) -> None:
         """Run every shipper until a stop; re-raise the first failure of one (after stopping the others)."""
+        os.makedirs(self.wal_dir, exist_ok=True)
+        self.watch = WalWatch.open(self.wal_dir)
+        for shipper in self.shippers.values():
+            shipper.use_watch(self.watch)
+        try:
+            self._run_threads()
+        finally:
+            if self.watch is not None:
+                self.watch.close()
+
+    def _run_threads(self) -> None:
         threads = [
             threading.Thread(target=self._run_one, args=(signal, shipper), name=f"shipper-{signal.value}", daemon=True)
             for signal, shipper in self.shippers.items()

@@ -8,7 +8,10 @@ all if a stop was requested by then):
    or ``batch_wait`` after the first record of a partial batch; a partial batch goes earlier when the
    WAL runs dry, nothing is in flight, and it holds half of ``batch_rows`` or the previous INSERT began
    ``batch_wait`` ago (:meth:`Shipper._partial_batch_may_go`). ``batch_wait`` is the insert policy's
-   (:mod:`.insert_policy`: it grows while the shard is busy) or the option ``batch_wait_s``.
+   (:mod:`.insert_policy`: it grows while the shard is busy) or the option ``batch_wait_s``. Having
+   read everything, the loop waits for the writer's next write (:class:`~..wal.watch.WalWatch`, an
+   inotify watch), at most ``idle_wait_s`` or until the batch's deadline; without inotify, or while a
+   batch is in flight, it looks again every ``poll_interval_s``.
 2. **Freeze**: transform every span (a :class:`~.transform.TransformError` dead-letters that span,
    it is never sent), encode the rows, and fix the batch's identity: the WAL range
    ``[first, last]``, the segment salts it touched and the exact body bytes. The dedup token
@@ -46,6 +49,7 @@ from ..clickhouse.sink import Sink
 from ..paths import default_dead_letter_dir, shipper_state_dir
 from ..wal.reader import WalEntry, WalReader
 from ..wal.signals import Signal
+from ..wal.watch import WalWatch
 from .batch import FrozenBatch, freeze_batch
 from .dead_letter import DeadLetter, DeadLetterEntry
 from .delivery import PROBE_ROWS, Delivery, ProfileChanged
@@ -78,10 +82,12 @@ class Shipper:
         options: ShipperOptions | None = None,
         shipment: Shipment = SHIPMENTS[Signal.TRACES],
         policy: InsertPolicy | None = None,
+        watch: WalWatch | None = None,
     ) -> None:
         """Ship one signal's records (``shipment``: spans by default) from the WAL in ``wal_dir`` to ``sink``
         (that signal's table). ``policy``: the insert policy steering batch_wait (shared by the signals of
-        one process); without one, always ``options.batch_wait_s``."""
+        one process); without one, always ``options.batch_wait_s``. ``watch``: the WAL directory's watch,
+        shared by the signals of one process (its owner closes it); without one, :meth:`run` opens its own."""
         self.wal_dir = os.path.abspath(wal_dir)
         self.sink = sink
         self.shipment = shipment
@@ -93,6 +99,8 @@ class Shipper:
         self.reader: WalReader | None = None
         self._stop = StopRequest()  # the one stop event and deadline, shared with the delivery
         self.policy = policy
+        self._watch_given = watch is not None  # else run() opens (and closes) a watch of its own
+        self._watch: WalWatch | None = watch
         self._delivery = Delivery(
             sink,
             self.stats,
@@ -131,6 +139,12 @@ class Shipper:
         self.options = replace(self.options, **changes)
         if "drain_rows_per_s" in changes:
             self._delivery.set_rate(self.options.drain_rows_per_s)
+
+    def use_watch(self, watch: WalWatch | None) -> None:
+        """Wait on ``watch`` (shared with the other signals' shippers, closed by its owner; None: poll)
+        instead of a watch of its own. Call before :meth:`run`."""
+        self._watch_given = True
+        self._watch = watch
 
     def declare_waits(self, liveness: Liveness) -> None:
         """Declare every timed wait of this shipper (polls, backoffs, config retries, the rate limit) to
@@ -184,10 +198,15 @@ class Shipper:
         lock_fd = self._lock_consumer()
         if lock_fd is None:
             return self.stats
+        if not self._watch_given:
+            self._watch = WalWatch.open(self.wal_dir)
         try:
             return self._run_locked()
         finally:
             os.close(lock_fd)
+            if not self._watch_given and self._watch is not None:
+                self._watch.close()
+                self._watch = None
 
     def _run_locked(self) -> ShipperStats:
         self.reader = WalReader(self.wal_dir, signal=self.shipment.signal)
@@ -230,7 +249,9 @@ class Shipper:
         started: float | None = None
         while not self._stop.is_set():
             o = self.options  # re-read: apply_options (SIGHUP) may have replaced it meanwhile
+            seen = self._watch.changes() if self._watch is not None else 0  # before the read: see WalWatch
             done_resuming = resume_last is not None and self.reader.position >= resume_last
+            position = self.reader.position
             got = (
                 []
                 if done_resuming
@@ -262,10 +283,48 @@ class Shipper:
             if not got:
                 if not entries:
                     self._commit_idle()
-                self._stop.wait(o.poll_interval_s)
+                if entries:
+                    assert started is not None
+                    self._wait_while_collecting(started, items, size)
+                else:
+                    self._wait_for_records(seen, passed_others=self.reader.position > position)
                 if self._sending is not None and self._sending.done.is_set():
                     self._finish()  # commit the batch sent meanwhile without waiting for this one
         return entries
+
+    def _wait_for_records(self, seen: int, passed_others: bool) -> None:
+        """Nothing of this signal collected and the WAL has nothing more for now: wait for its next write
+        (``seen``: the watch's generation before the read that found nothing). ``passed_others``: that read
+        went past other signals' records: while they flow, look again every ``quiet_signal_wait_s``
+        rather than at each of their writes (the three signals' threads would wake together every time)."""
+        o = self.options
+        watch = self._watch
+        if watch is None or watch.closed or self._in_flight():
+            self._stop.wait(o.poll_interval_s)  # no watch; or commit the batch in flight promptly
+        elif passed_others:
+            self._stop.wait(o.quiet_signal_wait_s)
+        elif watch.changes() == seen:
+            self._stop.wait_readable(watch.fileno(), o.idle_wait_s)
+
+    def _wait_while_collecting(self, started: float, items: int, size: int) -> None:
+        """A partial batch is collected (its first record at ``started``; ``items`` rows, ``size`` WAL
+        bytes) and the WAL has nothing more for now: wait until the batch may go (its deadline, or the
+        time it reaches half of ``batch_rows`` or all of ``batch_bytes`` at the rate it has been filling),
+        but at least ``poll_interval_s``: a trickle's writes need no look each, the batch goes at its deadline."""
+        o = self.options
+        if self._watch is None or self._watch.closed or self._in_flight():
+            self._stop.wait(o.poll_interval_s)
+            return
+        now = time.monotonic()
+        due = min(started, self._last_send_start) + self.batch_wait()
+        elapsed = max(now - started, 1e-3)
+        half = max(1, o.batch_rows // 2)
+        fill = min((half - items) * elapsed / max(items, 1), (o.batch_bytes - size) * elapsed / max(size, 1))
+        timeout = min(due - now, fill, o.idle_wait_s)
+        self._stop.wait(max(o.poll_interval_s, timeout))
+
+    def _in_flight(self) -> bool:
+        return self._sending is not None and not self._sending.done.is_set()
 
     def _commit_idle(self) -> None:
         """Nothing of this signal to ship: move its cursor over the other signals' records (at most once a

@@ -14,7 +14,9 @@ class ShipperOptions:
     batch_rows: int = 20_000
     batch_bytes: int = 8 * 1024 * 1024
     batch_wait_s: float = 1.0
-    poll_interval_s: float = 0.05
+    poll_interval_s: float = 0.05  # how often to look at the WAL without a watch, or with a batch in flight
+    idle_wait_s: float = 1.0  # with a watch, the longest wait for a write (idle commits, policy readings)
+    quiet_signal_wait_s: float = 0.25  # with a watch, how often a signal with no records looks while others flow
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     probe_interval_s: float = 1.0  # while backing off, probe the sink this often (0 = wait the backoff out)
