@@ -174,21 +174,49 @@ def test_a_restart_at_a_stretched_wait_is_jittered_over_it_and_a_fresh_start_is_
     assert InsertPolicy(settings).start_delay() == 0.0  # at batch_wait: the first spans go at once
 
 
-def test_sampling_happens_once_per_interval_with_jitter() -> None:
+def test_a_steady_shard_is_read_once_per_interval_with_jitter() -> None:
     now = [0.0]
     calls: list[float] = []
 
     def sampler() -> LoadSample:
         calls.append(now[0])
-        return LoadSample(ENDPOINTS, int(now[0] * 100), 0, 150)
+        return LoadSample(ENDPOINTS, int(now[0] * 8), 0, 150)  # 8 inserts/s: in the dead band of target 10
 
     policy = InsertPolicy(PolicySettings(PolicyMode.FLEET, sample_interval_s=10.0), sampler, clock=lambda: now[0])
     for t in range(0, 1000):
         now[0] = t / 10
         policy.maybe_sample()
-    assert 8 <= len(calls) <= 12
+    assert 8 <= len(calls) <= 13
     gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert all(7.9 <= g <= 12.1 for g in gaps), gaps
+    assert 2.6 <= gaps[0] <= 4.1, "the first rate comes a third of an interval after the baseline"
+    assert all(7.9 <= g <= 12.1 for g in gaps[1:]), gaps
+
+
+def test_while_the_wait_rises_the_next_reading_comes_after_two_batches_at_the_new_wait() -> None:
+    """50 agents started at once at batch_wait 1 s: with a reading every 10 s and x2 at most per reading,
+    the wait took ~40 s to reach 8 s and the parts hit the throw limit first (bench_fleet)."""
+    now = [0.0]
+    calls: list[tuple[float, float]] = []
+    policy: InsertPolicy
+
+    def sampler() -> LoadSample:
+        calls.append((now[0], policy.wait_s))
+        return LoadSample(ENDPOINTS, int(now[0] * 100), 0, 150)  # 100 inserts/s against a target of 10
+
+    policy = InsertPolicy(
+        PolicySettings(PolicyMode.FLEET, sample_interval_s=10.0, batch_wait_max_s=30.0), sampler, clock=lambda: now[0]
+    )
+    reached: float | None = None
+    for t in range(0, 600):
+        now[0] = t / 10
+        policy.maybe_sample()
+        if reached is None and policy.wait_s >= 8.0:
+            reached = now[0]
+    for (t0, _), (t1, wait) in itertools.pairwise(calls):
+        expected = min(10.0, max(10.0 / 3, 2 * wait))
+        if wait < 30.0:
+            assert 0.8 * expected - 0.1 <= t1 - t0 <= 1.2 * expected + 0.1, (t0, t1, wait)
+    assert reached is not None and reached <= 20.0, f"the wait reached 8 s only at t = {reached} s (was ~31 s)"
 
 
 def test_a_reload_clamps_the_wait_into_the_new_bounds() -> None:

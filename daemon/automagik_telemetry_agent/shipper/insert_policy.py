@@ -18,6 +18,11 @@ but every agent can see the shard: :class:`InsertPolicy` reads the shard's inser
   cannot be had): ``wait *= 2``;
 * **TOO_MANY_PARTS** (the server refused an insert with 252): ``wait = batch_wait_max_s``.
 
+Readings come every ``sample_interval_s`` while the wait holds or shrinks; after a reading that raised
+it (or gave no rate yet: the first one after a start) the next comes sooner, once two batches at the new
+wait can have gone (``2 x wait``, at least a third of the interval): a fleet started at once, all at
+``batch_wait``, stretches within seconds rather than minutes, before its parts reach the throw limit.
+
 Between 70 % and 100 % of the target the wait stays (a dead band: no oscillation). With ``fixed`` the wait
 is always ``batch_wait_s``. :meth:`InsertPolicy.start_delay` jitters the first insert after a restart over
 ``[0, wait)`` when the kept wait is a stretched one, so that a busy fleet restarted at once does not insert
@@ -47,6 +52,7 @@ STATE_FILE = "insert_policy.json"  # in the shipper's state directory: the wait 
 QUIET_FRACTION = 0.7  # below this fraction of the target the wait shrinks
 MAX_STEP = 2.0  # the most one reading multiplies or divides the wait by
 PRESSURE_FRACTION = 0.5  # of parts_to_delay_insert: more active parts in one partition is pressure
+RISING_FRACTION = 1 / 3  # of sample_interval_s: the soonest next reading while the wait is rising
 
 
 class PolicyMode(enum.Enum):
@@ -143,7 +149,10 @@ class InsertPolicy:
             self._next_sample = now + self._jittered(self._settings.sample_interval_s)
             reading = self._sampler()
             if reading is not None:
+                before = self._wait
                 self._observe_locked(now, reading)
+                if self._wait > before or self.server_inserts_per_s is None:
+                    self._next_sample = now + self._jittered(self._rising_interval())
         finally:
             self._lock.release()
 
@@ -211,6 +220,11 @@ class InsertPolicy:
     def _clamp(self, wait: float) -> float:
         s = self._settings
         return min(max(wait, s.batch_wait_s), max(s.batch_wait_s, s.batch_wait_max_s))
+
+    def _rising_interval(self) -> float:
+        """Seconds to the next reading after one that raised the wait: two batches at the new wait."""
+        interval = self._settings.sample_interval_s
+        return min(interval, max(interval * RISING_FRACTION, 2 * self._wait))
 
     def _jittered(self, interval: float) -> float:
         return interval * self._rand.uniform(0.8, 1.2)
