@@ -82,12 +82,11 @@ class Shipper:
         options: ShipperOptions | None = None,
         shipment: Shipment = SHIPMENTS[Signal.TRACES],
         policy: InsertPolicy | None = None,
-        watch: WalWatch | None = None,
     ) -> None:
         """Ship one signal's records (``shipment``: spans by default) from the WAL in ``wal_dir`` to ``sink``
         (that signal's table). ``policy``: the insert policy steering batch_wait (shared by the signals of
-        one process); without one, always ``options.batch_wait_s``. ``watch``: the WAL directory's watch,
-        shared by the signals of one process (its owner closes it); without one, :meth:`run` opens its own."""
+        one process); without one, always ``options.batch_wait_s``. :meth:`run` opens a watch of the WAL
+        directory of its own unless :meth:`use_watch` gave it one (shared by the signals of one process)."""
         self.wal_dir = os.path.abspath(wal_dir)
         self.sink = sink
         self.shipment = shipment
@@ -99,8 +98,8 @@ class Shipper:
         self.reader: WalReader | None = None
         self._stop = StopRequest()  # the one stop event and deadline, shared with the delivery
         self.policy = policy
-        self._watch_given = watch is not None  # else run() opens (and closes) a watch of its own
-        self._watch: WalWatch | None = watch
+        self._watch_given = False  # else run() opens (and closes) a watch of its own
+        self._watch: WalWatch | None = None
         self._delivery = Delivery(
             sink,
             self.stats,
@@ -299,8 +298,8 @@ class Shipper:
         rather than at each of their writes (the three signals' threads would wake together every time)."""
         o = self.options
         watch = self._watch
-        if watch is None or watch.closed or self._in_flight():
-            self._stop.wait(o.poll_interval_s)  # no watch; or commit the batch in flight promptly
+        if watch is None or self._polling():
+            self._stop.wait(o.poll_interval_s)
         elif passed_others:
             self._stop.wait(o.quiet_signal_wait_s)
         elif watch.changes() == seen:
@@ -312,7 +311,7 @@ class Shipper:
         time it reaches half of ``batch_rows`` or all of ``batch_bytes`` at the rate it has been filling),
         but at least ``poll_interval_s``: a trickle's writes need no look each, the batch goes at its deadline."""
         o = self.options
-        if self._watch is None or self._watch.closed or self._in_flight():
+        if self._polling():
             self._stop.wait(o.poll_interval_s)
             return
         now = time.monotonic()
@@ -323,8 +322,11 @@ class Shipper:
         timeout = min(due - now, fill, o.idle_wait_s)
         self._stop.wait(max(o.poll_interval_s, timeout))
 
-    def _in_flight(self) -> bool:
-        return self._sending is not None and not self._sending.done.is_set()
+    def _polling(self) -> bool:
+        """Look again every ``poll_interval_s`` rather than wait for a write: there is no watch (or it
+        failed), or a batch is in flight (its commit must not wait for the next write)."""
+        in_flight = self._sending is not None and not self._sending.done.is_set()
+        return self._watch is None or self._watch.closed or in_flight
 
     def _commit_idle(self) -> None:
         """Nothing of this signal to ship: move its cursor over the other signals' records (at most once a
